@@ -1,0 +1,92 @@
+"""Vertebra levels and the label conventions that number them.
+
+spine-node reports the 17 levels T1..L5 (the paper's scope). Other conventions are
+mapped onto these names so that models and reference masks from VerSe or
+TotalSegmentator can be read without code changes.
+"""
+from __future__ import annotations
+
+from .errors import UnknownLevelError
+
+THORACIC = [f"T{i}" for i in range(1, 13)]
+LUMBAR = [f"L{i}" for i in range(1, 6)]
+LEVELS: list[str] = THORACIC + LUMBAR
+"""The levels spine-node segments and reports, cranial to caudal."""
+
+KNOWN_LEVELS: list[str] = [f"C{i}" for i in range(1, 8)] + LEVELS + ["L6", "T13", "S1", "sacrum"]
+"""Every level name a label map may use (transitional vertebrae included)."""
+
+# The paper's own code (rouge1616/Spine-Mets-CT-SEG, tcia_dcm2nifti.py): T1..T12 = 1..12, L1..L5 = 13..17.
+PAPER: dict[int, str] = {i + 1: name for i, name in enumerate(LEVELS)}
+
+# VerSe: C1-C7 = 1-7, T1-T12 = 8-19, L1-L5 = 20-24, L6 = 25, T13 = 28.
+VERSE: dict[int, str] = {
+    **{i: f"C{i}" for i in range(1, 8)},
+    **{i + 8: f"T{i + 1}" for i in range(12)},
+    **{i + 20: f"L{i + 1}" for i in range(5)},
+    25: "L6",
+    28: "T13",
+}
+
+# TotalSegmentator v2 "total": sacrum 25, S1 26, L5 27 ... L1 31, T12 32 ... T1 43, C7 44 ... C1 50.
+TOTALSEGMENTATOR: dict[int, str] = {
+    25: "sacrum",
+    26: "S1",
+    **{27 + i: f"L{5 - i}" for i in range(5)},
+    **{32 + i: f"T{12 - i}" for i in range(12)},
+    **{44 + i: f"C{7 - i}" for i in range(7)},
+}
+
+PRESETS: dict[str, dict[int, str]] = {
+    "paper": PAPER,
+    "verse": VERSE,
+    "totalsegmentator": TOTALSEGMENTATOR,
+}
+
+
+def preset(name: str) -> dict[int, str]:
+    """Return a copy of the label map called ``name`` (paper, verse, totalsegmentator)."""
+    try:
+        return dict(PRESETS[name])
+    except KeyError:
+        raise UnknownLevelError(
+            f"unknown label convention {name!r}; expected one of {', '.join(PRESETS)}"
+        ) from None
+
+
+def check_label_map(label_map: dict[int, str], where: str) -> dict[int, str]:
+    """Validate a label map (label id -> level name) and return it with int keys.
+
+    Raises UnknownLevelError naming ``where`` (a file, a preset) and the offending entry.
+    """
+    if not isinstance(label_map, dict):
+        raise UnknownLevelError(f"{where}: the label map must map label ids to level names")
+    checked: dict[int, str] = {}
+    for key, level in label_map.items():
+        try:
+            # int() would truncate 1.5 to 1 and take True for 1: only ints and integer strings.
+            if isinstance(key, bool) or not isinstance(key, (int, str)):
+                raise TypeError
+            label = int(key)
+        except (TypeError, ValueError):
+            raise UnknownLevelError(f"{where}: label id {key!r} is not an integer") from None
+        if label <= 0:
+            raise UnknownLevelError(f"{where}: label id {label} must be positive (0 is background)")
+        if label in checked:
+            raise UnknownLevelError(f"{where}: label id {label} is given twice")
+        if level not in KNOWN_LEVELS:
+            raise UnknownLevelError(
+                f"{where}: label {label} names unknown level {level!r} "
+                f"(known: C1-C7, T1-T13, L1-L6, S1, sacrum)"
+            )
+        checked[label] = level
+    if len(set(checked.values())) != len(checked):
+        twice = sorted({level for level in checked.values() if list(checked.values()).count(level) > 1})
+        raise UnknownLevelError(f"{where}: level(s) {', '.join(twice)} appear under two label ids")
+    return checked
+
+
+def level_index(level: str) -> int:
+    """Position of a level in the craniocaudal order of KNOWN_LEVELS' main column (C1=0 ... S1)."""
+    order = [f"C{i}" for i in range(1, 8)] + THORACIC + ["T13"] + LUMBAR + ["L6", "S1", "sacrum"]
+    return order.index(level)
