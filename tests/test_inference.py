@@ -1,0 +1,75 @@
+"""Inference with the bundled demo model: real nnU-Net on the CPU, plus the exactness of its helpers."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pipelines.evaluation import confusion, score_levels, to_level_index
+from pipelines.inference import Segmenter, body_box, upsample_argmax
+from pipelines.levels import PAPER
+from pipelines.models import find_bundle
+from pipelines.phantom import make_phantom
+from pipelines.postprocess import remove_fragments, vertebra_stats
+
+
+def test_slab_upsampling_equals_whole_volume_interpolation():
+    torch.manual_seed(0)
+    logits = torch.randn(5, 7, 9, 11)
+    out_shape = (23, 20, 17)
+    whole = F.interpolate(logits[None], size=out_shape, mode="trilinear", align_corners=False)[0].argmax(0)
+    slabs = upsample_argmax(logits, out_shape, slab=4)
+    agreement = (torch.from_numpy(slabs.astype(np.int64)) == whole).float().mean().item()
+    assert agreement > 0.995  # ties in float rounding only
+
+
+def test_body_box_crops_air_and_keeps_the_body():
+    hu = np.full((30, 40, 50), -1000.0)
+    hu[5:25, 10:30, 12:40] = 40.0
+    box = body_box(hu, (1.0, 1.0, 1.0))
+    assert hu[box].shape == (30, 40, 48)  # 10 mm margin, clipped at the volume's edge
+    assert (hu[box] > -500).sum() == (hu > -500).sum()
+
+
+def test_small_fragments_are_removed_but_large_pieces_kept():
+    labels = np.zeros((40, 40, 40), np.uint8)
+    labels[5:20, 5:20, 5:20] = 3  # the vertebra
+    labels[30:32, 30:32, 30:32] = 3  # a speck
+    labels[25:38, 2:15, 2:15] = 3  # a second large piece (kept: it is bone the model saw)
+    remove_fragments(labels, (1, 1, 1))
+    assert labels[31, 31, 31] == 0
+    assert labels[10, 10, 10] == 3 and labels[30, 8, 8] == 3
+
+
+def test_vertebra_stats_report_volume_and_mean_hu():
+    labels = np.zeros((10, 10, 10), np.uint8)
+    labels[:5] = 13
+    hu = np.where(labels > 0, 250.0, 0.0)
+    (row,) = vertebra_stats(labels, hu, (2.0, 1.0, 1.0), PAPER)
+    assert row == {"level": "L1", "label": 13, "voxels": 500, "volume_ml": 1.0, "mean_hu": 250.0}
+
+
+@pytest.fixture(scope="module")
+def segmenter():
+    return Segmenter(find_bundle("spine-phantom-demo"), device="cpu", step_size=0.5)
+
+
+@pytest.mark.slow
+def test_demo_model_segments_a_held_out_phantom(segmenter):
+    phantom = make_phantom(100010, fov="lumbar", spacing=(2.0, 1.0, 1.0), matrix=320)
+    result = segmenter.segment(phantom.image, phantom.grid.spacing)
+    assert result.labels.shape == phantom.image.shape
+    rows = score_levels(confusion(to_level_index(phantom.labels, PAPER), to_level_index(result.labels, PAPER)))
+    dice = np.mean([r["dice"] for r in rows])
+    assert dice > 0.8, rows
+    assert np.mean([r["level_correct"] for r in rows]) >= 0.8, rows
+    assert {"preprocess", "network", "resample_back", "fragments"} <= set(result.timings_s)
+
+
+@pytest.mark.slow
+def test_predictor_is_reused_across_volumes(segmenter):
+    network = segmenter.predictor.network
+    phantom = make_phantom(100011, fov="thoracic", spacing=(3.0, 1.5, 1.5), matrix=200)
+    segmenter.segment(phantom.image, phantom.grid.spacing)
+    assert segmenter.predictor.network is network
