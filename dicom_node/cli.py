@@ -170,13 +170,18 @@ def _train_parser(sub) -> None:
     p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
     p.add_argument("--iterations", type=int, help="override the recipe's iterations per epoch")
     p.add_argument("--cases", type=int, help="override the recipe's number of training phantoms")
+    p.add_argument("--recipe", type=Path, help="JSON file of DemoRecipe fields to override (patch_size, features, ...)")
     p.set_defaults(handler=cmd_train_demo)
 
 
 def cmd_train_demo(args) -> int:
     from pipelines.training import DemoRecipe, train_demo
 
-    recipe = DemoRecipe()
+    overrides = json.loads(args.recipe.read_text()) if args.recipe else {}
+    unknown = set(overrides) - set(DemoRecipe.__dataclass_fields__)
+    if unknown:
+        raise NodeError(f"{args.recipe}: unknown recipe field(s) {', '.join(sorted(unknown))}")
+    recipe = DemoRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
     for field, value in (("epochs", args.epochs), ("iterations_per_epoch", args.iterations),
                          ("n_cases", args.cases)):
         if value is not None:

@@ -8,7 +8,8 @@ paper's convention (T1..T12 = 1..12, L1..L5 = 13..17) and a lesion mask (1 lytic
 
 Arrays are indexed (z, y, x) on a grid aligned with the patient's LPS axes: index k
 grows towards the head, j towards the back, i towards the patient's left. Writers in
-``phantom_io.py`` turn that into NIfTI, nnU-Net raw data or a DICOM series.
+``phantom_io.py`` (NIfTI, nnU-Net raw data) and ``phantom_dicom.py`` (a DICOM CT series)
+turn that into files.
 """
 from __future__ import annotations
 
@@ -56,6 +57,7 @@ class Phantom:
     labels: np.ndarray  # uint8, paper convention
     lesions: np.ndarray  # uint8, 1 lytic, 2 blastic
     truth: dict[str, dict] = field(default_factory=dict)
+    contrast: bool = False  # intravenous contrast (an enhanced aorta)
 
     def levels_present(self) -> list[str]:
         return [LEVELS[i - 1] for i in np.unique(self.labels) if i > 0]
@@ -339,4 +341,4 @@ def make_phantom(seed: int, fov: str | None = None, spacing: tuple[float, float,
     blur = float(rng.uniform(0.4, 1.0))
     noise = float(rng.uniform(8, 40))
     hu, labels, lesions, truth = render(anat, grid, rng, blur, noise)
-    return Phantom(seed, kind, grid, hu, labels, lesions, truth)
+    return Phantom(seed, kind, grid, hu, labels, lesions, truth, anat.contrast)

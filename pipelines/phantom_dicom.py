@@ -184,6 +184,8 @@ def series_template(phantom: Phantom, orientation: str, patient_id: str, study_u
     ds.ContentTime = SYNTHETIC_TIME
     ds.AcquisitionDate = SYNTHETIC_DATE
     ds.AcquisitionTime = SYNTHETIC_TIME
+    if phantom.contrast:  # Contrast/Bolus module: required when contrast was given (the aorta is enhanced)
+        ds.ContrastBolusAgent = "synthetic iodinated contrast (phantom)"
     return ds
 
 

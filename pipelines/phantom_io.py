@@ -1,4 +1,4 @@
-"""Writers for phantoms: NIfTI cases, nnU-Net raw datasets and DICOM CT series.
+"""Writers for phantoms: NIfTI cases and nnU-Net raw datasets (DICOM: ``phantom_dicom.py``).
 
 A NIfTI case is a folder ``<case>/`` with ``ct.nii.gz``, ``labels.nii.gz`` (paper
 convention), ``lesions.nii.gz`` and ``truth.json`` (per-vertebra lesion class), the layout

@@ -46,3 +46,45 @@ def vertebra_stats(labels: np.ndarray, hu: np.ndarray, spacing, label_map: dict[
         out.append({"level": level, "label": label, "voxels": n, "volume_ml": round(n * voxel_ml, 2),
                     "mean_hu": round(float(sums[label] / n), 1)})
     return out
+
+
+def relabel_by_order(labels: np.ndarray, label_map: dict[int, str], levels: list[str],
+                     superior_axis: int = 0) -> np.ndarray:
+    """Make level names consecutive from head to feet, trusting the majority of the network's votes.
+
+    Vertebrae follow each other without gaps, so once the instances (connected pieces of
+    each label) are sorted along the head-feet axis, instance k must be level s + k for one
+    offset s. The offset most of the voxels agree with wins; pieces that disagree (a T8
+    called T7, say) are renamed. ``superior_axis`` is the array axis whose index grows
+    towards the head. Returns ``labels`` (modified in place).
+    """
+    id_of = {level: label for label, level in label_map.items()}
+    pieces = _instances(labels, label_map, levels, superior_axis)
+    if len(pieces) < 2:
+        return labels
+    votes: dict[int, int] = {}
+    for k, (_, level_index, size, _) in enumerate(pieces):
+        votes[level_index - k] = votes.get(level_index - k, 0) + size
+    offset = max(votes, key=votes.get)
+    for k, (box, level_index, _, mask) in enumerate(pieces):
+        target = offset + k
+        if target != level_index and 0 <= target < len(levels) and levels[target] in id_of:
+            labels[box][mask] = id_of[levels[target]]
+    return labels
+
+
+def _instances(labels, label_map, levels, superior_axis):
+    """Connected pieces of every vertebra label, sorted from head to feet: (box, level index, voxels, mask)."""
+    pieces = []
+    boxes = ndimage.find_objects(labels)
+    for index, box in enumerate(boxes):
+        level = label_map.get(index + 1)
+        if box is None or level not in levels:
+            continue
+        components, count = ndimage.label(labels[box] == index + 1)
+        for c in range(1, count + 1):
+            mask = components == c
+            centre = np.argwhere(mask)[:, superior_axis].mean() + box[superior_axis].start
+            pieces.append((centre, box, levels.index(level), int(mask.sum()), mask))
+    pieces.sort(key=lambda p: -p[0])
+    return [p[1:] for p in pieces]

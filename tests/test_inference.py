@@ -73,3 +73,31 @@ def test_predictor_is_reused_across_volumes(segmenter):
     phantom = make_phantom(100011, fov="thoracic", spacing=(3.0, 1.5, 1.5), matrix=200)
     segmenter.segment(phantom.image, phantom.grid.spacing)
     assert segmenter.predictor.network is network
+
+
+def _column(levels_top_down: list[int]) -> np.ndarray:
+    """A column of 6-voxel vertebrae separated by 2-voxel discs; index 0 of axis 0 is the feet."""
+    labels = np.zeros((8 * len(levels_top_down), 6, 6), np.uint8)
+    for k, label in enumerate(levels_top_down):
+        top = labels.shape[0] - 8 * k
+        labels[top - 6:top] = label
+    return labels
+
+
+def test_relabel_by_order_fixes_a_vertebra_the_network_misnamed():
+    from pipelines.levels import LEVELS
+    from pipelines.postprocess import relabel_by_order
+
+    labels = _column([5, 6, 6, 8, 9])  # T5 T6 [T7 called T6] T8 T9, listed head to feet
+    relabel_by_order(labels, PAPER, LEVELS)
+    assert [int(labels[labels.shape[0] - 8 * k - 1, 0, 0]) for k in range(5)] == [5, 6, 7, 8, 9]
+
+
+def test_relabel_by_order_leaves_a_consistent_column_alone():
+    from pipelines.levels import LEVELS
+    from pipelines.postprocess import relabel_by_order
+
+    labels = _column([13, 14, 15])
+    before = labels.copy()
+    relabel_by_order(labels, PAPER, LEVELS)
+    assert np.array_equal(labels, before)
