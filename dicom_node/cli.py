@@ -196,7 +196,9 @@ def cmd_train_demo(args) -> int:
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="Dice, level identification and lesion classes on reference cases")
     p.add_argument("--model", default="spine-phantom-demo", help="bundle name or folder")
-    p.add_argument("--cases", required=True, type=Path, help="a case folder, or a folder of case folders")
+    p.add_argument("--cases", type=Path, help="a case folder, or a folder of case folders")
+    p.add_argument("--ct", type=Path, help="instead of --cases: one CT (image file or DICOM series folder)")
+    p.add_argument("--reference", type=Path, help="with --ct: its reference vertebra label map")
     p.add_argument("--convention", default="auto", choices=("auto", "paper", "verse", "totalsegmentator"),
                    help="numbering of the reference labels")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
@@ -206,12 +208,12 @@ def _evaluate_parser(sub) -> None:
 
 
 def cmd_evaluate(args) -> int:
-    from pipelines.evaluation import discover_cases, evaluate_case, format_table, summarise
+    from pipelines.evaluation import evaluate_case, format_table, summarise
     from pipelines.inference import Segmenter
     from pipelines.lesions import ThresholdClassifier
     from pipelines.models import find_bundle
 
-    cases = discover_cases(args.cases, args.convention)
+    cases = _cases_to_evaluate(args)
     bundle = find_bundle(args.model)
     segmenter = Segmenter(bundle, device=args.device, step_size=args.step_size)
     classifier = ThresholdClassifier()
@@ -230,6 +232,18 @@ def cmd_evaluate(args) -> int:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1, default=str))
     return 0
+
+
+def _cases_to_evaluate(args) -> list:
+    from pipelines.evaluation import Case, discover_cases
+
+    if args.ct or args.reference:
+        if not (args.ct and args.reference):
+            raise NodeError("--ct and --reference go together")
+        return [Case(args.ct.name, args.ct, args.reference, args.convention)]
+    if not args.cases:
+        raise NodeError("give --cases DIR, or --ct and --reference")
+    return discover_cases(args.cases, args.convention)
 
 
 if __name__ == "__main__":

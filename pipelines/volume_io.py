@@ -25,18 +25,32 @@ class Volume:
 
 
 def read_volume(path: Path | str) -> Volume:
-    """Read an image file and return it reoriented to LPS; a clear error if it cannot be read."""
+    """Read an image file (or a folder holding one DICOM series) reoriented to LPS; a clear error if unreadable."""
     path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: no such file")
+    if not path.exists():
+        raise PipelineError(f"{path}: no such file or folder")
     try:
-        image = sitk.ReadImage(str(path))
+        image = _read_series(path) if path.is_dir() else sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise PipelineError(f"{path}: cannot be read as an image ({str(exc).splitlines()[0]})") from None
+        raise PipelineError(f"{path}: cannot be read as an image ({str(exc).strip().splitlines()[-1]})") from None
     image = sitk.DICOMOrient(image, "LPS")
     array = sitk.GetArrayFromImage(image)
     sx, sy, sz = image.GetSpacing()
     return Volume(array, (float(sz), float(sy), float(sx)), image)
+
+
+def _read_series(folder: Path) -> sitk.Image:
+    """The single DICOM series in a folder, through GDCM (which also decodes JPEG 2000).
+
+    This is the quick reader for evaluation; the pipeline's own DICOM loader, with
+    validation and repairs, is ``spine-node process``'s business.
+    """
+    series = sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if len(series) != 1:
+        raise PipelineError(f"{folder}: expected one DICOM series, found {len(series)}")
+    reader = sitk.ImageSeriesReader()
+    reader.SetFileNames(sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), series[0]))
+    return reader.Execute()
 
 
 def same_grid(a: Volume, b: Volume, tolerance_mm: float = 1e-3) -> bool:
