@@ -51,7 +51,9 @@ class DemoRecipe:
     epochs: int = 30
     iterations_per_epoch: int = 50
     val_iterations_per_epoch: int = 2
-    initial_lr: float = 0.01
+    optimizer: str = "adamw"  # "adamw" or nnU-Net's default "sgd"
+    initial_lr: float = 1e-3
+    batch_dice: bool = True
     seed_offset: int = 0
     extra: dict = field(default_factory=dict)
 
@@ -97,6 +99,7 @@ def shrink_plan(plans: dict, recipe: DemoRecipe) -> dict:
                   n_conv_per_stage_decoder=[2] * (n - 1))
     cfg["patch_size"] = list(recipe.patch_size)
     cfg["batch_size"] = recipe.batch_size
+    cfg["batch_dice"] = recipe.batch_dice
     return plans
 
 
@@ -136,9 +139,31 @@ def train(recipe: DemoRecipe, device_name: str = "cpu") -> Path:
     trainer.num_iterations_per_epoch = recipe.iterations_per_epoch
     trainer.num_val_iterations_per_epoch = recipe.val_iterations_per_epoch
     trainer.initial_lr = recipe.initial_lr
+    if recipe.optimizer == "adamw":
+        use_adamw(trainer)
     trainer.save_every = max(recipe.epochs // 4, 1)
     trainer.run_training()
     return Path(trainer.output_folder)
+
+
+def use_adamw(trainer) -> None:
+    """Swap nnU-Net's SGD for AdamW (as its nnUNetTrainerAdam variant does) on this trainer instance.
+
+    With a CPU budget of a couple of thousand iterations, SGD (momentum 0.99) sat on the
+    all-background solution for the first 350+ iterations; AdamW leaves it quickly. The
+    instance keeps the class name nnUNetTrainerNoMirroring, so nnU-Net's predictor (and
+    nnUNetv2_predict) load the checkpoint as usual.
+    """
+    import types
+
+    from nnunetv2.training.lr_scheduler.polylr import PolyLRScheduler
+    from torch.optim import AdamW
+
+    def configure_optimizers(self):
+        optimizer = AdamW(self.network.parameters(), lr=self.initial_lr, weight_decay=self.weight_decay, amsgrad=True)
+        return optimizer, PolyLRScheduler(optimizer, self.initial_lr, self.num_epochs)
+
+    trainer.configure_optimizers = types.MethodType(configure_optimizers, trainer)
 
 
 def train_demo(workdir: Path, bundle_dir: Path, recipe: DemoRecipe | None = None,
