@@ -63,7 +63,8 @@ def _phantom_parser(sub) -> None:
     p.add_argument("--matrix", type=int, default=512, help="in-plane matrix (512 like a real scan)")
     p.add_argument("--spacing", type=float, nargs=3, metavar=("SZ", "SY", "SX"),
                    help="voxel spacing in mm (random 1-3 mm slices, 0.6-1.0 mm pixels by default)")
-    p.add_argument("--orientation", default="HFS", help="DICOM patient position: HFS, FFS, HFP or FFP")
+    p.add_argument("--orientation", default="HFS", choices=("HFS", "FFS", "HFP", "FFP"),
+                   help="DICOM patient position (an exact flip of the same volume)")
     p.set_defaults(handler=cmd_phantom)
 
 
