@@ -205,6 +205,8 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.add_argument("--device", default="auto")
     p.add_argument("--step-size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
+    p.add_argument("--no-relabel", action="store_true",
+                   help="keep the network's level names (skip the head-to-feet consistency step)")
     p.set_defaults(handler=cmd_evaluate)
 
 
@@ -216,7 +218,7 @@ def cmd_evaluate(args) -> int:
 
     cases = _cases_to_evaluate(args)
     bundle = find_bundle(args.model)
-    segmenter = Segmenter(bundle, device=args.device, step_size=args.step_size)
+    segmenter = Segmenter(bundle, device=args.device, step_size=args.step_size, relabel=not args.no_relabel)
     classifier = ThresholdClassifier()
     results = []
     for case in cases:

@@ -11,7 +11,9 @@ path would do, in a way that keeps a 512x512x300 CT within a few GB:
 4. resample the *logits* back to the input grid slab by slab (linear in z, bilinear in
    plane) and take the arg-max there, so boundaries are placed with sub-voxel accuracy
    and the full-resolution probability volume never exists in memory;
-5. per label, drop small disconnected fragments (``postprocess.py``).
+5. per label, drop small disconnected fragments, then make level names consecutive from
+   head to feet (``postprocess.py``); the volume's axis 0 must grow towards the head,
+   as it does for every LPS-oriented volume spine-node reads.
 
 Arrays are (z, y, x) with spacing (sz, sy, sx) in mm, the same axis order nnU-Net's
 SimpleITK reader produces, so a bundle trained from NIfTI files sees what it was trained on.
@@ -25,7 +27,8 @@ import numpy as np
 
 from .errors import ModelBundleError, PipelineError
 from .models import ModelBundle
-from .postprocess import remove_fragments
+from .levels import LEVELS
+from .postprocess import relabel_by_order, remove_fragments
 
 BODY_HU = -500.0
 CROP_MARGIN_MM = 10.0
@@ -54,13 +57,14 @@ class Segmenter:
     """A loaded model: create once, call ``segment`` for each volume."""
 
     def __init__(self, bundle: ModelBundle, device: str = "auto", step_size: float = 0.5,
-                 mirroring: bool = False, threads: int | None = None):
+                 mirroring: bool = False, threads: int | None = None, relabel: bool = True):
         import torch
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
         if threads:
             torch.set_num_threads(threads)
         self.bundle = bundle
+        self.relabel = relabel
         self.device = pick_device(device)
         self.predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
                                          perform_everything_on_device=self.device.type == "cuda",
@@ -105,6 +109,8 @@ class Segmenter:
         timings["resample_back"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         labels = remove_fragments(labels, spacing)
+        if self.relabel:
+            labels = relabel_by_order(labels, self.bundle.label_map, LEVELS, superior_axis=0)
         timings["fragments"] = time.perf_counter() - t0
         return Segmentation(labels, timings)
 
