@@ -144,16 +144,22 @@ def body_box(hu: np.ndarray, spacing) -> tuple[slice, slice, slice]:
     return tuple(box)  # type: ignore[return-value]
 
 
-def upsample_argmax(logits, out_shape: tuple[int, int, int], slab: int = 8) -> np.ndarray:
-    """Arg-max of logits (C, z, y, x) resampled to out_shape, computed a few output slices at a time.
+def upsample_argmax(logits, out_shape: tuple[int, int, int], slab: int = 8, foreground_first: bool = True) -> np.ndarray:
+    """Labels from logits (C, z, y, x) resampled to out_shape, computed a few output slices at a time.
 
     The z interpolation uses the same half-voxel convention as ``F.interpolate`` with
     ``align_corners=False``, so slabs join seamlessly; in-plane is bilinear.
+
+    ``foreground_first``: a voxel is vertebra when the background probability is below one
+    half, and then gets the most probable level. A plain arg-max would leave a voxel that is
+    surely vertebra but split between two neighbouring levels (0.45 T7, 0.40 T8, 0.15
+    background) as background, punching holes exactly where the level is ambiguous.
     """
     import torch
     import torch.nn.functional as F
 
     n_classes, nz_in = logits.shape[0], logits.shape[1]
+    assert n_classes < 256
     nz, ny, nx = out_shape
     out = np.empty(out_shape, np.uint8)
     scale = nz_in / nz
@@ -165,6 +171,16 @@ def upsample_argmax(logits, out_shape: tuple[int, int, int], slab: int = 8) -> n
         w = torch.from_numpy((src - lo).astype(np.float32)).view(1, -1, 1, 1)
         planes = logits[:, lo] * (1 - w) + logits[:, hi] * w  # (C, k, y_in, x_in)
         planes = F.interpolate(planes.permute(1, 0, 2, 3), size=(ny, nx), mode="bilinear", align_corners=False)
-        out[idx] = planes.argmax(1).to(torch.uint8).numpy()
-    assert n_classes < 256
+        out[idx] = _decide(planes, foreground_first).numpy()
     return out
+
+
+def _decide(planes, foreground_first: bool):
+    """Label per voxel of logits (k, C, y, x): plain arg-max, or foreground first then the best level."""
+    import torch
+
+    if not foreground_first:
+        return planes.argmax(1).to(torch.uint8)
+    background = torch.softmax(planes, dim=1)[:, 0]
+    level = planes[:, 1:].argmax(1) + 1
+    return torch.where(background < 0.5, level, torch.zeros_like(level)).to(torch.uint8)
