@@ -28,7 +28,7 @@ import numpy as np
 from .errors import ModelBundleError, PipelineError
 from .models import ModelBundle
 from .levels import LEVELS
-from .postprocess import relabel_by_order, remove_fragments
+from .postprocess import relabel_by_order, remove_fragments, unify_instances
 
 BODY_HU = -500.0
 CROP_MARGIN_MM = 10.0
@@ -65,6 +65,7 @@ class Segmenter:
             torch.set_num_threads(threads)
         self.bundle = bundle
         self.relabel = relabel
+        self.vertebra_labels = [label for label, level in bundle.label_map.items() if level in LEVELS]
         self.device = pick_device(device)
         self.predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
                                          perform_everything_on_device=self.device.type == "cuda",
@@ -108,6 +109,8 @@ class Segmenter:
         labels[box] = labels_crop
         timings["resample_back"] = time.perf_counter() - t0
         t0 = time.perf_counter()
+        if self.relabel:
+            labels = unify_instances(labels, spacing, self.vertebra_labels)
         labels = remove_fragments(labels, spacing)
         if self.relabel:
             labels = relabel_by_order(labels, self.bundle.label_map, LEVELS, superior_axis=0)

@@ -1,10 +1,16 @@
 """Clean-up of a predicted vertebra label map.
 
 A network's arg-max leaves specks: a few voxels of "T7" inside T8, a blob on a rib.
-Per label, the largest connected component is the vertebra; any other component smaller
-than ``min_fraction`` of it is a fragment and goes back to background. Larger extra
-components are kept: they are bone the network saw, perhaps under the wrong level, and
-deleting them would hide that from the reader.
+Three steps, each cheap and each explainable:
+
+1. ``unify_instances``: vertebrae are separated by discs, so each connected piece of
+   vertebra (all levels together) is one vertebra; a piece that one level dominates is
+   given that level throughout, which repairs patchy level labels inside one bone.
+   Pieces smaller than ``min_ml`` are fragments and go back to background.
+2. ``remove_fragments``: per label, components smaller than ``min_fraction`` of the
+   largest are dropped. Larger extra components are kept: they are bone the network saw,
+   perhaps under the wrong level, and deleting them would hide that from the reader.
+3. ``relabel_by_order``: levels follow each other without gaps from head to feet.
 """
 from __future__ import annotations
 
@@ -12,6 +18,8 @@ import numpy as np
 from scipy import ndimage
 
 MIN_FRACTION = 0.1
+MIN_PIECE_ML = 0.3
+DOMINANT_SHARE = 0.6
 
 
 def remove_fragments(labels: np.ndarray, spacing, min_fraction: float = MIN_FRACTION) -> np.ndarray:
@@ -88,3 +96,27 @@ def _instances(labels, label_map, levels, superior_axis):
             pieces.append((centre, box, levels.index(level), int(mask.sum()), mask))
     pieces.sort(key=lambda p: -p[0])
     return [p[1:] for p in pieces]
+
+
+def unify_instances(labels: np.ndarray, spacing, vertebra_labels: list[int], min_ml: float = MIN_PIECE_ML,
+                    dominant_share: float = DOMINANT_SHARE) -> np.ndarray:
+    """Give each connected piece of vertebra the level that dominates it; drop tiny pieces. In place."""
+    is_vertebra = np.zeros(256, bool)
+    is_vertebra[vertebra_labels] = True
+    pieces, count = ndimage.label(is_vertebra[labels], ndimage.generate_binary_structure(3, 1))
+    if count == 0:
+        return labels
+    table = np.bincount(pieces.ravel().astype(np.int64) * 256 + labels.ravel(), minlength=(count + 1) * 256)
+    table = table.reshape(count + 1, 256)[1:]
+    sizes = table.sum(1)
+    dominant = table.argmax(1)
+    share = table.max(1) / np.maximum(sizes, 1)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    lut = np.full(count + 1, -1, np.int32)  # -1: keep the voxel's own label
+    lut[1:][sizes * voxel_ml < min_ml] = 0
+    unify = (share >= dominant_share) & (sizes * voxel_ml >= min_ml)
+    lut[1:][unify] = dominant[unify]
+    mapped = lut[pieces]
+    keep = mapped < 0
+    labels[~keep] = mapped[~keep].astype(labels.dtype)
+    return labels

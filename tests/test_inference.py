@@ -109,3 +109,25 @@ def test_relabel_by_order_leaves_a_consistent_column_alone():
     before = labels.copy()
     relabel_by_order(labels, PAPER, LEVELS)
     assert np.array_equal(labels, before)
+
+
+def test_unify_instances_gives_a_patchy_vertebra_its_dominant_level_and_drops_specks():
+    from pipelines.postprocess import unify_instances
+
+    labels = _column([5, 6, 7])
+    top = labels.shape[0]
+    labels[top - 14:top - 12, :3] = 7  # a patch of "T7" inside T6
+    labels[0, 0, 0] = 9  # a one-voxel speck
+    unify_instances(labels, (1.0, 1.0, 1.0), list(range(1, 18)), min_ml=0.005)
+    assert set(np.unique(labels[top - 14:top - 8])) == {6}
+    assert labels[0, 0, 0] == 0
+
+
+def test_unify_instances_leaves_two_touching_vertebrae_split_evenly_alone():
+    from pipelines.postprocess import unify_instances
+
+    labels = np.zeros((12, 4, 4), np.uint8)
+    labels[:6], labels[6:] = 13, 14  # no disc between them: one piece, half and half
+    before = labels.copy()
+    unify_instances(labels, (1.0, 1.0, 1.0), list(range(1, 18)), min_ml=0.001)
+    assert np.array_equal(labels, before)
