@@ -143,7 +143,7 @@ def train(recipe: DemoRecipe, device_name: str = "cpu") -> Path:
         use_adamw(trainer)
     trainer.save_every = max(recipe.epochs // 4, 1)
     trainer.run_training()
-    return Path(trainer.output_folder)
+    return Path(trainer.output_folder_base)  # the trained-model folder (dataset.json, plans.json, fold_*)
 
 
 def use_adamw(trainer) -> None:

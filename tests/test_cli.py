@@ -48,7 +48,7 @@ def test_models_verify_accepts_the_bundled_demo_model(capsys):
 def test_models_verify_refuses_a_tampered_checkpoint_in_one_line(tmp_path, capsys):
     copy = tmp_path / "tampered"
     shutil.copytree(BUNDLED_DIR / "spine-phantom-demo", copy)
-    checkpoint = next(copy.glob("nnunet/fold_*/checkpoint_final.pth"))
+    checkpoint = next(copy.glob("nnunet/fold_*/*.pth"))
     with open(checkpoint, "ab") as handle:
         handle.write(b"\0")
     assert main(["models", "verify", str(copy)]) == 2

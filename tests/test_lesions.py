@@ -44,7 +44,7 @@ def test_cortex_alone_is_not_called_blastic():
 
 
 def test_a_focus_below_the_minimum_volume_is_ignored():
-    hu, mask = _vertebra([(1.5, 30.0)])
+    hu, mask = _vertebra([(2.0, -100.0)])  # about 26 mm3 survive the smoothing
     finding = ThresholdClassifier(LesionThresholds(min_focus_mm3=40.0)).classify(hu, mask, SPACING)
     assert finding.kind == "none"
     assert 0 < finding.features["largest_hypodense_focus_mm3"] < 40.0
