@@ -8,12 +8,13 @@ path would do, in a way that keeps a 512x512x300 CT within a few GB:
 2. resample the crop to the model's spacing (trilinear, like nnU-Net's data resampling
    in spirit) and apply the plan's CT normalisation;
 3. nnU-Net's sliding-window prediction (Gaussian weighting, configurable step and mirroring);
-4. resample the *logits* back to the input grid slab by slab (linear in z, bilinear in
-   plane) and take the arg-max there, so boundaries are placed with sub-voxel accuracy
-   and the full-resolution probability volume never exists in memory;
-5. per label, drop small disconnected fragments, then make level names consecutive from
-   head to feet (``postprocess.py``); the volume's axis 0 must grow towards the head,
-   as it does for every LPS-oriented volume spine-node reads.
+4. decide labels at the model's resolution (foreground first, then the level) and clean
+   them there, where it is cheap (``postprocess.py``: one level per connected piece,
+   fragments dropped, level names consecutive from head to feet; the volume's axis 0
+   must grow towards the head, as it does for every LPS-oriented volume spine-node reads);
+5. bring them back to the input grid slab by slab: the boundary from the interpolated
+   foreground score (sub-voxel), the level from the nearest model voxel, so no
+   full-resolution probability volume ever exists in memory.
 
 Arrays are (z, y, x) with spacing (sz, sy, sx) in mm, the same axis order nnU-Net's
 SimpleITK reader produces, so a bundle trained from NIfTI files sees what it was trained on.
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy import ndimage
 
 from .errors import ModelBundleError, PipelineError
 from .models import ModelBundle
@@ -103,19 +105,26 @@ class Segmenter:
         timings["network"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         logits = logits.permute(0, *[1 + a for a in self.transpose_backward])
-        labels_crop = upsample_argmax(logits, in_shape)
+        low_spacing = tuple(n * s / m for n, s, m in zip(in_shape, spacing, logits.shape[1:]))
+        low = _decide(logits.transpose(0, 1), foreground_first=True).numpy()
+        low = self._clean(low, low_spacing)
+        timings["postprocess"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        foreground = torch.logsumexp(logits[1:], dim=0) - logits[0]  # > 0 where p(background) < 0.5
         del logits
         labels = np.zeros(hu.shape, np.uint8)
-        labels[box] = labels_crop
+        labels[box] = upsample_labels(foreground, low, in_shape)
         timings["resample_back"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        if self.relabel:
-            labels = unify_instances(labels, spacing, self.vertebra_labels)
-        labels = remove_fragments(labels, spacing)
-        if self.relabel:
-            labels = relabel_by_order(labels, self.bundle.label_map, LEVELS, superior_axis=0)
-        timings["fragments"] = time.perf_counter() - t0
         return Segmentation(labels, timings)
+
+    def _clean(self, low: np.ndarray, low_spacing) -> np.ndarray:
+        """The post-processing steps on the model-resolution label map, where they are cheap."""
+        if self.relabel:
+            low = unify_instances(low, low_spacing, self.vertebra_labels)
+        low = remove_fragments(low, low_spacing)
+        if self.relabel:
+            low = relabel_by_order(low, self.bundle.label_map, LEVELS, superior_axis=0)
+        return low
 
     def _prepare(self, crop: np.ndarray, spacing: np.ndarray):
         """Transpose, resample to the model spacing and normalise; returns (tensor, crop shape)."""
@@ -147,39 +156,51 @@ def body_box(hu: np.ndarray, spacing) -> tuple[slice, slice, slice]:
     return tuple(box)  # type: ignore[return-value]
 
 
-def upsample_argmax(logits, out_shape: tuple[int, int, int], slab: int = 8, foreground_first: bool = True) -> np.ndarray:
-    """Labels from logits (C, z, y, x) resampled to out_shape, computed a few output slices at a time.
+def upsample_labels(foreground, low_labels: np.ndarray, out_shape: tuple[int, int, int], slab: int = 16) -> np.ndarray:
+    """Full-resolution labels from a model-resolution foreground score and cleaned label map.
 
-    The z interpolation uses the same half-voxel convention as ``F.interpolate`` with
-    ``align_corners=False``, so slabs join seamlessly; in-plane is bilinear.
-
-    ``foreground_first``: a voxel is vertebra when the background probability is below one
-    half, and then gets the most probable level. A plain arg-max would leave a voxel that is
-    surely vertebra but split between two neighbouring levels (0.45 T7, 0.40 T8, 0.15
-    background) as background, punching holes exactly where the level is ambiguous.
+    The boundary comes from the foreground score (log p(vertebra) - log p(background)),
+    interpolated linearly in z and bilinearly in plane, so it is placed with sub-voxel
+    accuracy; the level of each voxel is that of the nearest model voxel (the label map
+    grown by one voxel first, so that a boundary voxel always finds its vertebra). One
+    channel instead of all classes keeps this step cheap; slabs keep memory flat.
     """
     import torch
     import torch.nn.functional as F
 
-    n_classes, nz_in = logits.shape[0], logits.shape[1]
-    assert n_classes < 256
+    grown = low_labels.copy()
+    empty = grown == 0
+    grown[empty] = ndimage.grey_dilation(low_labels, size=(3, 3, 3))[empty]
+    nz_in = foreground.shape[0]
     nz, ny, nx = out_shape
+    near = [_nearest(n_in, n_out) for n_in, n_out in zip(low_labels.shape, out_shape)]
     out = np.empty(out_shape, np.uint8)
-    scale = nz_in / nz
     for start in range(0, nz, slab):
         idx = np.arange(start, min(start + slab, nz))
-        src = np.clip((idx + 0.5) * scale - 0.5, 0, nz_in - 1)
+        src = np.clip((idx + 0.5) * nz_in / nz - 0.5, 0, nz_in - 1)
         lo = np.floor(src).astype(int)
         hi = np.minimum(lo + 1, nz_in - 1)
-        w = torch.from_numpy((src - lo).astype(np.float32)).view(1, -1, 1, 1)
-        planes = logits[:, lo] * (1 - w) + logits[:, hi] * w  # (C, k, y_in, x_in)
-        planes = F.interpolate(planes.permute(1, 0, 2, 3), size=(ny, nx), mode="bilinear", align_corners=False)
-        out[idx] = _decide(planes, foreground_first).numpy()
+        w = torch.from_numpy((src - lo).astype(np.float32)).view(-1, 1, 1)
+        planes = foreground[lo] * (1 - w) + foreground[hi] * w
+        planes = F.interpolate(planes[:, None], size=(ny, nx), mode="bilinear", align_corners=False)[:, 0]
+        level = grown[np.ix_(near[0][idx], near[1], near[2])]
+        out[idx] = np.where(planes.numpy() > 0, level, 0)
     return out
 
 
+def _nearest(n_in: int, n_out: int) -> np.ndarray:
+    """Index of the nearest input voxel centre for each output voxel (half-voxel convention)."""
+    return np.clip(np.floor((np.arange(n_out) + 0.5) * n_in / n_out).astype(int), 0, n_in - 1)
+
+
 def _decide(planes, foreground_first: bool):
-    """Label per voxel of logits (k, C, y, x): plain arg-max, or foreground first then the best level."""
+    """Label per voxel of logits (k, C, y, x): plain arg-max, or foreground first then the best level.
+
+    ``foreground_first``: a voxel is vertebra when the background probability is below one
+    half, and then gets the most probable level. A plain arg-max would leave a voxel that is
+    surely vertebra but split between two neighbouring levels (0.4 background, 0.3 T7,
+    0.3 T8) as background, punching holes exactly where the level is ambiguous.
+    """
     import torch
 
     if not foreground_first:

@@ -7,29 +7,35 @@ import torch
 import torch.nn.functional as F
 
 from pipelines.evaluation import confusion, score_levels, to_level_index
-from pipelines.inference import Segmenter, body_box, upsample_argmax
+from pipelines.inference import Segmenter, _decide, body_box, upsample_labels
 from pipelines.levels import PAPER
 from pipelines.models import find_bundle
 from pipelines.phantom import make_phantom
 from pipelines.postprocess import remove_fragments, vertebra_stats
 
 
-def test_slab_upsampling_equals_whole_volume_interpolation():
+def test_slab_upsampling_places_the_boundary_like_whole_volume_interpolation():
     torch.manual_seed(0)
-    logits = torch.randn(5, 7, 9, 11)
+    score = torch.randn(7, 9, 11)
     out_shape = (23, 20, 17)
-    whole = F.interpolate(logits[None], size=out_shape, mode="trilinear", align_corners=False)[0].argmax(0)
-    slabs = upsample_argmax(logits, out_shape, slab=4, foreground_first=False)
-    agreement = (torch.from_numpy(slabs.astype(np.int64)) == whole).float().mean().item()
-    assert agreement > 0.995  # ties in float rounding only
+    whole = F.interpolate(score[None, None], size=out_shape, mode="trilinear", align_corners=False)[0, 0] > 0
+    labels = upsample_labels(score, np.full(score.shape, 5, np.uint8), out_shape, slab=4)
+    assert ((torch.from_numpy(labels) > 0) == whole).float().mean().item() > 0.995  # float ties only
+    assert set(np.unique(labels)) <= {0, 5}
+
+
+def test_upsampled_voxels_take_the_level_of_the_nearest_model_voxel():
+    low = np.zeros((4, 2, 2), np.uint8)
+    low[:2], low[2:] = 13, 14
+    labels = upsample_labels(torch.ones(4, 2, 2), low, (8, 4, 4))
+    assert (labels[:4] == 13).all() and (labels[4:] == 14).all()
 
 
 def test_foreground_first_keeps_a_voxel_split_between_two_levels():
     # background 0.40, T1 0.30, T2 0.30: arg-max says background although the voxel is 60 % vertebra.
-    probs = torch.tensor([0.40, 0.30, 0.30]).view(3, 1, 1, 1).expand(3, 2, 2, 2)
-    logits = probs.log().contiguous()
-    assert (upsample_argmax(logits, (2, 2, 2), foreground_first=False) == 0).all()
-    assert (upsample_argmax(logits, (2, 2, 2), foreground_first=True) == 1).all()
+    logits = torch.tensor([0.40, 0.30, 0.30]).log().view(1, 3, 1, 1)
+    assert _decide(logits, foreground_first=False).item() == 0
+    assert _decide(logits, foreground_first=True).item() == 1
 
 
 def test_body_box_crops_air_and_keeps_the_body():
@@ -80,7 +86,7 @@ def test_demo_model_finds_the_vertebrae_of_a_held_out_phantom(segmenter):
     assert union_dice > 0.6, union_dice
     rows = score_levels(confusion(to_level_index(phantom.labels, PAPER), to_level_index(result.labels, PAPER)))
     assert sum(r["level_correct"] for r in rows) >= 2, rows
-    assert {"preprocess", "network", "resample_back", "fragments"} <= set(result.timings_s)
+    assert {"preprocess", "network", "postprocess", "resample_back"} <= set(result.timings_s)
 
 
 @pytest.mark.slow
