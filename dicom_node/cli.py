@@ -70,7 +70,7 @@ def _phantom_parser(sub) -> None:
 
 def cmd_phantom(args) -> int:
     from pipelines.phantom import make_phantom
-    from pipelines.phantom_io import nnunet_dataset_json, write_nifti_case, write_nnunet_case
+    from pipelines.phantom_io import nnunet_dataset_json, write_nnunet_case
 
     if args.n < 1:
         raise NodeError("--n must be at least 1")

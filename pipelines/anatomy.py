@@ -21,8 +21,6 @@ from .levels import LEVELS
 SPINE_LEVELS = ["C7"] + LEVELS + ["S1", "S2", "S3"]
 """Every vertebra drawn, cranial to caudal. C7 and the sacrum give context; only T1-L5 are labelled."""
 
-LESION_CLASSES = ("none", "lytic", "blastic", "mixed")
-
 
 @dataclass
 class Lesion:

@@ -24,11 +24,10 @@ from typing import Callable
 import numpy as np
 
 from .errors import EvaluationError
-from .lesions import LesionClassifier
+from .lesions import LESION_CLASSES, LesionClassifier
 from .levels import LEVELS, preset
 from .volume_io import Volume, read_volume, same_grid
 
-LESION_CLASSES = ["none", "lytic", "blastic", "mixed"]
 MIN_LESION_MM = 5.0
 
 

@@ -23,6 +23,10 @@ import numpy as np
 from scipy import ndimage
 
 
+LESION_CLASSES = ["none", "lytic", "blastic", "mixed"]
+"""The classes a vertebra can get, in the order reports list them."""
+
+
 @dataclass(frozen=True)
 class LesionThresholds:
     """Documented defaults: normal trabecular bone is ~120-300 HU, lytic foci ~0-100, blastic ~600-1200."""

@@ -70,7 +70,7 @@ def slice_pixels(image: np.ndarray, k: int, orientation: str) -> np.ndarray:
 
 def slice_position(grid: Grid, k: int, orientation: str) -> tuple[float, float, float]:
     """LPS position (mm) of the first transmitted pixel of slice ``k`` (ImagePositionPatient)."""
-    (nz, ny, nx), (sz, sy, sx), (x0, y0, z0) = grid.shape, grid.spacing, grid.origin
+    (_, ny, nx), (sz, sy, sx), (x0, y0, z0) = grid.shape, grid.spacing, grid.origin
     if is_prone(orientation):  # the first pixel is the voxel (k, ny-1, nx-1)
         return x0 + (nx - 1) * sx, y0 + (ny - 1) * sy, z0 + k * sz
     return x0, y0, z0 + k * sz
