@@ -55,6 +55,7 @@ class DemoRecipe:
     initial_lr: float = 1e-3
     batch_dice: bool = True
     seed_offset: int = 0
+    warm_start: str | None = None  # a checkpoint whose network weights start the training
     extra: dict = field(default_factory=dict)
 
 
@@ -142,8 +143,23 @@ def train(recipe: DemoRecipe, device_name: str = "cpu") -> Path:
     if recipe.optimizer == "adamw":
         use_adamw(trainer)
     trainer.save_every = max(recipe.epochs // 4, 1)
+    if recipe.warm_start:
+        warm_start(trainer, Path(recipe.warm_start))
     trainer.run_training()
     return Path(trainer.output_folder_base)  # the trained-model folder (dataset.json, plans.json, fold_*)
+
+
+def warm_start(trainer, checkpoint: Path) -> None:
+    """Start from an earlier run's network weights (all layers, the output layer included).
+
+    nnU-Net's own ``load_pretrained_weights`` skips the output layer because it is meant
+    for transfer to new labels; continuing the demo model's training keeps the labels.
+    """
+    import torch
+
+    trainer.initialize()
+    weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
+    getattr(trainer.network, "_orig_mod", trainer.network).load_state_dict(weights)
 
 
 def use_adamw(trainer) -> None:
