@@ -23,3 +23,7 @@ class UnknownLevelError(ModelBundleError):
 
 class EvaluationError(PipelineError):
     """A case cannot be evaluated (missing files, unknown label convention, shape mismatch)."""
+
+
+class DicomWriteError(PipelineError):
+    """A DICOM SEG or SR cannot be written from the inputs given (no findings, labels and findings disagree)."""
