@@ -6,6 +6,7 @@ Subcommands (each a small function below):
 * ``models``      ``list`` / ``verify NAME_OR_PATH`` / ``install PATH_OR_ZIP`` model bundles
 * ``train-demo``  reproduce the bundled demo model from scratch (CPU, about an hour)
 * ``evaluate``    per-vertebra Dice, level identification and lesion classes of a model on cases
+* ``process``     the pipeline offline on DICOM files and folders (``cli_process.py``)
 
 Errors that a user can fix are printed as one line ``spine-node: error: ...`` with exit
 status 2 (bad input) or 1 (a failed run); nothing is half-written.
@@ -21,6 +22,7 @@ from pathlib import Path
 
 from pipelines.errors import PipelineError
 
+from . import cli_process
 from .errors import NodeError
 
 
@@ -48,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     _models_parser(sub)
     _train_parser(sub)
     _evaluate_parser(sub)
+    cli_process.add_parser(sub)
     return parser
 
 

@@ -1,0 +1,178 @@
+"""The pipeline of one CT series: volume -> vertebrae with levels -> lesion classes -> SEG + SR.
+
+Two halves, so that the heavy one can run on another machine:
+
+* ``analyse(hu, geometry, options)`` is pure compute, the task a (GPU) worker runs: the
+  nnU-Net segmentation (one loaded model per process, reused across series), vertebra
+  levels from the model's label map and the lesion class of each vertebra.
+* ``build_outputs(series, analysis, options)`` turns that into the DICOM SEG, the
+  TID 1500 SR and ``summary.json``'s content, next to the source headers.
+
+Neither touches files, SQL or the network; ``offline.py`` and the node do the I/O.
+"""
+from __future__ import annotations
+
+import functools
+import time
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+
+import numpy as np
+from pydicom.dataset import Dataset
+from scipy import ndimage
+
+from .ct_series import CTSeries, Geometry, ModelIdentity, VertebraFinding
+from .levels import LEVELS
+from .lesions import LesionThresholds, ThresholdClassifier
+from .orientation import lps_reorientation
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Everything a worker needs to analyse a series; picklable, recorded in the provenance."""
+
+    model: str = "spine-phantom-demo"  # bundle name or folder
+    device: str = "auto"               # auto | cpu | cuda | cuda:N
+    step_size: float = 0.5             # sliding-window step (fraction of the patch)
+    mirroring: bool = False            # test-time mirroring (slower; the demo model is trained without it)
+    seg_type: str = "binary"           # binary | labelmap
+    min_slices: int = 20
+    lesion_thresholds: dict | None = None
+
+    def parameters(self) -> dict:
+        """The options as the provenance records them."""
+        return asdict(self)
+
+
+@dataclass
+class Analysis:
+    """What the worker returns: labels on the series' own grid and the findings."""
+
+    labels: np.ndarray
+    findings: list[VertebraFinding]
+    model: ModelIdentity
+    device: str
+    timings_s: dict[str, float] = field(default_factory=dict)
+    parameters: dict = field(default_factory=dict)
+
+
+@dataclass
+class Outputs:
+    """The DICOM objects of one analysed series and its summary (``seg`` is None when no vertebra was found)."""
+
+    seg: Dataset | None
+    sr: Dataset
+    summary: dict
+    timings_s: dict[str, float] = field(default_factory=dict)
+
+
+@functools.lru_cache(maxsize=2)
+def load_segmenter(model: str, device: str, step_size: float, mirroring: bool):
+    """The loaded model of this process, created once and reused for every series (per option set)."""
+    from .inference import Segmenter
+    from .models import find_bundle
+
+    return Segmenter(find_bundle(model), device=device, step_size=step_size, mirroring=mirroring)
+
+
+def analyse(hu: np.ndarray, geometry: Geometry, options: PipelineOptions) -> Analysis:
+    """Segment, label and classify one CT volume (slices, rows, columns in HU) on its own grid."""
+    segmenter = load_segmenter(options.model, options.device, options.step_size, options.mirroring)
+    bundle = segmenter.bundle
+    reorient = lps_reorientation(geometry)
+    segmentation = segmenter.segment(reorient.to_lps(hu), reorient.spacing(geometry.spacing))
+    labels = np.ascontiguousarray(reorient.from_lps(segmentation.labels))
+    timings = dict(segmentation.timings_s)
+    t0 = time.perf_counter()
+    findings = vertebra_findings(hu, labels, geometry.spacing, bundle.label_map)
+    timings["measure"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    classify_lesions(hu, labels, geometry.spacing, findings, options.lesion_thresholds)
+    timings["lesions"] = time.perf_counter() - t0
+    model = ModelIdentity(bundle.name, bundle.version, bundle.sha256)
+    return Analysis(labels, findings, model, str(segmenter.device), timings, options.parameters())
+
+
+def vertebra_findings(hu: np.ndarray, labels: np.ndarray, spacing, label_map: dict[int, str]) -> list[VertebraFinding]:
+    """One finding per vertebra level present, head to feet, with voxels, volume and mean HU."""
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    boxes = ndimage.find_objects(labels)
+    findings = []
+    for label, level in label_map.items():
+        if level not in LEVELS or label > len(boxes) or boxes[label - 1] is None:
+            continue
+        box = boxes[label - 1]
+        inside = labels[box] == label
+        n = int(inside.sum())
+        findings.append(VertebraFinding(level=level, label=int(label), voxels=n,
+                                        volume_ml=round(n * voxel_ml, 2),
+                                        mean_hu=round(float(hu[box][inside].mean(dtype=np.float64)), 1)))
+    return sorted(findings, key=lambda f: LEVELS.index(f.level))
+
+
+def classify_lesions(hu: np.ndarray, labels: np.ndarray, spacing, findings: list[VertebraFinding],
+                     thresholds: dict | None = None) -> None:
+    """Set each finding's lesion class and features, looking only inside its bounding box."""
+    classifier = ThresholdClassifier(LesionThresholds(**thresholds) if thresholds else None)
+    boxes = ndimage.find_objects(labels)
+    for finding in findings:
+        box = _grow(boxes[finding.label - 1], labels.shape, 3)
+        result = classifier.classify(hu[box], labels[box] == finding.label, spacing)
+        finding.lesion = result.kind
+        finding.features = result.features
+
+
+def _grow(box: tuple[slice, ...], shape, margin: int) -> tuple[slice, ...]:
+    return tuple(slice(max(s.start - margin, 0), min(s.stop + margin, n)) for s, n in zip(box, shape))
+
+
+def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions,
+                  predecessor_sr: Dataset | None = None) -> Outputs:
+    """The SEG, the SR and the summary of an analysed series (new SOP Instance UIDs each call)."""
+    from .seg import build_seg
+    from .sr import build_sr
+
+    timings: dict[str, float] = {}
+    seg = None
+    t0 = time.perf_counter()
+    if analysis.findings:
+        seg = build_seg(series, analysis.labels, analysis.findings, analysis.model,
+                        labelmap=options.seg_type == "labelmap")
+    timings["seg"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sr = build_sr(series, seg, analysis.findings, analysis.model, predecessor=predecessor_sr)
+    timings["sr"] = time.perf_counter() - t0
+    summary = make_summary(series, analysis, seg, sr, {**analysis.timings_s, **timings})
+    return Outputs(seg, sr, summary, timings)
+
+
+def make_summary(series: CTSeries, analysis: Analysis, seg: Dataset | None, sr: Dataset, timings: dict) -> dict:
+    """``summary.json`` as DESIGN.md describes it, plus what explains each number."""
+    return {
+        "study_instance_uid": series.study_instance_uid,
+        "series_instance_uid": series.series_instance_uid,
+        "model": {"name": analysis.model.name, "version": analysis.model.version, "sha256": analysis.model.sha256},
+        "device": analysis.device,
+        "vertebrae": [{"level": f.level, "segment_number": f.segment_number, "voxels": f.voxels,
+                       "volume_ml": f.volume_ml, "mean_hu": f.mean_hu, "lesion": f.lesion,
+                       "lesion_features": f.features} for f in analysis.findings],
+        "seg_sop_instance_uid": str(seg.SOPInstanceUID) if seg is not None else None,
+        "sr_sop_instance_uid": str(sr.SOPInstanceUID),
+        "repairs": list(series.repairs),
+        "warnings": list(series.warnings),
+        "parameters": analysis.parameters,
+        "software": software_versions(),
+        "timings_s": {k: round(v, 3) for k, v in timings.items()},
+    }
+
+
+@functools.lru_cache(maxsize=1)
+def software_versions() -> dict[str, str]:
+    """Versions of spine-node and the libraries whose behaviour shapes the outputs."""
+    versions = {}
+    for name in ("spine-node", "nnunetv2", "torch", "highdicom", "pydicom", "pynetdicom", "numpy", "SimpleITK"):
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return versions
