@@ -27,3 +27,18 @@ class EvaluationError(PipelineError):
 
 class DicomWriteError(PipelineError):
     """A DICOM SEG or SR cannot be written from the inputs given (no findings, labels and findings disagree)."""
+
+
+class SeriesRejected(PipelineError):
+    """A DICOM series the pipeline refuses to process, with a machine ``code`` and a reason a person reads.
+
+    ``code`` is one short word from ``pipelines.series_checks.REJECTION_CODES`` ("not_ct",
+    "too_few_slices", "gap", ...), for summary files, SQL and tests; the message names the
+    series by its (possibly derived) SeriesInstanceUID, never by patient data.
+    """
+
+    def __init__(self, code: str, series_uid: str, reason: str):
+        super().__init__(f"series {series_uid or '(no UID)'}: {reason}")
+        self.code = code
+        self.series_uid = series_uid
+        self.reason = reason
