@@ -1,1 +1,21 @@
-"""What must outlive a process: instance files and SQL provenance (built in a later issue)."""
+"""What must outlive a process: instance files, the SQL provenance, jobs and the outbox.
+
+* ``open_database(url)`` opens SQLite (WAL, FULL sync, foreign keys) or PostgreSQL and
+  upgrades the schema to the newest Alembic revision shipped in ``storage/migrations``.
+* ``InstanceFiles(root)`` writes received instances and outputs durably (temp file,
+  fsync, rename, fsync of the folder) before anything acknowledges them.
+* ``Store(db)`` records instances, associations, series, jobs and their append-only
+  events, outputs and their deliveries, one short transaction per call.
+
+This package never imports ``dicom_node`` or ``pipelines``.
+"""
+from .database import Database, open_database
+from .errors import NotFoundError, StateError, StorageError
+from .files import InstanceFiles
+from .rows import DeliveryRow, InstanceRow, JobRow, OutputRow, SeriesRow
+from .store import Store
+
+__all__ = [
+    "Database", "open_database", "StorageError", "NotFoundError", "StateError", "InstanceFiles",
+    "Store", "InstanceRow", "SeriesRow", "JobRow", "OutputRow", "DeliveryRow",
+]

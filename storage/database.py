@@ -1,0 +1,191 @@
+"""Opening the provenance database: SQLite (embedded default) or PostgreSQL, migrated to head.
+
+SQLite connections get, on every connect:
+
+* ``journal_mode=WAL``: readers (the CLI, the status page) never block the writer that
+  records instances, and a crash never leaves a half-written database.
+* ``synchronous=FULL``: the WAL is fsynced at every commit. The node answers C-STORE
+  Success only after its row is committed, and the sender may then delete its copy, so
+  the row must survive a power cut, not only a crash of the process (``NORMAL`` in WAL
+  mode may lose the last commits on power loss). It costs one fsync per transaction,
+  which is small beside the fsync of the instance file itself.
+* ``busy_timeout`` (30 s): a writer waits for another process's transaction instead of
+  failing at once.
+* ``foreign_keys=ON``: SQLite does not check foreign keys otherwise.
+
+Write transactions on SQLite begin with ``BEGIN IMMEDIATE`` (the write lock is taken at
+the start, so a read-then-write transaction never fails half-way with "database is
+locked"); read-only ones (``Database.reading()``) use a plain deferred ``BEGIN``.
+
+Both back ends run the same Alembic revisions (``storage/migrations``), configured in
+code: no ``alembic.ini`` is needed. Concurrent starters are serialised (the SQLite write
+lock; a PostgreSQL advisory lock), so two processes opening a fresh database do not race.
+"""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+from alembic import command
+from alembic.config import Config
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import create_engine, event, text
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .errors import StorageError
+
+MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
+SQLITE_BUSY_TIMEOUT_MS = 30_000
+_MIGRATION_LOCK_KEY = 0x5350494E  # "SPIN": PostgreSQL advisory lock held while migrating
+
+
+class Database:
+    """An open database: an engine and sessions whose objects stay usable after commit."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self.url = engine.url
+        self.dialect = engine.dialect.name
+        self._write = sessionmaker(engine, expire_on_commit=False)
+        self._read = sessionmaker(engine.execution_options(sqlite_begin="BEGIN"), expire_on_commit=False)
+
+    @contextmanager
+    def writing(self) -> Iterator[Session]:
+        """One write transaction: committed on success, rolled back on error (translated to StorageError)."""
+        with self._transaction(self._write) as session:
+            yield session
+
+    @contextmanager
+    def reading(self) -> Iterator[Session]:
+        """One read-only transaction (on SQLite it does not take the write lock)."""
+        with self._transaction(self._read) as session:
+            yield session
+
+    def close(self) -> None:
+        """Close every pooled connection (the database itself stays as it is)."""
+        self.engine.dispose()
+
+    def __repr__(self) -> str:
+        return f"Database({self.url.render_as_string(hide_password=True)!r})"
+
+    @staticmethod
+    @contextmanager
+    def _transaction(factory: sessionmaker) -> Iterator[Session]:
+        try:
+            with factory() as session, session.begin():
+                yield session
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {_one_line(exc)}") from exc
+
+
+def open_database(url: str, *, create: bool = True) -> Database:
+    """Open the database at ``url`` and upgrade its schema to the newest revision.
+
+    ``sqlite:///PATH`` (the folder is created) or ``postgresql[+psycopg]://USER@HOST/DB``.
+    With ``create=False`` a missing SQLite file is an error instead of a new empty
+    database (for read-only tools such as ``spine-node jobs``).
+    """
+    engine = _create_engine(url, create)
+    try:
+        upgrade_to_head(engine)
+    except BaseException:
+        engine.dispose()
+        raise
+    return Database(engine)
+
+
+def upgrade_to_head(engine: Engine) -> None:
+    """Run the Alembic revisions not yet applied, in one transaction, serialised between processes."""
+    config = alembic_config()
+    try:
+        with engine.begin() as connection:
+            if engine.dialect.name == "postgresql":
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+            config.attributes["connection"] = connection
+            command.upgrade(config, "head")
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot migrate {_safe(engine)}: {_one_line(exc)}") from exc
+
+
+def current_revision(db: Database) -> str | None:
+    """The Alembic revision the database is at (None before the first migration)."""
+    with db.engine.connect() as connection:
+        return MigrationContext.configure(connection).get_current_revision()
+
+
+def head_revision() -> str:
+    """The newest revision shipped with this package."""
+    return ScriptDirectory.from_config(alembic_config()).get_current_head()
+
+
+def alembic_config() -> Config:
+    """Alembic's configuration, in code: the revisions live inside the package.
+
+    To write a new revision against a scratch database::
+
+        from storage.database import alembic_config
+        from alembic import command
+        cfg = alembic_config(); cfg.set_main_option("sqlalchemy.url", "sqlite:///scratch.db")
+        command.upgrade(cfg, "head"); command.revision(cfg, "what changes", autogenerate=True)
+    """
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS_DIR))
+    return config
+
+
+def _create_engine(url: str, create: bool) -> Engine:
+    try:
+        parsed = make_url(url)
+    except ArgumentError as exc:
+        raise StorageError(f"invalid database URL {url!r}: expected sqlite:///PATH or postgresql://...") from exc
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        if parsed.drivername == "postgresql":
+            parsed = parsed.set(drivername="postgresql+psycopg")
+        return create_engine(parsed, pool_pre_ping=True)
+    if backend != "sqlite":
+        raise StorageError(f"unsupported database {parsed.render_as_string(hide_password=True)!r}: "
+                           "use sqlite:///PATH or postgresql://...")
+    if not parsed.database or parsed.database == ":memory:":
+        raise StorageError("an in-memory SQLite database cannot be shared by the node's threads: give a file path")
+    path = Path(parsed.database)
+    if not path.exists() and not create:
+        raise StorageError(f"no database at {path} (has the node run with this configuration?)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise StorageError(f"cannot create the database folder {path.parent}: {exc.strerror}") from exc
+    engine = create_engine(parsed)
+    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "begin", _sqlite_on_begin)
+    return engine
+
+
+def _sqlite_on_connect(dbapi_connection, _record) -> None:
+    dbapi_connection.isolation_level = None  # the "begin" listener below emits BEGIN itself
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
+        cursor.execute("PRAGMA journal_mode = WAL")
+        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute("PRAGMA foreign_keys = ON")
+    finally:
+        cursor.close()
+
+
+def _sqlite_on_begin(connection) -> None:
+    connection.exec_driver_sql(connection.get_execution_options().get("sqlite_begin", "BEGIN IMMEDIATE"))
+
+
+def _safe(engine: Engine) -> str:
+    return engine.url.render_as_string(hide_password=True)
+
+
+def _one_line(exc: BaseException) -> str:
+    """The first line of a driver error, without SQLAlchemy's background link."""
+    original = getattr(exc, "orig", None) or exc
+    return (str(original).strip().splitlines() or [type(original).__name__])[0]

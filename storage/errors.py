@@ -1,0 +1,18 @@
+"""Errors of the ``storage`` package, each with a one-line message a person can act on.
+
+Lower libraries' errors (SQLAlchemy, Alembic, ``OSError``) are translated where they
+leave this package (``raise StorageError(...) from exc``), so that the node catches one
+hierarchy and can put the message into a DIMSE status comment or a log line.
+"""
+
+
+class StorageError(Exception):
+    """Base class: something that must outlive the process could not be read or written."""
+
+
+class NotFoundError(StorageError):
+    """A job, series or delivery asked for by id or key does not exist."""
+
+
+class StateError(StorageError):
+    """A transition that the state machine does not allow (e.g. finishing a finished job)."""
