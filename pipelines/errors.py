@@ -42,3 +42,7 @@ class SeriesRejected(PipelineError):
         self.code = code
         self.series_uid = series_uid
         self.reason = reason
+
+
+class LesionConfigError(PipelineError):
+    """The lesion classifier's thresholds (from the node configuration) are unknown or out of range."""
