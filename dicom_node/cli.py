@@ -7,6 +7,7 @@ Subcommands (each a small function below):
 * ``train-demo``  reproduce the bundled demo model from scratch (CPU, about an hour)
 * ``evaluate``    per-vertebra Dice, level identification and lesion classes of a model on cases
 * ``process``     the pipeline offline on DICOM files and folders (``cli_process.py``)
+* ``jobs``        ``list`` / ``show ID`` the jobs recorded in the node's database (``cli_jobs.py``)
 
 Errors that a user can fix are printed as one line ``spine-node: error: ...`` with exit
 status 2 (bad input) or 1 (a failed run); nothing is half-written.
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from pipelines.errors import PipelineError
 
-from . import cli_process
+from . import cli_jobs, cli_process
 from .errors import NodeError
 
 
@@ -51,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
     _train_parser(sub)
     _evaluate_parser(sub)
     cli_process.add_parser(sub)
+    cli_jobs.add_parser(sub)
     return parser
 
 
