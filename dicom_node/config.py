@@ -238,10 +238,11 @@ def _read_file(path: Path, mistakes: list[str]) -> dict:
 
 def _check_variable_names(environ: Mapping[str, str], mistakes: list[str], warnings: list[str]) -> None:
     """A misspelt setting is a mistake; an unknown variable unlike any setting is only worth a warning."""
-    known = [s.variable for s in SETTINGS]
+    known = {s.variable for s in SETTINGS}
     for name in sorted(environ):
         if name.startswith(PREFIX) and name not in known and name not in OTHER_VARIABLES:
-            hint = _did_you_mean(name, known)
+            hint = _did_you_mean(name[len(PREFIX):], [s.name.upper() for s in SETTINGS])
+            hint = hint.replace("mean ", f"mean {PREFIX}")
             (mistakes if hint else warnings).append(f"{name}: not a setting of the node" + hint)
 
 
@@ -287,5 +288,5 @@ def _check_together(values: dict, mistakes: list[str], warnings: list[str]) -> N
 
 
 def _did_you_mean(word: str, options: list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1, cutoff=0.8)
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.75)
     return f" (did you mean {close[0]}?)" if close else ""
