@@ -1,0 +1,151 @@
+"""Real peers for Orthanc tests: a local Orthanc (orthanc/local_orthanc.py) and a DCMTK storescp.
+
+Import the fixtures into a test module (``from orthanc_fixture import orthanc_factory,
+storescp_factory``). Both factories start real processes on free loopback ports and stop
+them by their own PIDs at the end of the module; tests skip when Orthanc or DCMTK is not
+installed (``make system-deps`` installs them).
+"""
+from __future__ import annotations
+
+import importlib.util
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pydicom
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LOCAL_ORTHANC_PATH = REPO / "orthanc" / "local_orthanc.py"
+
+
+def _load_local_orthanc():
+    """orthanc/local_orthanc.py as a module: orthanc/ is a folder of files, not an installed package."""
+    spec = importlib.util.spec_from_file_location("spine_node_local_orthanc", LOCAL_ORTHANC_PATH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses need the module registered
+    spec.loader.exec_module(module)
+    return module
+
+
+local_orthanc = _load_local_orthanc()
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.25):
+    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
+        time.sleep(interval)
+
+
+def log_lines(orthanc, needle: str) -> list[str]:
+    """Lines of Orthanc's log that contain ``needle``."""
+    return [line for line in orthanc.log_text().splitlines() if needle in line]
+
+
+class StoreSCP:
+    """DCMTK storescp accepting every transfer syntax, writing what it receives into a folder."""
+
+    def __init__(self, folder: Path, aet: str):
+        self.folder = folder
+        self.aet = aet
+        self.port = 0
+        self.log_path = folder.parent / f"{folder.name}.log"
+        self._process: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 20.0) -> "StoreSCP":
+        """Start on a free loopback port and wait until it accepts TCP connections."""
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.port = local_orthanc.free_port()
+        with open(self.log_path, "ab") as log:
+            self._process = subprocess.Popen(
+                ["storescp", "--aetitle", self.aet, "+xa", "--output-directory", str(self.folder),
+                 str(self.port)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        wait_until(self._accepting, timeout, f"storescp on port {self.port}")
+        return self
+
+    def _accepting(self) -> bool:
+        if self._process.poll() is not None:
+            pytest.fail(f"storescp exited: {self.log_path.read_text(errors='replace')[-1000:]}")
+        try:
+            with socket.create_connection((local_orthanc.LOOPBACK, self.port), timeout=1):
+                return True
+        except OSError:
+            return False
+
+    @property
+    def modality(self):
+        """This peer as an Orthanc modality (AET@127.0.0.1:port)."""
+        return local_orthanc.Modality(self.aet, local_orthanc.LOOPBACK, self.port)
+
+    def received(self, series_uid: str | None = None) -> list[pydicom.Dataset]:
+        """Headers of the files received so far, only those of ``series_uid`` if given."""
+        datasets = []
+        for path in sorted(p for p in self.folder.iterdir() if p.is_file()):
+            try:
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
+            except Exception:  # a file still being written: the next poll reads it
+                continue
+            if series_uid is None or ds.get("SeriesInstanceUID") == series_uid:
+                datasets.append(ds)
+        return datasets
+
+    def stop(self) -> None:
+        """Stop storescp by its own PID."""
+        process, self._process = self._process, None
+        if process is not None and process.poll() is None:
+            process.terminate()
+            try:
+                process.wait(10)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(10)
+
+
+def _require(binary: str, package: str) -> None:
+    if shutil.which(binary) is None and not Path(binary).is_file():
+        pytest.skip(f"{binary} not installed (Debian package {package}; `make system-deps`)")
+
+
+@pytest.fixture(scope="module")
+def storescp_factory(tmp_path_factory):
+    """Start storescp peers: ``storescp_factory(aet="SPINENODE")``; all stopped at module end."""
+    _require("storescp", "dcmtk")
+    started: list[StoreSCP] = []
+
+    def start(aet: str = "SPINENODE") -> StoreSCP:
+        scp = StoreSCP(tmp_path_factory.mktemp("storescp") / "received", aet).start()
+        started.append(scp)
+        return scp
+
+    yield start
+    for scp in started:
+        scp.stop()
+
+
+@pytest.fixture(scope="module")
+def orthanc_factory():
+    """Start local Orthancs: ``orthanc_factory(stable_age=2, node=..., routing={...})``.
+
+    Keyword arguments are those of ``LocalOrthanc``; each is stopped by its PID and its
+    throw-away folder removed at module end.
+    """
+    _require(local_orthanc.ORTHANC_BINARY, "orthanc")
+    started = []
+
+    def start(**kwargs):
+        orthanc = local_orthanc.LocalOrthanc(**kwargs)
+        started.append(orthanc)
+        return orthanc.start()
+
+    yield start
+    for orthanc in started:
+        orthanc.cleanup()
