@@ -64,6 +64,9 @@ class CTSeries:
     repairs: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
     resampled: bool = False  # True when hu no longer sits on the source frames (e.g. a tilt was resampled)
+    # For a multi-frame source (Enhanced CT): the 1-based frame number in source_images[0] of each slice
+    # of hu (sorted along the normal, so not necessarily 1, 2, 3...); empty for single-frame series.
+    frame_numbers: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
