@@ -8,6 +8,7 @@ Subcommands (each a small function below):
 * ``evaluate``    per-vertebra Dice, level identification and lesion classes of a model on cases
 * ``process``     the pipeline offline on DICOM files and folders (``cli_process.py``)
 * ``jobs``        ``list`` / ``show ID`` the jobs recorded in the node's database (``cli_jobs.py``)
+* ``serve``       run the DICOM node; ``echo AE@host:port`` C-ECHOes a peer (``cli_serve.py``)
 
 Errors that a user can fix are printed as one line ``spine-node: error: ...`` with exit
 status 2 (bad input) or 1 (a failed run); nothing is half-written.
@@ -23,7 +24,7 @@ from pathlib import Path
 
 from pipelines.errors import PipelineError
 
-from . import cli_jobs, cli_process
+from . import cli_jobs, cli_process, cli_serve
 from .errors import NodeError
 
 
@@ -53,6 +54,7 @@ def build_parser() -> argparse.ArgumentParser:
     _evaluate_parser(sub)
     cli_process.add_parser(sub)
     cli_jobs.add_parser(sub)
+    cli_serve.add_parsers(sub)
     return parser
 
 

@@ -1,0 +1,208 @@
+"""The node's SCP in-process on a free loopback port, against real SCUs (DCMTK storescu/echoscu, pynetdicom).
+
+Each refusal must give the peer the right answer (A-ASSOCIATE-RJ, a rejected presentation
+context, a failure status) and leave a recorded reason; the SCP keeps serving, and what
+it acknowledged stays on disk and in SQL.
+"""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import pydicom
+import pytest
+from pydicom.filewriter import write_file_meta_info
+from pydicom.uid import JPEG2000Lossless, MPEG2MPML
+from pynetdicom import AE, _config
+from pynetdicom.sop_class import CTImageStorage, Verification
+from sqlalchemy import select
+
+from dicom_node.payload import StoreStatus
+from dicom_node.scp import Receiver, ScpSettings, start_scp
+from node_support import LOOPBACK, echo_ok, free_port, require, storescu, wait_until
+from series_factory import ct_datasets, save, volume
+from storage import InstanceFiles, Store, open_database
+from storage.models import Association, RejectedInstance
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+ALLOWED = ("SENDER", "ECHOSCU", "PYSCU")
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory):
+    """Store + files + SCP, shared by the module (like one running node)."""
+    root = tmp_path_factory.mktemp("scp")
+    store = Store(open_database(f"sqlite:///{root / 'node.db'}"))
+    released: list[list[str]] = []
+    receiver = Receiver(store, InstanceFiles(root / "data"), on_released=released.append)
+    port = free_port()
+    server = start_scp(ScpSettings("SPINENODE", LOOPBACK, port, ALLOWED), receiver)
+    yield {"store": store, "port": port, "root": root, "released": released}
+    server.shutdown()
+    store.db.close()
+
+
+@pytest.fixture(scope="module")
+def small_series(tmp_path_factory):
+    """A 6-slice 12x10 CT series as files."""
+    return save(ct_datasets(volume(slices=6), name="scp-small"), tmp_path_factory.mktemp("small"))
+
+
+def _rows(store: Store, model) -> list:
+    with store.db.reading() as session:
+        return list(session.scalars(select(model).order_by(model.id)))
+
+
+def _pyscu_send(port: int, path: Path, sop_class=CTImageStorage, syntax=None) -> int:
+    """Send one file's bytes as they are on disk (no re-encoding); return the C-STORE status."""
+    ae = AE(ae_title="PYSCU")
+    meta = pydicom.filereader.read_file_meta_info(path)
+    ae.add_requested_context(sop_class, [syntax or meta.TransferSyntaxUID])
+    assoc = ae.associate(LOOPBACK, port, ae_title="SPINENODE")
+    assert assoc.is_established
+    try:
+        return int(assoc.send_c_store(path).Status)
+    finally:
+        assoc.release()
+
+
+def test_stored_instances_are_on_disk_as_sent_and_in_sql(node, small_series):
+    require("storescu")
+    storescu(node["port"], small_series)
+    store = node["store"]
+    series_uid = str(pydicom.dcmread(small_series[0]).SeriesInstanceUID)
+    instances = store.series_instances(series_uid)
+    assert len(instances) == len(small_series)
+    for row, sent in zip(sorted(instances, key=lambda r: r.sop_instance_uid),
+                         sorted(small_series, key=lambda p: str(pydicom.dcmread(p).SOPInstanceUID))):
+        on_disk = pydicom.dcmread(row.path)
+        original = pydicom.dcmread(sent)
+        assert on_disk.SOPInstanceUID == original.SOPInstanceUID
+        assert on_disk.PixelData == original.PixelData
+        assert row.calling_ae == "SENDER"
+        assert row.geometry["position"] == [float(v) for v in original.ImagePositionPatient]
+    wait_until(lambda: store.get_series(series_uid).released_at, 10, "the release to be recorded")
+    assert [series_uid] in node["released"]
+
+
+def test_jpeg2000_is_stored_without_decoding(node, tmp_path):
+    require("storescu")
+    ds = ct_datasets(volume(slices=2, rows=64, columns=64), name="scp-j2k")[0]
+    ds.compress(JPEG2000Lossless)
+    path = save([ds], tmp_path)[0]
+    storescu(node["port"], [path], extra=("-xv",))
+    row = node["store"].series_instances(str(ds.SeriesInstanceUID))[0]
+    assert row.transfer_syntax_uid == JPEG2000Lossless
+    assert pydicom.dcmread(row.path).PixelData == pydicom.dcmread(path).PixelData  # same encoded bytes
+
+
+def test_series_without_uids_gets_a_derived_key(node, tmp_path):
+    """Real exports lack Study/Series UIDs: their slices still land in one series."""
+    datasets = ct_datasets(volume(slices=3), name="scp-no-uid")
+    for ds in datasets:
+        ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
+    paths = save(datasets, tmp_path)
+    statuses = [_pyscu_send(node["port"], p) for p in paths]
+    assert statuses == [0, 0, 0]
+    series = [s for s in node["store"].receiving_series() if s.instance_count == 3 and s.study_instance_uid is None]
+    assert len(series) == 1
+    assert {r.sop_instance_uid for r in node["store"].series_instances(series[0].series_key)} == \
+           {str(d.SOPInstanceUID) for d in datasets}
+
+
+def test_unknown_calling_ae_is_refused_and_recorded(node):
+    ae = AE(ae_title="INTRUDER")
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(LOOPBACK, node["port"], ae_title="SPINENODE")
+    assert assoc.is_rejected
+    assert any(a.event == "rejected" and a.calling_ae == "INTRUDER" for a in _rows(node["store"], Association))
+    assert echo_ok(node["port"])
+
+
+def test_unsupported_sop_class_and_transfer_syntax_are_rejected_at_negotiation(node):
+    ae = AE(ae_title="PYSCU")
+    ae.add_requested_context("1.2.3.4.5.6.7", ["1.2.840.10008.1.2.1"])  # a SOP class nobody defined
+    ae.add_requested_context(CTImageStorage, [MPEG2MPML])                 # video: the pipeline cannot decode it
+    ae.add_requested_context(Verification)
+    assoc = ae.associate(LOOPBACK, node["port"], ae_title="SPINENODE")
+    assert assoc.is_established
+    try:
+        accepted = {cx.abstract_syntax for cx in assoc.accepted_contexts}
+        rejected = {cx.abstract_syntax for cx in assoc.rejected_contexts}
+        assert accepted == {Verification}
+        assert rejected == {"1.2.3.4.5.6.7", CTImageStorage}
+        assert assoc.send_c_echo().Status == 0
+    finally:
+        assoc.release()
+
+
+@pytest.fixture
+def chunked_send(monkeypatch):
+    """pynetdicom sends a file's bytes as stored (not re-encoded): the only way to send a broken one."""
+    monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
+
+
+def test_truncated_payload_gets_failure_status_and_recorded_reason(node, small_series, tmp_path, chunked_send):
+    broken = tmp_path / "truncated.dcm"
+    data = small_series[0].read_bytes()
+    broken.write_bytes(data[: len(data) - 100])
+    uid = str(pydicom.dcmread(small_series[0]).SOPInstanceUID)
+    before = node["store"].series_instances(str(pydicom.dcmread(small_series[0]).SeriesInstanceUID))
+
+    status = _pyscu_send(node["port"], broken)
+
+    assert status == StoreStatus.TRUNCATED
+    reasons = [r for r in _rows(node["store"], RejectedInstance) if r.sop_instance_uid == uid]
+    assert reasons and "truncated" in reasons[-1].reason
+    after = node["store"].series_instances(str(pydicom.dcmread(small_series[0]).SeriesInstanceUID))
+    assert [(r.sop_instance_uid, r.path, r.path.read_bytes()) for r in after] == \
+           [(r.sop_instance_uid, r.path, r.path.read_bytes()) for r in before]  # the acknowledged copy is intact
+    assert echo_ok(node["port"])
+
+
+def test_non_dicom_payload_gets_cannot_understand(node, tmp_path, chunked_send):
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.3.999.1"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    buffer = io.BytesIO()
+    buffer.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta)
+    garbage = tmp_path / "garbage.dcm"
+    garbage.write_bytes(buffer.getvalue() + b"this is a text file, not a data set\n" * 20)
+
+    status = _pyscu_send(node["port"], garbage)
+
+    assert 0xC000 <= status <= 0xCFFF
+    assert any(r.sop_instance_uid == "1.2.3.999.1" for r in _rows(node["store"], RejectedInstance))
+    assert echo_ok(node["port"])
+
+
+def test_other_storage_classes_are_stored(node):
+    sr = SHARED / "reference-objects" / "highdicom" / "sr_document.dcm"
+    if not sr.is_file():
+        pytest.skip("shared reference objects absent")
+    ds = pydicom.dcmread(sr)
+    status = _pyscu_send(node["port"], sr, sop_class=ds.SOPClassUID)
+    assert status == 0
+    rows = node["store"].series_instances(str(ds.SeriesInstanceUID))
+    assert [r.sop_class_uid for r in rows] == [ds.SOPClassUID]
+
+
+def test_disk_failure_answers_out_of_resources(tmp_path, small_series):
+    """The files' root cannot be created (it lies under a plain file): 0xA700, recorded, SCP still serving."""
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("x")
+    store = Store(open_database(f"sqlite:///{tmp_path / 'node.db'}"))
+    port = free_port()
+    server = start_scp(ScpSettings("SPINENODE", LOOPBACK, port, ()),
+                       Receiver(store, InstanceFiles(blocker / "data")))
+    try:
+        status = _pyscu_send(port, small_series[0])
+        assert status == StoreStatus.OUT_OF_RESOURCES
+        assert "cannot write" in _rows(store, RejectedInstance)[-1].reason
+        assert store.receiving_series() == []
+        assert echo_ok(port)
+    finally:
+        server.shutdown()
+        store.db.close()
