@@ -1,0 +1,279 @@
+"""The node's rules in-process: completion, job outcomes, re-opened series, and the outbox against real peers.
+
+The SCP, the store and the outbox are the real ones; the worker task is replaced by a
+stub that 'finds' one vertebra where the volume is bright, because these tests are about
+what the node does around the pipeline, not about segmentation (``test_node_e2e`` runs
+the real model).
+"""
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import Future
+from datetime import datetime, timedelta, timezone
+from pathlib import Path
+
+import numpy as np
+import pydicom
+import pytest
+from pynetdicom import AE, evt
+from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.presentation import StoragePresentationContexts
+
+from dicom_node.completion import complete_series, contiguity, judge
+from dicom_node.delivery import Deliverer
+from dicom_node.dispatch import Dispatcher
+from dicom_node.scp import Receiver, ScpSettings, start_scp
+from node_support import LOOPBACK, StoreScp, free_port, wait_until
+from pipelines.ct_series import ModelIdentity
+from pipelines.process import Analysis, PipelineOptions, vertebra_findings
+from series_factory import ct_datasets, save, volume
+from storage import InstanceFiles, Store, open_database
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
+
+
+# --- completion rule -----------------------------------------------------------------------------------
+
+def _geometry(z: float, orientation=AXIAL) -> dict:
+    return {"position": [0.0, 0.0, z], "orientation": list(orientation), "rows": 8, "columns": 8, "frames": 1}
+
+
+def test_evenly_spaced_slices_are_contiguous_in_any_order():
+    ok, why = contiguity([_geometry(z) for z in (4.0, 0.0, 2.0, 6.0)])
+    assert ok, why
+
+
+def test_a_missing_slice_is_a_gap():
+    ok, why = contiguity([_geometry(z) for z in (0.0, 2.0, 6.0, 8.0)])
+    assert not ok and "gap" in why
+
+
+def test_duplicate_positions_and_mixed_orientations_are_not_contiguous():
+    assert not contiguity([_geometry(z) for z in (0.0, 0.0, 0.0)])[0]
+    assert not contiguity([_geometry(0.0), _geometry(2.0, [1, 0, 0, 0, 0, -1])])[0]
+
+
+def test_one_multi_frame_instance_is_contiguous():
+    assert contiguity([{"frames": 40, "position": None, "orientation": AXIAL}])[0]
+
+
+class _Series:
+    def __init__(self, last: datetime, released: datetime | None):
+        self.last_received_at, self.released_at = last, released
+
+
+def test_release_completes_a_contiguous_series_at_once_but_a_gap_waits_for_the_quiet_period():
+    now = datetime.now(timezone.utc)
+    released = _Series(now - timedelta(seconds=1), now)
+    contiguous = [_geometry(z) for z in (0.0, 2.0, 4.0)]
+    gapped = [_geometry(z) for z in (0.0, 2.0, 8.0)]
+    assert judge(released, contiguous, now, stable_age_s=30).complete
+    assert not judge(released, gapped, now, stable_age_s=30).complete
+    assert judge(released, gapped, now + timedelta(seconds=31), stable_age_s=30).complete
+
+
+def test_an_instance_after_the_release_waits_for_the_next_release_or_the_quiet_period():
+    now = datetime.now(timezone.utc)
+    series = _Series(now, now - timedelta(seconds=5))  # released before its last instance arrived
+    assert not judge(series, [_geometry(z) for z in (0.0, 2.0)], now, stable_age_s=30).complete
+    assert judge(series, [_geometry(z) for z in (0.0, 2.0)], now + timedelta(seconds=30), 30).complete
+
+
+# --- a node in-process, with a stub worker -------------------------------------------------------------
+
+class StubExecutor:
+    """Runs a fake 'analyse' in a thread: one vertebra (L1) wherever HU > 0."""
+
+    name = "stub"
+
+    def submit(self, hu, geometry, options) -> Future:
+        future: Future = Future()
+        labels = np.where(hu > np.percentile(hu, 70), 13, 0).astype(np.uint8)
+        findings = vertebra_findings(hu, labels, geometry.spacing, {13: "L1"})
+        future.set_result(Analysis(labels, findings, ModelIdentity("stub-model", "0.0", "0" * 64), "cpu",
+                                   {"network": 0.0}, options.parameters()))
+        return future
+
+    def worker_of(self, future) -> str:
+        return "stub"
+
+    def recover(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+def node(tmp_path):
+    """Store + SCP + dispatcher (stub worker) + deliverer, driven step by step by the test."""
+    store = Store(open_database(f"sqlite:///{tmp_path / 'node.db'}"))
+    files = InstanceFiles(tmp_path / "data")
+    port = free_port()
+    server = start_scp(ScpSettings("SPINENODE", LOOPBACK, port, ()), Receiver(store, files))
+    destinations: list[str] = []
+    dispatcher = Dispatcher(store, files, StubExecutor(), PipelineOptions(min_slices=5),
+                            lambda job: list(destinations), "test-node")
+    yield {"store": store, "port": port, "dispatcher": dispatcher, "destinations": destinations,
+           "deliverer": Deliverer(store, "SPINENODE", retry_max_s=0.2, timeout_s=10)}
+    server.shutdown()
+    store.db.close()
+
+
+def ct_series(name: str, slices: int, size: int = 16) -> list[pydicom.Dataset]:
+    """A small CT series with the Type 2 patient/study attributes present (empty), as scanners write them."""
+    datasets = ct_datasets(volume(slices=slices, rows=size, columns=size), name=name)
+    for ds in datasets:
+        ds.PatientBirthDate, ds.PatientSex, ds.AccessionNumber, ds.ReferringPhysicianName = "", "", "", ""
+    return datasets
+
+
+def send(port: int, paths: list[Path], calling: str = "SENDER") -> list[int]:
+    ae = AE(ae_title=calling)
+    for sop_class in sorted({str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in paths}):
+        ae.add_requested_context(sop_class)
+    assoc = ae.associate(LOOPBACK, port, ae_title="SPINENODE")
+    assert assoc.is_established
+    try:
+        return [int(assoc.send_c_store(p).Status) for p in paths]
+    finally:
+        assoc.release()
+
+
+def run_completed_jobs(node, stable_age: float = 30.0) -> list[dict]:
+    """One completion pass, then every queued job run to its end; their details."""
+    wait_until(lambda: not node["store"].receiving_series() or all(s.released_at for s in node["store"].receiving_series()),
+               10, "the release to be recorded")
+    created = complete_series(node["store"], stable_age)
+    while (job := node["store"].claim_next_job("test-node")) is not None:
+        node["dispatcher"].run_job(job)
+    return [node["store"].job_detail(job_id) for job_id in created]
+
+
+def test_late_instance_reopens_the_series_and_new_outputs_reference_their_predecessor(node, tmp_path):
+    datasets = ct_series("reopen", 9)
+    paths = save(datasets, tmp_path / "series")
+    assert send(node["port"], paths[:8]) == [0] * 8
+    [first] = run_completed_jobs(node)
+    assert first["state"] == "done", first["error"]
+    first_uids = set(first["output_uids"])
+
+    assert send(node["port"], paths[8:]) == [0]  # the late slice: adjacent, so the series is contiguous again
+    [second] = run_completed_jobs(node)
+
+    assert second["state"] == "done", second["error"]
+    assert second["series_version"] == 2 and second["instances"] == 9
+    assert not first_uids & set(second["output_uids"])
+    sr = pydicom.dcmread(next(o["path"] for o in second["outputs"] if o["kind"] == "sr"))
+    old_sr_uid = next(o["sop_instance_uid"] for o in first["outputs"] if o["kind"] == "sr")
+    referenced = [sop.ReferencedSOPInstanceUID for study in sr.PredecessorDocumentsSequence
+                  for series in study.ReferencedSeriesSequence for sop in series.ReferencedSOPSequence]
+    assert referenced == [old_sr_uid]
+
+
+def test_a_series_the_pipeline_refuses_is_rejected_with_its_reason(node, tmp_path):
+    paths = save(ct_series("too-short", 3), tmp_path / "short")
+    assert send(node["port"], paths) == [0, 0, 0]
+    [job] = run_completed_jobs(node)
+    assert job["state"] == "rejected"
+    assert "too_few_slices" in job["error"] or "slices" in job["error"]
+    assert job["outputs"] == []
+    assert job["instances"] == 3  # nothing acknowledged is lost: the instances stay recorded
+
+
+def test_a_series_of_another_storage_class_is_stored_not_processed(node):
+    sr = SHARED / "reference-objects" / "highdicom" / "sr_document.dcm"
+    if not sr.is_file():
+        pytest.skip("shared reference objects absent")
+    assert send(node["port"], [sr]) == [0]
+    [job] = run_completed_jobs(node, stable_age=0.01)
+    assert job["state"] == "rejected" and job["error"].startswith("not_processed")
+
+
+# --- the outbox against real destinations --------------------------------------------------------------
+
+def _job_with_outputs(node, tmp_path) -> dict:
+    paths = save(ct_series(f"out-{tmp_path.name}", 6), tmp_path / "s")
+    send(node["port"], paths)
+    [job] = run_completed_jobs(node)
+    assert job["state"] == "done", job["error"]
+    return job
+
+
+class RefusingScp:
+    """A pynetdicom storage SCP that answers 0xA700 (out of resources) to the first ``refusals`` C-STOREs."""
+
+    def __init__(self, refusals: int):
+        self.refusals = refusals
+        self.received: list[str] = []
+        self.port = free_port()
+        self._lock = threading.Lock()
+        ae = AE(ae_title="REFUSER")
+        ae.supported_contexts = StoragePresentationContexts
+        ae.add_supported_context(Verification)
+        self.server = ae.start_server((LOOPBACK, self.port), block=False,
+                                      evt_handlers=[(evt.EVT_C_STORE, self._store)])
+
+    def _store(self, event) -> int:
+        with self._lock:
+            if self.refusals > 0:
+                self.refusals -= 1
+                return 0xA700
+            self.received.append(str(event.request.AffectedSOPInstanceUID))
+            return 0x0000
+
+
+def test_a_destination_that_refuses_is_recorded_with_its_status_and_retried(node, tmp_path):
+    refuser = RefusingScp(refusals=2)
+    node["destinations"].append(f"REFUSER@{LOOPBACK}:{refuser.port}")
+    try:
+        job = _job_with_outputs(node, tmp_path)
+        node["deliverer"].run_once()
+        detail = node["store"].job_detail(job["id"])
+        refused = [d for d in detail["deliveries"] if d["state"] == "pending"]
+        assert len(refused) == 2 and all("0xA700" in d["last_error"] for d in refused)
+        wait_until(lambda: node["deliverer"].run_once() or not node["store"].pending_deliveries(), 20,
+                   "the retried deliveries")
+        detail = node["store"].job_detail(job["id"])
+        assert all(d["state"] == "delivered" and d["attempts"] == 2 for d in detail["deliveries"])
+        assert sorted(refuser.received) == sorted(job["output_uids"])
+        assert any(e["state"] == "delivery-failed" and "0xA700" in e["detail"] for e in detail["events"])
+    finally:
+        refuser.server.shutdown()
+
+
+def test_outputs_wait_in_the_outbox_until_the_destination_is_up(node, tmp_path):
+    destination = StoreScp(tmp_path / "received")
+    node["destinations"].append(destination.address)
+    job = _job_with_outputs(node, tmp_path)
+    for _ in range(2):
+        node["deliverer"].run_once()
+        time.sleep(0.3)
+    pending = node["store"].pending_deliveries()
+    assert len(pending) == 2 and all(d.attempts >= 1 and "no association" in d.last_error for d in pending)
+    assert all(d.path.is_file() for d in pending)  # nothing deleted before delivery
+    destination.start()
+    try:
+        wait_until(lambda: node["deliverer"].run_once() or not node["store"].pending_deliveries(), 20,
+                   "delivery once the destination is up")
+        received = {str(ds.SOPInstanceUID) for ds in destination.received()}
+        assert received == set(job["output_uids"])
+    finally:
+        destination.stop()
+
+
+def test_stow_rs_delivers_to_a_dicomweb_server(node, tmp_path, orthanc_factory):
+    orthanc = orthanc_factory(stable_age=60)
+    node["destinations"].append(f"stow:{orthanc.dicomweb_url}")
+    job = _job_with_outputs(node, tmp_path)
+    wait_until(lambda: node["deliverer"].run_once() or not node["store"].pending_deliveries(), 30, "STOW-RS delivery")
+    import requests
+
+    for uid in job["output_uids"]:
+        found = requests.post(f"{orthanc.url}/tools/lookup", data=uid, timeout=10).json()
+        assert [item["Type"] for item in found] == ["Instance"]
+
+
+from orthanc_fixture import orthanc_factory  # noqa: E402,F401 - the fixture, used by name above
