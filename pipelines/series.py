@@ -130,9 +130,11 @@ def read_header(path: Path) -> Dataset | str:
         try:
             ds = dcmread(path, stop_before_pixels=True)
         except InvalidDicomError:  # no preamble: a bare dataset is still DICOM if it has identifiers
-            with warnings.catch_warnings():  # pydicom guessing at the VR of a text file is no news
+            # pydicom guessing at the VR of a text file is no news; deferring large values keeps a
+            # garbage length from reading a whole big file into memory.
+            with warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                ds = dcmread(path, stop_before_pixels=True, force=True)
+                ds = dcmread(path, stop_before_pixels=True, force=True, defer_size=1024)
             if not _looks_like_dicom(ds):
                 return "not a DICOM file"
         if sop_class_of(ds) == MediaStorageDirectoryStorage:
@@ -187,6 +189,11 @@ def discover_series(inputs: Sequence[Path | str]) -> list[SeriesFiles]:
     return scan_inputs(inputs).series
 
 
+def _sop_name(sop: str) -> str:
+    """A SOP class as a person reads it: its name when pydicom knows it, else the UID."""
+    return UID(sop).name if sop else "no SOP class"
+
+
 def _ct_instances(files: SeriesFiles, uid: str, repairs: list[str]) -> list[Instance]:
     """The CT image instances of a series; others are dropped when CT images remain, else refused."""
     ct, other = [], []
@@ -198,11 +205,10 @@ def _ct_instances(files: SeriesFiles, uid: str, repairs: list[str]) -> list[Inst
         header = files.instances[0].header
         what = _text(header, "Modality") or "no modality"
         sop = sop_class_of(header)
-        name = UID(sop).name if sop else "no SOP class"
-        raise SeriesRejected("not_ct", uid, f"not a CT image series (modality {what}, {name})")
+        raise SeriesRejected("not_ct", uid, f"not a CT image series (modality {what}, {_sop_name(sop)})")
     if other:
         repairs.append(f"dropped_non_ct: left out {len(other)} instance(s) that are not CT images "
-                       f"({', '.join(sorted({sop_class_of(i.header) or '?' for i in other}))})")
+                       f"({', '.join(sorted({_sop_name(sop_class_of(i.header)) for i in other}))})")
     multi = [i for i in ct if is_multi_frame(i.header)]
     if multi and (len(multi) > 1 or len(ct) > 1):
         raise SeriesRejected("mixed_instances", uid, f"{len(multi)} multi-frame instance(s) among {len(ct)} CT "

@@ -86,6 +86,15 @@ class SeriesRules:
     max_localizers: int = 3
     fill_hu: float = -1024.0
 
+    def __post_init__(self) -> None:
+        if self.min_slices < 2:
+            raise ValueError(f"min_slices must be at least 2 (a volume needs a slice spacing), not {self.min_slices}")
+        if self.max_gap_factor <= 1 + self.slice_spacing_tolerance:
+            raise ValueError(f"max_gap_factor ({self.max_gap_factor}) must exceed 1 + slice_spacing_tolerance")
+        if min(self.orientation_tolerance, self.pixel_spacing_tolerance_mm, self.position_tolerance_mm,
+               self.slice_spacing_tolerance) < 0:
+            raise ValueError("tolerances must not be negative")
+
 
 @dataclass
 class TiltPlan:

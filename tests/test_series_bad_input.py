@@ -404,3 +404,8 @@ def test_shuffled_instance_numbers_are_reported_as_a_warning(tmp_path):
     shuffled(tmp_path)
     ct = load_series(scan_inputs([tmp_path]).series[0])
     assert any("InstanceNumber" in w for w in ct.warnings)
+
+
+def test_rules_refuse_a_minimum_below_two_slices():
+    with pytest.raises(ValueError, match="min_slices"):
+        SeriesRules(min_slices=1)
