@@ -54,29 +54,37 @@ class Store:
                         series_instance_uid: str, study_instance_uid: str | None, transfer_syntax_uid: str,
                         calling_ae: str | None, path: Path | str, size: int, modality: str | None = None,
                         geometry: dict | None = None) -> InstanceRow:
-        """Record a stored instance (its file already durable); upsert and maybe re-open its series."""
+        """Record a stored instance (its file already durable); upsert and maybe re-open its series.
+
+        This is on the C-STORE path, so it costs few round trips: lock the series row, insert
+        the instance (ON CONFLICT DO NOTHING), update the series, commit.
+        """
         now = utcnow()
         with self.db.writing() as session:
             series = self._series_for_update(session, series_key, series_instance_uid, study_instance_uid, now)
             if series.state != "receiving":
                 self._reopen(session, series, now, sop_instance_uid)
-            instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
-                                      .with_for_update())
             values = dict(series_id=series.id, series_version=series.version, sop_class_uid=sop_class_uid,
                           transfer_syntax_uid=transfer_syntax_uid, calling_ae=calling_ae, received_at=now,
                           path=str(path), size=size, modality=modality, geometry=geometry)
-            if instance is None:
-                instance = Instance(sop_instance_uid=sop_instance_uid, replaced=0, **values)
-                session.add(instance)
-                series.instance_count += 1
-            else:
+            instance_id = session.scalar(
+                self._insert(Instance).values(sop_instance_uid=sop_instance_uid, replaced=0, **values)
+                .on_conflict_do_nothing(index_elements=["sop_instance_uid"]).returning(Instance.id))
+            replaced = 0
+            if instance_id is None:
+                instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
+                                          .with_for_update())
                 self._replace_duplicate(session, instance, series, values, now)
+                instance_id, replaced = instance.id, instance.replaced
+            else:
+                series.instance_count += 1
             series.last_received_at = now
             series.calling_ae = calling_ae
             series.modality = modality or series.modality
             series.study_instance_uid = series.study_instance_uid or study_instance_uid
-            session.flush()
-            return InstanceRow.of(instance, series.series_key)
+            del values["series_id"]
+            return InstanceRow(id=instance_id, series_key=series_key, sop_instance_uid=sop_instance_uid,
+                               replaced=replaced, **{**values, "path": Path(values["path"])})
 
     def record_rejected_instance(self, *, calling_ae: str | None, reason: str, sop_instance_uid: str | None = None,
                                  sop_class_uid: str | None = None, transfer_syntax_uid: str | None = None) -> None:
@@ -323,17 +331,23 @@ class Store:
                                    .where(Job.state == state).order_by(Job.id))
             return [JobRow.of(j, s) for j, s in rows]
 
+    def _insert(self, model):
+        """INSERT with ON CONFLICT support, in this database's dialect."""
+        return (postgresql if self.db.dialect == "postgresql" else sqlite).insert(model)
+
     def _series_for_update(self, session: Session, series_key: str, series_instance_uid: str,
                            study_instance_uid: str | None, now: datetime) -> Series:
         """The series row, locked; inserted first if new (ON CONFLICT DO NOTHING: two inserters never clash)."""
-        dialect = postgresql if self.db.dialect == "postgresql" else sqlite
+        query = select(Series).where(Series.series_key == series_key).with_for_update()
+        series = session.scalar(query)
+        if series is not None:
+            return series
         inserted = session.execute(
-            dialect.insert(Series).values(series_key=series_key, series_instance_uid=series_instance_uid,
-                                          study_instance_uid=study_instance_uid, state="receiving", version=1,
-                                          instance_count=0, first_received_at=now, last_received_at=now)
+            self._insert(Series).values(series_key=series_key, series_instance_uid=series_instance_uid,
+                                        study_instance_uid=study_instance_uid, state="receiving", version=1,
+                                        instance_count=0, first_received_at=now, last_received_at=now)
             .on_conflict_do_nothing(index_elements=["series_key"]))
-        series = session.scalar(select(Series).where(Series.series_key == series_key).with_for_update()
-                                .execution_options(populate_existing=True))
+        series = session.scalar(query)
         if inserted.rowcount == 1:
             session.add(SeriesEvent(series_id=series.id, at=now, event="receiving", detail="first instance"))
         return series

@@ -70,6 +70,39 @@ def test_migrations_create_the_schema_of_the_models(database_url):
     again.close()
 
 
+OPENER = """
+import pathlib, sys, time
+from storage import open_database
+from storage.database import current_revision
+start = pathlib.Path(sys.argv[2])
+print("ready", flush=True)
+while not start.exists():
+    time.sleep(0.01)
+db = open_database(sys.argv[1])
+print(current_revision(db), flush=True)
+"""
+
+
+def run_together(script: str, args: list[list[str]], start: Path) -> list[str]:
+    """Run ``script URL START [ARGS]`` once per argument list, release them together, return their last lines."""
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    processes = [subprocess.Popen([sys.executable, "-c", script, a[0], str(start), *a[1:]], stdout=subprocess.PIPE,
+                                  stderr=subprocess.PIPE, text=True, env=env, cwd=REPO) for a in args]
+    for process in processes:
+        assert process.stdout.readline().strip() == "ready"
+    start.touch()
+    lines = []
+    for process in processes:
+        out, err = process.communicate(timeout=120)
+        assert process.returncode == 0, err
+        lines.append(out.strip().splitlines()[-1])
+    return lines
+
+
+def test_two_processes_opening_a_fresh_database_at_once_migrate_it_once(database_url, tmp_path):
+    assert run_together(OPENER, [[database_url], [database_url]], tmp_path / "start") == [head_revision()] * 2
+
+
 def test_sqlite_connections_are_wal_full_sync_with_foreign_keys(tmp_path):
     db = open_database(f"sqlite:///{tmp_path / 'sub' / 'node.db'}")
     with db.engine.connect() as connection:
@@ -249,18 +282,8 @@ print(json.dumps(ids), flush=True)
 
 def test_claim_next_job_is_atomic_across_processes(store, database_url, tmp_path):
     jobs = {queue_series(store, f"8.{n}", n=1) for n in range(30)}
-    start = tmp_path / "start"
-    env = {**os.environ, "PYTHONPATH": str(REPO)}
-    workers = [subprocess.Popen([sys.executable, "-c", CLAIMER, database_url, str(start), f"process-{i}"],
-                                stdout=subprocess.PIPE, text=True, env=env, cwd=REPO) for i in range(2)]
-    for worker in workers:
-        assert worker.stdout.readline().strip() == "ready"
-    start.touch()
-    claimed = []
-    for worker in workers:
-        out, _ = worker.communicate(timeout=120)
-        assert worker.returncode == 0
-        claimed.append(json.loads(out.strip().splitlines()[-1]))
+    lines = run_together(CLAIMER, [[database_url, "process-1"], [database_url, "process-2"]], tmp_path / "start")
+    claimed = [json.loads(line) for line in lines]
     assert sorted(claimed[0] + claimed[1]) == sorted(jobs), "each job claimed exactly once"
     assert {j["state"] for j in store.list_jobs()} == {"running"}
 
