@@ -2,8 +2,9 @@
 
 pydicom 3 decodes the pixel data with the installed plugins (native and deflated data
 itself; JPEG baseline/extended/lossless and JPEG 2000 through pylibjpeg-libjpeg and
-pylibjpeg-openjpeg or Pillow; JPEG-LS through pyjpegls or pylibjpeg-libjpeg; RLE itself or
-through pylibjpeg-rle). Each frame is read, rescaled with its own RescaleSlope and
+pylibjpeg-openjpeg or Pillow; HTJ2K through pylibjpeg-openjpeg; JPEG-LS through pyjpegls or
+pylibjpeg-libjpeg; RLE itself or through pylibjpeg-rle). No GDCM is needed: the loader's
+tests decode each of these syntaxes from a real CT series. Each frame is read, rescaled with its own RescaleSlope and
 RescaleIntercept and written into its slice of the output, so a series costs one float32
 volume plus one file and one frame at a time. A frame that cannot be decoded, or decodes
 to the wrong size, refuses the series with the instance's UID.

@@ -11,11 +11,13 @@ import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
+from pydicom.encaps import encapsulate
 from pydicom.fileset import FileSet
 from pydicom.uid import (
     DeflatedExplicitVRLittleEndian,
     ExplicitVRBigEndian,
     ExplicitVRLittleEndian,
+    HTJ2KLossless,
     ImplicitVRLittleEndian,
     JPEG2000,
     JPEG2000Lossless,
@@ -182,6 +184,15 @@ def _dcmtk(tool: str, *options: str):
     return encode
 
 
+def _htj2k_lossless(src: Path, dst: Path) -> None:
+    """HTJ2K (no pydicom encoder yet): imagecodecs, which nnU-Net installs, writes the codestream."""
+    imagecodecs = pytest.importorskip("imagecodecs")
+    ds = pydicom.dcmread(src)
+    ds.PixelData = encapsulate([imagecodecs.htj2k_encode(ds.pixel_array, level=0)])
+    ds.file_meta.TransferSyntaxUID = HTJ2KLossless
+    ds.save_as(dst, enforce_file_format=True)
+
+
 # (transfer syntax, encoder, largest HU difference allowed: 0 = lossless)
 SYNTAXES = {
     "explicit-vr-le": (ExplicitVRLittleEndian, _pydicom_encode(ExplicitVRLittleEndian), 0),
@@ -193,6 +204,7 @@ SYNTAXES = {
     "jpeg-ls-near-lossless": (JPEGLSNearLossless, _pydicom_encode(JPEGLSNearLossless, jls_error=3), 3),
     "jpeg2000-lossless": (JPEG2000Lossless, _pydicom_encode(JPEG2000Lossless), 0),
     "jpeg2000-lossy": (JPEG2000, _pydicom_encode(JPEG2000, j2k_cr=[10]), 200),
+    "htj2k-lossless": (HTJ2KLossless, _htj2k_lossless, 0),
     "jpeg-lossless-sv1": (JPEGLosslessSV1, _dcmtk("dcmcjpeg", "+e1"), 0),
     "jpeg-lossless-process14": (JPEGLossless, _dcmtk("dcmcjpeg", "+el", "+sv", "6"), 0),
 }
