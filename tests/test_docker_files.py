@@ -134,7 +134,8 @@ def test_compose_wires_orthanc_and_the_node_to_each_other(compose):
     node = load_config(None, node_env)
     orthanc_aet = orthanc_env["ORTHANC__DICOM_AET"]
 
-    target = json.loads(orthanc_env["ORTHANC__DICOM_MODALITIES"])["spine-node"]
+    rules = json.loads((REPO / "orthanc" / "routing.json").read_text())["SpineNodeRouting"]
+    target = json.loads(orthanc_env["ORTHANC__DICOM_MODALITIES"])[rules["TargetModality"]]
     assert target == [node.ae_title, "spine-node", node.port]
     assert [str(d) for d in node.destinations] == [f"{orthanc_aet}@orthanc:4242"]
     assert orthanc_aet in node.allowed_aes

@@ -10,7 +10,10 @@ are empty, and routes it unchanged once the UIDs are filled in; the DICOMweb plu
 """
 from __future__ import annotations
 
+import json
+import signal
 import subprocess
+import sys
 import uuid
 from pathlib import Path
 
@@ -21,7 +24,7 @@ from orthanc_api_client import OrthancApiClient
 from orthanc_api_client.exceptions import HttpError
 from pydicom.uid import JPEG2000Lossless, MRImageStorage, generate_uid
 
-from orthanc_fixture import log_lines, orthanc_factory, storescp_factory, wait_until  # noqa: F401
+from orthanc_fixture import local_orthanc, log_lines, orthanc_factory, storescp_factory, wait_until  # noqa: F401
 from pipelines.phantom import make_phantom
 from pipelines.phantom_dicom import write_dicom_series
 
@@ -264,3 +267,25 @@ def test_dicomweb_stow_rs_stores_an_instance_that_qido_rs_then_finds(orthanc, tm
                          headers={"Accept": "application/dicom+json"})
     assert found.status_code == 200, found.text
     assert [item["00080018"]["Value"][0] for item in found.json()] == [ds.SOPInstanceUID]
+
+
+@pytest.mark.skipif(not Path(local_orthanc.ORTHANC_BINARY).is_file(), reason="Orthanc not installed")
+def test_local_orthanc_by_hand_prints_its_ports_and_stops_on_sigterm():
+    script = Path(__file__).resolve().parents[1] / "orthanc" / "local_orthanc.py"
+    process = subprocess.Popen([sys.executable, str(script), "--stable-age", "3", "--rule", "MinInstances=5"],
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        printed = [process.stdout.readline() for _ in range(8)]
+        fields = dict(line.split(None, 1) for line in printed[1:7])
+        http, storage = fields["HTTP"].strip(), Path(fields["storage"].strip())
+        system = requests.get(f"{http}/system", timeout=10).json()
+        assert system["Version"] == "1.10.1" and system["DicomPort"] == int(fields["DICOM"].rsplit(":", 1)[1])
+        config = json.loads((storage.parent / "config" / "routing.json").read_text())
+        assert config["SpineNodeRouting"]["MinInstances"] == 5
+    finally:
+        process.send_signal(signal.SIGTERM)
+        process.wait(30)
+    assert process.returncode == 0
+    assert not storage.parent.exists()  # the throw-away folder is gone
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"{http}/system", timeout=5)
