@@ -23,6 +23,7 @@ lock; a PostgreSQL advisory lock), so two processes opening a fresh database do 
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -86,12 +87,15 @@ def open_database(url: str, *, create: bool = True) -> Database:
     """Open the database at ``url`` and upgrade its schema to the newest revision.
 
     ``sqlite:///PATH`` (the folder is created) or ``postgresql[+psycopg]://USER@HOST/DB``.
-    With ``create=False`` a missing SQLite file is an error instead of a new empty
-    database (for read-only tools such as ``spine-node jobs``).
+    With ``create=False`` (read-only tools such as ``spine-node jobs``) nothing is created
+    or migrated: the database must exist at the newest revision, else a StorageError says so.
     """
     engine = _create_engine(url, create)
     try:
-        upgrade_to_head(engine)
+        if create:
+            upgrade_to_head(engine)
+        else:
+            _check_at_head(engine)
     except BaseException:
         engine.dispose()
         raise
@@ -113,8 +117,24 @@ def upgrade_to_head(engine: Engine) -> None:
 
 def current_revision(db: Database) -> str | None:
     """The Alembic revision the database is at (None before the first migration)."""
-    with db.engine.connect() as connection:
-        return MigrationContext.configure(connection).get_current_revision()
+    return _revision(db.engine)
+
+
+def _revision(engine: Engine) -> str | None:
+    try:
+        with engine.connect() as connection:
+            return MigrationContext.configure(connection).get_current_revision()
+    except SQLAlchemyError as exc:
+        raise StorageError(f"cannot read {_safe(engine)}: {_one_line(exc)}") from exc
+
+
+def _check_at_head(engine: Engine) -> None:
+    revision, head = _revision(engine), head_revision()
+    if revision is None:
+        raise StorageError(f"no spine-node tables in {_safe(engine)} (has the node run with this configuration?)")
+    if revision != head:
+        raise StorageError(f"{_safe(engine)} is at schema revision {revision}, this spine-node needs {head}: "
+                           "start the node once to upgrade it")
 
 
 def head_revision() -> str:
@@ -146,7 +166,7 @@ def _create_engine(url: str, create: bool) -> Engine:
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
-        return create_engine(parsed, pool_pre_ping=True)
+        return create_engine(parsed, pool_pre_ping=True, json_serializer=_to_json)
     if backend != "sqlite":
         raise StorageError(f"unsupported database {parsed.render_as_string(hide_password=True)!r}: "
                            "use sqlite:///PATH or postgresql://...")
@@ -159,7 +179,7 @@ def _create_engine(url: str, create: bool) -> Engine:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise StorageError(f"cannot create the database folder {path.parent}: {exc.strerror}") from exc
-    engine = create_engine(parsed)
+    engine = create_engine(parsed, json_serializer=_to_json)
     event.listen(engine, "connect", _sqlite_on_connect)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
@@ -179,6 +199,19 @@ def _sqlite_on_connect(dbapi_connection, _record) -> None:
 
 def _sqlite_on_begin(connection) -> None:
     connection.exec_driver_sql(connection.get_execution_options().get("sqlite_begin", "BEGIN IMMEDIATE"))
+
+
+def _to_json(value) -> str:
+    """JSON columns take what pipelines hand over: numpy scalars and arrays, paths, sets."""
+    return json.dumps(value, default=_plain)
+
+
+def _plain(value):
+    if hasattr(value, "tolist"):  # numpy scalar or array
+        return value.tolist()
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return str(value)
 
 
 def _safe(engine: Engine) -> str:

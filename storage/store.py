@@ -234,7 +234,8 @@ class Store:
             series = session.get(Series, job.series_id, with_for_update=True)
             if series.version == job.series_version and series.state in ("queued", "running"):
                 series.state = state
-            _event(session, job_id, state, (error or "")[:MAX_DETAIL], now)
+            ran = f"after {(now - job.started_at).total_seconds():.1f} s" if job.started_at else "before running"
+            _event(session, job_id, state, f"{ran}: {error[:MAX_DETAIL]}" if error else ran, now)
 
     def add_event(self, job_id: int, state: str, detail: str = "") -> None:
         """Append one step to a job's story (e.g. 'loaded', 'segmented', 'written'); the job's state is unchanged."""
@@ -261,6 +262,17 @@ class Store:
             _event(session, job_id, "output",
                    f"{kind} {sop_instance_uid} -> {', '.join(unique) if unique else 'no destination'}", now)
             return OutputRow.of(output)
+
+    def earlier_outputs(self, job_id: int, kind: str | None = None) -> list[OutputRow]:
+        """Outputs of the earlier 'done' jobs of this job's series, newest first (what a new version supersedes)."""
+        with self.db.reading() as session:
+            job = _job(session, job_id)
+            query = (select(Output).join(Job, Output.job_id == Job.id)
+                     .where(Job.series_id == job.series_id, Job.id < job.id, Job.state == "done")
+                     .order_by(Job.id.desc(), Output.id))
+            if kind is not None:
+                query = query.where(Output.kind == kind)
+            return [OutputRow.of(o) for o in session.scalars(query)]
 
     def job_outputs(self, job_id: int) -> list[OutputRow]:
         """The outputs a job recorded, in order."""

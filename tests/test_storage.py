@@ -120,6 +120,18 @@ def test_open_database_refuses_unsupported_urls_and_missing_files_in_one_line(tm
     assert not (tmp_path / "absent.db").exists()
 
 
+def test_read_only_opening_neither_creates_nor_migrates(database_url):
+    with pytest.raises(StorageError, match="no database at|no spine-node tables"):
+        open_database(database_url, create=False)
+    open_database(database_url).close()
+    db = open_database(database_url, create=False)
+    with db.engine.begin() as connection:
+        connection.execute(text("UPDATE alembic_version SET version_num = '0000'"))
+    with pytest.raises(StorageError, match="at schema revision 0000, this spine-node needs .*start the node once"):
+        open_database(database_url, create=False)
+    db.close()
+
+
 def test_times_are_timezone_aware_utc(store):
     row = receive(store, "1.2.3.1")
     assert row.received_at.tzinfo is not None and row.received_at.utcoffset() == timedelta(0)
@@ -326,6 +338,20 @@ def test_events_tell_the_story_of_a_job(store):
     json.dumps(detail)  # JSON-ready as it is
 
 
+def test_json_columns_take_numpy_values_and_paths(store):
+    import numpy as np
+
+    job = queue_series(store, "1.2.3")
+    store.claim_next_job("w")
+    store.set_job_running(job, worker="w", device="cpu", model_name="m", model_version="1", model_sha256="0",
+                          parameters={"step_size": np.float32(0.5), "patch": np.array([64, 128]),
+                                      "bundle": Path("/models/m")}, software={})
+    store.finish_job(job, state="done", summary={"voxels": np.int64(7)})
+    detail = store.job_detail(job)
+    assert detail["parameters"] == {"step_size": 0.5, "patch": [64, 128], "bundle": "/models/m"}
+    assert detail["summary"] == {"voxels": 7}
+
+
 def test_job_events_are_append_only_in_the_database(store):
     job = queue_series(store, "1.2.3")
     for statement in ("UPDATE job_events SET detail = 'rewritten'", "DELETE FROM job_events"):
@@ -340,7 +366,8 @@ def test_failed_job_keeps_its_reason_and_cannot_finish_twice(store):
     store.claim_next_job("w")
     store.finish_job(job, state="failed", error="CUDA out of memory")
     assert store.get_series("1.2.3").state == "failed"
-    assert store.job_detail(job)["error"] == "CUDA out of memory"
+    detail = store.job_detail(job)
+    assert detail["error"] == "CUDA out of memory" and detail["events"][-1]["detail"].endswith(": CUDA out of memory")
     with pytest.raises(StateError, match="already failed"):
         store.finish_job(job, state="done")
     with pytest.raises(StateError, match="not 'finished'"):
@@ -348,6 +375,21 @@ def test_failed_job_keeps_its_reason_and_cannot_finish_twice(store):
     with pytest.raises(StateError, match="not running"):
         store.set_job_running(job, worker="w", device="cpu", model_name="m", model_version="1", model_sha256="0",
                               parameters={}, software={})
+
+
+def test_earlier_outputs_are_those_of_the_done_jobs_of_the_same_series(store):
+    first = queue_series(store, "1.2.3")
+    other = queue_series(store, "4.5.6")
+    for job in (first, other):
+        store.claim_next_job("w")
+        record_seg(store, job, [])
+        store.record_output(job, kind="sr", sop_instance_uid=f"2.25.{job}.2", sop_class_uid="1.2",
+                            series_instance_uid="2.25.98", path="/out/sr.dcm", destinations=[])
+        store.finish_job(job, state="done")
+    receive(store, "1.2.3.9")
+    second = store.create_job("1.2.3", "late instance").id
+    assert [o.sop_instance_uid for o in store.earlier_outputs(second, kind="sr")] == [f"2.25.{first}.2"]
+    assert len(store.earlier_outputs(second)) == 2 and store.earlier_outputs(first) == []
 
 
 def test_rejected_series_is_finished_before_any_worker_claims_it(store):
