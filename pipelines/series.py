@@ -231,28 +231,39 @@ def _check_pixel_format(instances: list[Instance], uid: str) -> None:
                                                             "with a Modality LUT table, not a rescale")
 
 
+def _derived_sop_instance_uid(series_uid: str, header: Dataset) -> str:
+    """A deterministic SOPInstanceUID for an instance that has none, even in its file meta."""
+    return generate_uid(entropy_srcs=["spine-node derived instance", series_uid] + [
+        _text(header, k) for k in ("ImagePositionPatient", "InstanceNumber", "AcquisitionNumber", "ContentTime")])
+
+
 def _identify(files: SeriesFiles, instances: list[Instance], repairs: list[str]) -> tuple[str, str, list[Dataset]]:
-    """Study and series UIDs, and header copies with empty UIDs filled in (recorded as a repair)."""
-    first = instances[0].header
+    """Study and series UIDs, and header copies with empty UIDs filled in (recorded as a repair).
+
+    Study and series UIDs are derived from the series' attributes (``derived_study_uid``,
+    ``derived_series_uid``); SOP Class and Instance UIDs come from the file meta, or are
+    derived from the instance's position and number when the file meta has none either.
+    """
     series_uid = files.series_instance_uid or files.key
     study_uid = next((_text(i.header, "StudyInstanceUID") for i in instances
-                      if _text(i.header, "StudyInstanceUID")), "") or derived_study_uid(first)
+                      if _text(i.header, "StudyInstanceUID")), "") or derived_study_uid(instances[0].header)
     filled: dict[str, int] = {}
     headers = []
     for instance in instances:
         header = copy.deepcopy(instance.header)
-        for keyword, value in (("StudyInstanceUID", study_uid), ("SeriesInstanceUID", series_uid),
-                               ("SOPClassUID", sop_class_of(header)), ("SOPInstanceUID", sop_instance_uid_of(header))):
-            if not _text(header, keyword):
-                if keyword == "SOPInstanceUID" and not value:
-                    value = generate_uid(entropy_srcs=["spine-node derived instance", series_uid, str(instance.path)])
+        meta_sop_uid = sop_instance_uid_of(header)
+        for keyword, value, source in (
+                ("StudyInstanceUID", study_uid, "derived"), ("SeriesInstanceUID", series_uid, "derived"),
+                ("SOPClassUID", sop_class_of(header), "from the file meta"),
+                ("SOPInstanceUID", meta_sop_uid or _derived_sop_instance_uid(series_uid, header),
+                 "from the file meta" if meta_sop_uid else "derived")):
+            if not _text(header, keyword) and value:
                 setattr(header, keyword, value)
-                filled[keyword] = filled.get(keyword, 0) + 1
+                filled[f"{keyword} ({source})"] = filled.get(f"{keyword} ({source})", 0) + 1
         headers.append(header)
     if filled:
-        what = ", ".join(f"{k} ({n} instance(s))" for k, n in filled.items())
-        repairs.append(f"derived_uids: filled in empty {what}; study {study_uid}, series {series_uid} "
-                       "(UIDs derived deterministically from the series' attributes, SOP UIDs from the file meta)")
+        what = ", ".join(f"{k} in {n} instance(s)" for k, n in filled.items())
+        repairs.append(f"derived_uids: filled in empty {what}; study {study_uid}, series {series_uid}")
     return study_uid, series_uid, headers
 
 
