@@ -40,8 +40,15 @@ def process_inputs(inputs: Sequence[Path | str], out_dir: Path, options: Pipelin
     out_dir.mkdir(parents=True, exist_ok=True)
     results = []
     for files in discover_series([Path(p) for p in inputs]):
+        if files.modality in NOT_IMAGES:
+            log.info("series %s: skipped, a %s is not an image series", files.key, files.modality)
+            continue
         results.append(process_series(files, out_dir, options, progress))
     return results
+
+
+NOT_IMAGES = frozenset({"SEG", "SR", "PR", "KO", "REG", "RTSTRUCT", "DOC"})
+"""Modalities of derived objects (such as our own outputs) that ``process`` passes over silently."""
 
 
 STAGES = ("load", "analyse", "outputs", "write")
@@ -101,8 +108,9 @@ def _step(bar, stage: str | None) -> None:
 
 
 def _rejection(files: SeriesFiles, code: str, reason: str) -> dict:
-    return {"series_instance_uid": files.series_instance_uid, "study_instance_uid": files.study_instance_uid,
-            "key": files.key, "files": len(files.paths), "code": code, "reason": reason}
+    study = str(getattr(files.instances[0].header, "StudyInstanceUID", "")) if files.instances else ""
+    return {"series_instance_uid": files.series_instance_uid, "study_instance_uid": study,
+            "key": files.key, "modality": files.modality, "files": len(files.paths), "code": code, "reason": reason}
 
 
 def _write_json(path: Path, content: dict) -> None:
