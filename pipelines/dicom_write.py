@@ -30,7 +30,8 @@ def write_dataset(ds: Dataset, path: Path | str) -> Path:
     except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
         if isinstance(exc, (OSError, ValueError, TypeError)):
-            raise DicomWriteError(f"cannot write {path}: {exc}") from exc
+            # First line only: pydicom appends the offending element, value (maybe a patient's) included.
+            raise DicomWriteError(f"cannot write {path}: {str(exc).splitlines()[0]}") from exc
         raise
     _fsync_folder(path.parent)
     return path

@@ -254,6 +254,8 @@ def build_seg(series: CTSeries, labels: np.ndarray, findings: list[VertebraFindi
         omit_empty_frames=True,
         **character_set(series),
     )
+    if "ContentCreatorName" not in seg:
+        seg.ContentCreatorName = ""  # type 2 in the Content Identification macro: present, empty (no person)
     for number, finding in enumerate(ordered, start=1):
         finding.segment_number = number
     return seg

@@ -30,6 +30,26 @@ DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODEL = ModelIdentity(name="spine-demo", version="0.3.1", sha256="ab" * 32)
 LEVEL_OF_CODE = {vertebra_code(level).value: level for level in LEVELS}
 
+# Few thick slices, non-square pixels and a non-square matrix: a swap of rows and columns,
+# of the two pixel spacings or a flip cannot go unnoticed, and every build takes well under a second.
+PHANTOM = dict(fov="lumbar", spacing=(8.0, 2.5, 2.0), matrix=None)
+
+# Warnings dciodvfy gives on patient and study attributes copied from the source, as every series
+# of a study must carry them: the real CT's empty Patient ID and Study ID (type 2 in the CT too) and
+# its study-level ProcedureCodeSequence, coded by its PACS vendor in the scheme "SECTRA"; the GE
+# CT's one-component Patient's Name.
+SOURCE_STUDY_WARNINGS = {
+    "real-ct-t11-t12": [
+        "Warning - Missing attribute or value that would be needed to build DICOMDIR - Patient ID",
+        "Warning - Missing attribute or value that would be needed to build DICOMDIR - Study ID",
+        "Warning - Unrecognized defined term <SECTRA> for value 1 of attribute <Coding Scheme Designator>",
+    ],
+    "dcmqi-ct-3slice": [
+        "Warning - Value dubious for this VR - (0x0010,0x0010) PN Patient's Name  PN [1] = <JANCT000> - "
+        "Retired Person Name form",
+    ],
+}
+
 
 def tool(name: str) -> str | None:
     """An executable on PATH or next to this interpreter (the venv's dciodvfy, segimage2itkimage)."""

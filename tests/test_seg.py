@@ -20,13 +20,10 @@ from pipelines.levels import LEVELS
 from pipelines.phantom import make_phantom
 from pipelines.seg import build_seg, reference_headers
 
-from seg_sr_support import (DATA, LEVEL_OF_CODE, MODEL, Case, dciodvfy_messages, dcmqi_case, dice_per_level,
+from seg_sr_support import (DATA, LEVEL_OF_CODE, MODEL, PHANTOM, SOURCE_STUDY_WARNINGS, Case, dciodvfy_messages, dcmqi_case, dice_per_level,
                             enhanced_case, grid_of_itk, level_of_segment, phantom_case, pydicom_ct2_case,
                             real_ct_case, resampled_case, seg_levels_on_grid, tool)
 
-# Few thick slices, non-square pixels and a non-square matrix: a swap of rows and columns,
-# of the two pixel spacings or a flip cannot go unnoticed, and every build takes well under a second.
-PHANTOM = dict(fov="lumbar", spacing=(8.0, 2.5, 2.0), matrix=None)
 ORIENTATIONS = ["HFS", "FFS", "HFP", "FFP", "OBLIQUE"]
 # highdicom warns (UserWarning) about a one-component Patient's Name it copies from dcmqi's GE CT.
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent the intended person name")
@@ -59,18 +56,31 @@ def phantom():
     return make_phantom(5, **PHANTOM)
 
 
-@pytest.fixture(scope="module", params=[(o, False) for o in ORIENTATIONS] + [(o, True) for o in ORIENTATIONS],
+@pytest.fixture(scope="module")
+def phantom_builds(phantom, tmp_path_factory):
+    """SEGs of the phantom per (orientation, labelmap), each series written and each SEG built once."""
+    cases: dict[str, tuple[Case, Path]] = {}
+    built: dict[tuple[str, bool], Built] = {}
+
+    def get(orientation: str, labelmap: bool = False) -> Built:
+        if orientation not in cases:
+            folder = tmp_path_factory.mktemp(orientation)
+            cases[orientation] = phantom_case(phantom, orientation, folder), folder
+        if (orientation, labelmap) not in built:
+            built[orientation, labelmap] = _build(*cases[orientation], labelmap)
+        return built[orientation, labelmap]
+    return get
+
+
+@pytest.fixture(params=[(o, False) for o in ORIENTATIONS] + [(o, True) for o in ORIENTATIONS],
                 ids=lambda p: f"{p[0]}-{'LABELMAP' if p[1] else 'BINARY'}")
-def phantom_seg(request, phantom, tmp_path_factory) -> Built:
-    orientation, labelmap = request.param
-    folder = tmp_path_factory.mktemp(orientation)
-    return _build(phantom_case(phantom, orientation, folder), folder, labelmap)
+def phantom_seg(request, phantom_builds) -> Built:
+    return phantom_builds(*request.param)
 
 
-@pytest.fixture(scope="module", params=ORIENTATIONS)
-def binary_seg(request, phantom, tmp_path_factory) -> Built:
-    folder = tmp_path_factory.mktemp(request.param)
-    return _build(phantom_case(phantom, request.param, folder), folder)
+@pytest.fixture(params=ORIENTATIONS)
+def binary_seg(request, phantom_builds) -> Built:
+    return phantom_builds(request.param)
 
 
 @pytest.fixture(scope="module", params=list(REAL_CASES))
@@ -164,23 +174,6 @@ def test_seg_passes_dciodvfy_without_any_message(phantom_seg):
     assert dciodvfy_messages(phantom_seg.path) == []
 
 
-# Warnings dciodvfy gives on patient and study attributes copied from the source, as every series
-# of a study must carry them: the real CT's empty Patient ID and Study ID (type 2 in the CT too) and
-# its study-level ProcedureCodeSequence, coded by its PACS vendor in the scheme "SECTRA"; the GE
-# CT's one-component Patient's Name.
-SOURCE_STUDY_WARNINGS = {
-    "real-ct-t11-t12": [
-        "Warning - Missing attribute or value that would be needed to build DICOMDIR - Patient ID",
-        "Warning - Missing attribute or value that would be needed to build DICOMDIR - Study ID",
-        "Warning - Unrecognized defined term <SECTRA> for value 1 of attribute <Coding Scheme Designator>",
-    ],
-    "dcmqi-ct-3slice": [
-        "Warning - Value dubious for this VR - (0x0010,0x0010) PN Patient's Name  PN [1] = <JANCT000> - "
-        "Retired Person Name form",
-    ],
-}
-
-
 def test_seg_of_real_series_passes_dciodvfy_with_only_the_source_study_warnings(real_seg):
     assert sorted(dciodvfy_messages(real_seg.path)) == SOURCE_STUDY_WARNINGS.get(real_seg.case.name, [])
 
@@ -238,6 +231,8 @@ def _dcmqi_reads_back(built: Built, folder: Path) -> None:
                           str(folder), "--outputType", "nrrd", "-p", "seg", "--mergeSegments"],
                          capture_output=True, text=True, timeout=120)
     assert run.returncode == 0, run.stdout + run.stderr
+    complaints = [line for line in (run.stdout + run.stderr).splitlines() if line.startswith(("W:", "E:"))]
+    assert complaints == []
     meta = json.loads((folder / "seg-meta.json").read_text())
     level_of_label = {s["labelID"]: LEVEL_OF_CODE[s["SegmentedPropertyTypeCodeSequence"]["CodeValue"]]
                       for group in meta["segmentAttributes"] for s in group}
@@ -262,10 +257,8 @@ def test_dcmqi_reads_the_real_series_seg_back(real_seg, tmp_path):
     _dcmqi_reads_back(real_seg, tmp_path)
 
 
-def test_dcmqi_reads_the_labelmap_seg_back(phantom, tmp_path):
-    case = phantom_case(phantom, "OBLIQUE", tmp_path)
-    (tmp_path / "out").mkdir()
-    _dcmqi_reads_back(_build(case, tmp_path, labelmap=True), tmp_path / "out")
+def test_dcmqi_reads_the_labelmap_seg_back(phantom_builds, tmp_path):
+    _dcmqi_reads_back(phantom_builds("OBLIQUE", labelmap=True), tmp_path)
 
 
 # ------------------------------------------------------------------ content
@@ -329,8 +322,8 @@ def test_empty_frames_are_omitted(binary_seg):
     assert int(binary_seg.seg.NumberOfFrames) == expected
 
 
-def test_labelmap_option_writes_a_label_map_segmentation(phantom, tmp_path):
-    built = _build(phantom_case(phantom, "HFP", tmp_path), tmp_path, labelmap=True)
+def test_labelmap_option_writes_a_label_map_segmentation(phantom_builds):
+    built = phantom_builds("HFP", labelmap=True)
     assert built.seg.SOPClassUID == "1.2.840.10008.5.1.4.1.1.66.7" and built.seg.SegmentationType == "LABELMAP"
     assert built.seg.file_meta.TransferSyntaxUID == pydicom.uid.RLELossless
     _highdicom_reads_back(built)
@@ -366,3 +359,59 @@ def test_inputs_that_cannot_make_a_valid_seg_are_refused_with_a_reason(small_cas
     labels, findings = change(small_case)
     with pytest.raises(DicomWriteError, match=message):
         build_seg(small_case.series, labels, findings, MODEL)
+
+
+# ------------------------------------------------------------------ codes and scale
+def test_every_level_has_its_pydicom_sct_code_and_a_distinct_fixed_colour():
+    from pydicom.sr.codedict import codes
+    assert list(LEVEL_COLOURS) == LEVELS
+    assert len(set(LEVEL_COLOURS.values())) == len(LEVELS)
+    for level in LEVELS:
+        code = vertebra_code(level)
+        assert (code.value, code.scheme_designator, code.meaning) == \
+            (getattr(codes.SCT, f"{level}Vertebra").value, "SCT", f"{level} vertebra")
+    assert vertebra_code("L1").value == "66794005" and vertebra_code("T12").value == "23215003"
+
+
+def test_lesion_codes_cover_every_lesion_class_in_the_private_scheme():
+    from pipelines.dicom_codes import LESION_CODES, PRIVATE_SCHEME, lesion_code
+    from pipelines.lesions import LESION_CLASSES
+    assert set(LESION_CODES) == set(LESION_CLASSES)
+    assert PRIVATE_SCHEME.startswith("99")
+    assert len({lesion_code(c).value for c in LESION_CLASSES}) == len(LESION_CLASSES)
+    with pytest.raises(ValueError, match="lytic"):
+        lesion_code("sclerotic")
+
+
+@pytest.mark.slow
+def test_a_full_size_ct_with_ten_vertebrae_gives_one_frame_per_segment_and_slice():
+    """512 x 512 x 300 with 10 vertebrae of 24 slices each: 240 frames, read back exactly."""
+    from pydicom.uid import CTImageStorage, generate_uid
+    from pipelines.ct_series import CTSeries, Geometry
+    n, size = 300, 512
+    study, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
+    headers = []
+    for k in range(n):
+        ds = pydicom.Dataset()
+        ds.SOPClassUID, ds.SOPInstanceUID = CTImageStorage, generate_uid()
+        ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.FrameOfReferenceUID = study, series_uid, frame_uid
+        ds.Modality, ds.PatientName, ds.PatientID, ds.PatientBirthDate, ds.PatientSex = "CT", "Big^Case", "B1", "", ""
+        ds.AccessionNumber, ds.StudyID, ds.StudyDate, ds.StudyTime, ds.ReferringPhysicianName = "", "1", "", "", ""
+        ds.Rows = ds.Columns = size
+        ds.PixelSpacing, ds.SliceThickness = [0.78125, 0.78125], 1.0
+        ds.ImageOrientationPatient, ds.ImagePositionPatient = [1, 0, 0, 0, 1, 0], [-200.0, -200.0, -600.0 + k]
+        headers.append(ds)
+    labels = np.zeros((n, size, size), np.uint8)
+    yy, xx = np.mgrid[:size, :size]
+    disc = (yy - 300) ** 2 + (xx - 256) ** 2 < 45 ** 2
+    for v in range(10):
+        labels[10 + 28 * v:34 + 28 * v][:, disc] = v + 8  # T8 .. L5 in the paper's numbering
+    series = CTSeries(hu=np.zeros(labels.shape, np.float32), source_images=headers,
+                      geometry=Geometry(np.array([-200.0, -200.0, -600.0]), np.eye(3), (1.0, 0.78125, 0.78125)),
+                      study_instance_uid=study, series_instance_uid=series_uid)
+    findings = [VertebraFinding(level=LEVELS[v + 7], label=v + 8, voxels=1, volume_ml=1.0, mean_hu=0.0)
+                for v in range(10)]
+    seg = build_seg(series, labels, findings, MODEL)
+    assert int(seg.NumberOfFrames) == 240
+    pixels = seg.get_pixels_by_source_instance([h.SOPInstanceUID for h in headers], combine_segments=True)
+    assert np.array_equal(pixels, _numbered(Case("big", series, labels, findings, labels, None)))
