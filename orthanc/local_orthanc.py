@@ -298,26 +298,28 @@ def main(argv: list[str] | None = None) -> int:
         orthanc = LocalOrthanc(stable_age=args.stable_age, node=args.node, modalities=dict(args.modality),
                                routing=_rule_overrides(args.rule), http_port=args.http_port,
                                dicom_port=args.dicom_port, storage=args.storage, aet=args.aet)
-        orthanc.start()
-    except (OrthancError, ValueError) as exc:
+    except ValueError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 1
+    # From here on, Ctrl-C or SIGTERM at any moment ends in the finally: Orthanc stopped, folder removed.
     signal.signal(signal.SIGTERM, _interrupt)
-    print(f"Orthanc pid {orthanc.pid}\n  HTTP     {orthanc.url}\n  DICOM    {orthanc.aet}@{LOOPBACK}:"
-          f"{orthanc.dicom_port}\n  DICOMweb {orthanc.dicomweb_url}/\n  node     {NODE_MODALITY} = "
-          f"{orthanc.node.aet}@{orthanc.node.host}:{orthanc.node.port}\n  storage  {orthanc.storage}\n"
-          f"  log      {orthanc.log_path}\nCtrl-C stops it.", flush=True)
     try:
+        orthanc.start()
+        print(f"Orthanc pid {orthanc.pid}\n  HTTP     {orthanc.url}\n  DICOM    {orthanc.aet}@{LOOPBACK}:"
+              f"{orthanc.dicom_port}\n  DICOMweb {orthanc.dicomweb_url}/\n  node     {NODE_MODALITY} = "
+              f"{orthanc.node.aet}@{orthanc.node.host}:{orthanc.node.port}\n  storage  {orthanc.storage}\n"
+              f"  log      {orthanc.log_path}\nCtrl-C stops it.", flush=True)
         while orthanc.pid is not None:
             time.sleep(1)
         print(f"error: Orthanc exited; its log:\n{orthanc.log_text()[-3000:]}", file=sys.stderr)
         return 1
+    except OrthancError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 0
     finally:
-        orthanc.stop()
-        if args.storage is None:
-            shutil.rmtree(orthanc.workdir, ignore_errors=True)
+        orthanc.cleanup()  # a --storage folder is outside the working folder and is kept
 
 
 if __name__ == "__main__":

@@ -274,8 +274,10 @@ def test_local_orthanc_by_hand_prints_its_ports_and_stops_on_sigterm():
     script = Path(__file__).resolve().parents[1] / "orthanc" / "local_orthanc.py"
     process = subprocess.Popen([sys.executable, str(script), "--stable-age", "3", "--rule", "MinInstances=5"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    orthanc_pid = None
     try:
         printed = [process.stdout.readline() for _ in range(8)]
+        orthanc_pid = int(printed[0].split()[2])
         fields = dict(line.split(None, 1) for line in printed[1:7])
         http, storage = fields["HTTP"].strip(), Path(fields["storage"].strip())
         system = requests.get(f"{http}/system", timeout=10).json()
@@ -286,6 +288,16 @@ def test_local_orthanc_by_hand_prints_its_ports_and_stops_on_sigterm():
         process.send_signal(signal.SIGTERM)
         process.wait(30)
     assert process.returncode == 0
+    assert not _alive(orthanc_pid), f"Orthanc (pid {orthanc_pid}) still running after the CLI stopped"
     assert not storage.parent.exists()  # the throw-away folder is gone
     with pytest.raises(requests.ConnectionError):
         requests.get(f"{http}/system", timeout=5)
+
+
+def _alive(pid: int) -> bool:
+    """True if ``pid`` runs and is not a zombie (a stopped Orthanc is reaped by its parent, the CLI)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except FileNotFoundError:
+        return False
+    return state != "Z"
