@@ -12,9 +12,10 @@ Geometry is never left for highdicom to guess: every frame's ImagePositionPatien
 orientation and the pixel spacing come from ``series.geometry``, so the same code writes
 a SEG on single-frame CT, on an Enhanced CT (whose frames need not be stored in the
 order of ``series.hu``) and on a resampled (tilt-corrected) volume. Where a frame lies on
-a source frame (within ``SNAP_FRACTION`` of the slice spacing) the source's own position
-is written, so that highdicom records which source frame each SEG frame derives from; a
-series that is not resampled must have every frame on a source frame, or this refuses.
+a source frame (within ``SNAP_FRACTION`` of the slice spacing; 1 micrometre for a
+resampled volume) the source's own position is written, so that highdicom records which
+source frame each SEG frame derives from; a series that is not resampled must have every
+frame on a source frame, or this refuses.
 
 Speed: labels are renumbered with one look-up table, the work is limited to the slab of
 slices that hold a vertebra, and no Python loop runs per voxel.
@@ -36,6 +37,8 @@ from .levels import LEVELS
 MANUFACTURER = "spine-node"
 SNAP_FRACTION = 0.05
 """A frame within this fraction of the slice spacing of a source frame is written at that frame's position."""
+RESAMPLED_SNAP_MM = 1e-3
+"""For a resampled volume, only a frame this close (highdicom's own tolerance) takes the source's position."""
 
 
 def _package_version() -> str:
@@ -155,7 +158,9 @@ def plane_positions(series: CTSeries, frames: np.ndarray) -> list[hd.PlanePositi
     sources = _source_frame_positions(series.source_images)
     distances = np.linalg.norm(computed[:, None, :] - sources[None, :, :], axis=-1)
     nearest = distances.argmin(axis=1)
-    close = distances[np.arange(len(frames)), nearest] <= SNAP_FRACTION * geometry.spacing[0]
+    # A resampled volume's frames are where its geometry says, source frames or not: only rounding is snapped.
+    tolerance = RESAMPLED_SNAP_MM if series.resampled else SNAP_FRACTION * geometry.spacing[0]
+    close = distances[np.arange(len(frames)), nearest] <= tolerance
     if not series.resampled and not close.all():
         k = int(frames[np.flatnonzero(~close)[0]])
         raise DicomWriteError(

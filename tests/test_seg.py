@@ -20,7 +20,7 @@ from pipelines.levels import LEVELS
 from pipelines.phantom import make_phantom
 from pipelines.seg import build_seg, reference_headers
 
-from seg_sr_support import (DATA, LEVEL_OF_CODE, MODEL, PHANTOM, SOURCE_STUDY_WARNINGS, Case, dciodvfy_messages, dcmqi_case, dice_per_level,
+from seg_sr_support import (DATA, LEVEL_OF_CODE, MODEL, PHANTOM, SOURCE_STUDY_WARNINGS, Case, Grid, dciodvfy_messages, dcmqi_case, dice_per_level,
                             enhanced_case, grid_of_itk, level_of_segment, phantom_case, pydicom_ct2_case,
                             real_ct_case, resampled_case, seg_levels_on_grid, tool)
 
@@ -166,6 +166,21 @@ def test_a_series_that_is_not_resampled_must_sit_on_its_source_frames(phantom, t
     case.series.geometry = type(g)(g.origin + 0.5 * g.spacing[0] * g.direction[:, 2], g.direction, g.spacing)
     with pytest.raises(DicomWriteError, match="not marked resampled"):
         build_seg(case.series, case.labels, case.findings, MODEL)
+
+
+def test_a_resampled_frame_near_a_source_frame_keeps_its_own_position(phantom, tmp_path):
+    """A small tilt moves resampled frames a fraction of a millimetre off the source frames:
+    those must stay where the geometry puts them, not snap onto the source."""
+    case = phantom_case(phantom, "HFS", tmp_path)
+    g = case.series.geometry
+    case.series.geometry = type(g)(g.origin + [0.0, 0.1, 0.0], g.direction, g.spacing)
+    case.series.resampled = True
+    seg = build_seg(case.series, case.labels, case.findings, MODEL)
+    first = int(np.flatnonzero(case.labels.any(axis=(1, 2)))[0])
+    written = {tuple(float(v) for v in fg.PlanePositionSequence[0].ImagePositionPatient)
+               for fg in seg.PerFrameFunctionalGroupsSequence}
+    expected = {tuple(case.series.geometry.frame_position(k)) for k in range(first, case.labels.shape[0])}
+    assert written and all(min(np.linalg.norm(np.subtract(w, e)) for e in expected) < 1e-6 for w in written)
 
 
 # ------------------------------------------------------------------ readers
@@ -415,3 +430,59 @@ def test_a_full_size_ct_with_ten_vertebrae_gives_one_frame_per_segment_and_slice
     assert int(seg.NumberOfFrames) == 240
     pixels = seg.get_pixels_by_source_instance([h.SOPInstanceUID for h in headers], combine_segments=True)
     assert np.array_equal(pixels, _numbered(Case("big", series, labels, findings, labels, None)))
+
+
+# ------------------------------------------------------------------ with the node's series loader
+def test_seg_is_exact_on_a_gantry_tilt_resampled_by_the_series_loader(phantom, tmp_path):
+    """Slices drifting one row per slice (a 17 degree tilt): the loader shifts them onto an
+    orthogonal grid (resampled=True); the SEG on that grid still lands on the phantom's voxels."""
+    from pipelines.levels import PAPER
+    from pipelines.phantom_dicom import write_dicom_series
+    from pipelines.series import discover_series, load_series
+    from seg_sr_support import Grid, findings_for, grid_from_lps, phantom_grid, sample_on_series
+    truth_grid = phantom_grid(phantom)
+    sz, sy, sx = truth_grid.geometry.spacing
+    z0 = truth_grid.geometry.origin[2]
+    for path in write_dicom_series(phantom, tmp_path / "tilt", "HFS"):
+        ds = pydicom.dcmread(path)
+        k = round((float(ds.ImagePositionPatient[2]) - z0) / sz)
+        ds.ImagePositionPatient = [float(v) for v in np.array(ds.ImagePositionPatient, float) + [0, k * sy, 0]]
+        ds.save_as(path, enforce_file_format=True)
+    sheared = grid_from_lps(truth_grid.geometry.origin, np.array([[sx, 0, 0], [0, sy, sy], [0, 0, sz]]),
+                            truth_grid.shape)
+    series = load_series(discover_series([tmp_path / "tilt"])[0])
+    assert series.resampled
+    labels = sample_on_series(phantom.labels, sheared, series)
+    case = Case("tilt", series, labels, findings_for(labels, PAPER, series), phantom.labels, sheared)
+    built = _build(case, tmp_path)
+    assert dciodvfy_messages(built.path) == []
+    covered = np.zeros(phantom.labels.shape, bool)  # the truth voxels the resampled grid holds
+    grid = Grid(series.geometry, series.hu.shape)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in grid.shape), indexing="ij")
+    idx = sheared.index(grid.world(k.ravel(), j.ravel(), i.ravel()))
+    inside = np.all((idx >= 0) & (idx < np.array(covered.shape)), axis=1)
+    covered[tuple(idx[inside].T)] = True
+    case.truth = np.where(covered, phantom.labels, 0)
+    _assert_exact(built)
+
+
+def test_seg_and_sr_of_the_real_ct_loaded_by_the_series_loader(tmp_path):
+    """The JPEG 2000 CT without Study/Series UIDs, loaded as the node loads it."""
+    if not DATA.is_dir():
+        pytest.skip(f"shared test data not found at {DATA}")
+    from pipelines.series import discover_series, load_series
+    from pipelines.sr import build_sr
+    from seg_sr_support import findings_for, sample_on_series
+    reference = real_ct_case()
+    (files,) = discover_series([DATA / "real-ct-dicom-t11-t12"])
+    series = load_series(files)
+    labels = sample_on_series(reference.labels, Grid(reference.series.geometry, reference.labels.shape), series)
+    case = Case("real-ct-t11-t12", series, labels, findings_for(labels, {32: "T12", 33: "T11"}, series),
+                reference.truth, reference.truth_grid)
+    built = _build(case, tmp_path)
+    _assert_exact(built)
+    assert sorted(dciodvfy_messages(built.path)) == SOURCE_STUDY_WARNINGS["real-ct-t11-t12"]
+    assert built.seg.StudyInstanceUID == series.study_instance_uid
+    sr = write_dataset(build_sr(series, built.seg, case.findings, MODEL), tmp_path / "sr.dcm")
+    private = ["Warning - Unrecognized defined term <99VERTMET> for value 1 of attribute <Coding Scheme Designator>"]
+    assert sorted(dciodvfy_messages(sr)) == sorted(private * 5 + SOURCE_STUDY_WARNINGS["real-ct-t11-t12"])
