@@ -15,7 +15,8 @@ Written with highdicom, in the source study, as DICOM_REFERENCE.md §3.4 lays ou
   that know no private codes;
 * evidence: every CT instance and the SEG (CurrentRequestedProcedureEvidenceSequence);
 * a ``predecessor`` SR (an earlier report on the same series, when a late instance
-  re-opened it) is listed in PredecessorDocumentsSequence.
+  re-opened it) is listed in PredecessorDocumentsSequence;
+* no vertebra found (no SEG): one TID 1501 group "Vertebra = Absent" on the CT.
 """
 from __future__ import annotations
 
@@ -103,37 +104,59 @@ def measurement_group(finding: VertebraFinding, segment: Dataset, seg: Dataset, 
     )
 
 
-def _check_study(series: CTSeries, seg: Dataset, predecessor: Dataset | None) -> None:
-    if seg.StudyInstanceUID != series.study_instance_uid:
+def no_vertebra_group(algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 stating that the algorithm found no vertebra: (51282000, SCT, "Vertebra") = Absent.
+
+    TID 1500 needs at least one measurement group, and "nothing found" is a result a reader
+    must be able to tell from "not analysed".
+    """
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="vertebrae"),
+        finding_type=VERTEBRA,
+        algorithm_id=algorithm,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=VERTEBRA, value=ABSENT)],
+    )
+
+
+def _check_inputs(series: CTSeries, seg: Dataset | None, findings: list[VertebraFinding],
+                  predecessor: Dataset | None) -> None:
+    if bool(findings) != (seg is not None):
+        raise DicomWriteError(
+            f"series {series.series_instance_uid}: {len(findings)} finding(s) but "
+            f"{'a' if seg is not None else 'no'} SEG; findings need their SEG, and no finding means no SEG"
+        )
+    if seg is not None and seg.StudyInstanceUID != series.study_instance_uid:
         raise DicomWriteError(f"SEG {seg.SOPInstanceUID} belongs to study {seg.StudyInstanceUID}, "
                               f"not to the series' study {series.study_instance_uid}")
     if predecessor is not None and predecessor.get("StudyInstanceUID") != series.study_instance_uid:
         raise DicomWriteError(f"predecessor SR {predecessor.get('SOPInstanceUID')} belongs to another study")
 
 
-def build_sr(series: CTSeries, seg: Dataset, findings: list[VertebraFinding], model: ModelIdentity, *,
+def build_sr(series: CTSeries, seg: Dataset | None, findings: list[VertebraFinding], model: ModelIdentity, *,
              predecessor: Dataset | None = None, series_number: int = 901) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of ``findings`` (already numbered by ``build_seg``) on ``series`` and its ``seg``.
 
-    Raises DicomWriteError when a finding does not match its SEG segment or the objects
-    belong to different studies.
+    With no vertebra found, pass ``seg=None`` and ``findings=[]``: the report then says so
+    (``no_vertebra_group``). Raises DicomWriteError when a finding does not match its SEG
+    segment or the objects belong to different studies.
     """
-    if not findings:
-        raise DicomWriteError("no vertebra was found: a TID 1500 report needs at least one measurement group")
-    _check_study(series, seg, predecessor)
-    segments = _segments(seg)
+    _check_inputs(series, seg, findings, predecessor)
     algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version,
                                               parameters=[f"sha256={model.sha256}"])
-    ordered = sorted(findings, key=lambda f: f.segment_number)
-    groups = [measurement_group(f, _check_finding(f, segments, seg), seg, series, algorithm) for f in ordered]
+    if seg is None:
+        groups = [no_vertebra_group(algorithm)]
+    else:
+        segments = _segments(seg)
+        ordered = sorted(findings, key=lambda f: f.segment_number)
+        groups = [measurement_group(f, _check_finding(f, segments, seg), seg, series, algorithm) for f in ordered]
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(model),
         procedure_reported=CT_PROCEDURE,
         imaging_measurements=groups,
         title=codes.cid7021.ImagingMeasurementReport,
     )
-    sr = hd.sr.Comprehensive3DSR(
-        evidence=[*reference_headers(series), seg],
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*reference_headers(series), *([seg] if seg is not None else [])],
         content=report,
         series_instance_uid=hd.UID(),
         series_number=series_number,
@@ -146,4 +169,3 @@ def build_sr(series: CTSeries, seg: Dataset, findings: list[VertebraFinding], mo
         coding_schemes=[coding_scheme_identification()],
         **character_set(series),
     )
-    return sr

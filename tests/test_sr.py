@@ -181,7 +181,7 @@ def _copy(finding: VertebraFinding, **changes) -> VertebraFinding:
     (lambda f: [_copy(f[0], segment_number=0)] + f[1:], "build the SEG first"),
     (lambda f: [_copy(f[0], segment_number=f[1].segment_number)] + f[1:], "which is"),
     (lambda f: [_copy(f[0], mean_hu=float("nan"))] + f[1:], "not a number"),
-    (lambda f: [], "no vertebra"),
+    (lambda f: [], "no finding means no SEG"),
 ])
 def test_findings_that_do_not_match_the_seg_are_refused_with_a_reason(built, change, message):
     case, seg = built
@@ -199,6 +199,28 @@ def test_a_seg_or_predecessor_of_another_study_is_refused(built, tmp_path):
     foreign.StudyInstanceUID = hd.UID()
     with pytest.raises(DicomWriteError, match="not to the series' study"):
         build_sr(case.series, foreign, case.findings, MODEL)
+
+
+def test_findings_without_a_seg_are_refused(built):
+    case, _ = built
+    with pytest.raises(DicomWriteError, match="findings need their SEG"):
+        build_sr(case.series, None, case.findings, MODEL)
+
+
+def test_a_series_without_vertebrae_gets_a_report_that_says_so(phantom, tmp_path):
+    case = phantom_case(phantom, "HFS", tmp_path)
+    path = write_dataset(build_sr(case.series, None, [], MODEL), tmp_path / "sr.dcm")
+    assert dciodvfy_messages(path) == [PRIVATE_WARNING]  # the declaration of the (unused) private scheme
+    run = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60)
+    assert run.returncode == 0 and run.stderr == ""
+    sr = hd.sr.srread(path)
+    assert sr.content.get_volumetric_roi_measurement_groups() == []
+    (group,) = sr.content.get_image_measurement_groups()
+    (evaluation,) = group.get_qualitative_evaluations()
+    assert (evaluation.name.value, evaluation.value.value) == ("51282000", "272519000")  # Vertebra = Absent
+    evidence = {ref.ReferencedSOPInstanceUID for study in sr.CurrentRequestedProcedureEvidenceSequence
+                for series in study.ReferencedSeriesSequence for ref in series.ReferencedSOPSequence}
+    assert evidence == {ds.SOPInstanceUID for ds in case.series.source_images}
 
 
 def test_another_model_is_another_device():
