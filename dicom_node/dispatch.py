@@ -107,8 +107,10 @@ class DaskExecutor:
         self.client = Client(address, timeout=timeout_s, set_as_default=False)
 
     def submit(self, hu, geometry, options: PipelineOptions):
+        """The volume goes to a worker as data (scatter), not inside the task graph through the scheduler."""
         resources = {"GPU": 1} if str(options.device).startswith("cuda") else None
-        return self.client.submit(analyse, hu, geometry, options, resources=resources, pure=False)
+        volume = self.client.scatter(hu, hash=False)
+        return self.client.submit(analyse, volume, geometry, options, resources=resources, pure=False)
 
     def worker_of(self, future) -> str:
         try:
