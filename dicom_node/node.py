@@ -129,8 +129,11 @@ class Node:
         ssl_context = (make_ssl_context(str(config.tls_cert), str(config.tls_key),
                                         str(config.tls_ca) if config.tls_ca else None)
                        if config.tls_enabled else None)
-        self.server = start_scp(ScpSettings(config.ae_title, config.host, config.port, tuple(config.allowed_aes),
-                                            ssl_context), receiver)
+        try:
+            self.server = start_scp(ScpSettings(config.ae_title, config.host, config.port,
+                                                tuple(config.allowed_aes), ssl_context), receiver)
+        except OSError as exc:
+            raise NodeError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
         for loop in self.loops:
             loop.start()
         self._completion_wakes_dispatch(completion, dispatch)

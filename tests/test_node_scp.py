@@ -206,3 +206,34 @@ def test_disk_failure_answers_out_of_resources(tmp_path, small_series):
     finally:
         server.shutdown()
         store.db.close()
+
+
+def test_tls_scp_serves_tls_peers_and_refuses_plain_ones(tmp_path):
+    import shutil
+    import ssl
+    import subprocess
+
+    from dicom_node.scp import make_ssl_context
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", str(key), "-out", str(cert),
+                    "-days", "1", "-subj", "/CN=localhost"], check=True, capture_output=True)
+    store = Store(open_database(f"sqlite:///{tmp_path / 'node.db'}"))
+    port = free_port()
+    server = start_scp(ScpSettings("SPINENODE", LOOPBACK, port, (), make_ssl_context(str(cert), str(key))),
+                       Receiver(store, InstanceFiles(tmp_path / "data")))
+    try:
+        ae = AE(ae_title="TLSSCU")
+        ae.add_requested_context(Verification)
+        client = ssl.create_default_context(cafile=str(cert))
+        assoc = ae.associate(LOOPBACK, port, ae_title="SPINENODE", tls_args=(client, "localhost"))
+        assert assoc.is_established
+        assert assoc.send_c_echo().Status == 0
+        assoc.release()
+        ae.acse_timeout = ae.network_timeout = 5
+        assert not ae.associate(LOOPBACK, port, ae_title="SPINENODE").is_established
+    finally:
+        server.shutdown()
+        store.db.close()
