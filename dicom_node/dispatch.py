@@ -142,7 +142,7 @@ class Dispatcher:
 
     def __init__(self, store: Store, files: InstanceFiles, executor, options: PipelineOptions,
                  destinations_for: Callable[[JobRow], list[str]], node_name: str, parallel: int = 1,
-                 on_outputs: Callable[[], None] | None = None):
+                 on_outputs: Callable[[], None] | None = None, on_finished: Callable[[], None] | None = None):
         self.store = store
         self.files = files
         self.executor = executor
@@ -151,6 +151,7 @@ class Dispatcher:
         self.node_name = node_name
         self.parallel = parallel
         self.on_outputs = on_outputs
+        self.on_finished = on_finished  # a slot is free: the node looks for the next job at once
         self.stopping = threading.Event()
         self._running: dict[int, threading.Thread] = {}
         self._lock = threading.Lock()
@@ -179,6 +180,8 @@ class Dispatcher:
         finally:
             with self._lock:
                 self._running.pop(job.id, None)
+            if self.on_finished:
+                self.on_finished()
 
     def run_job(self, job: JobRow) -> str:
         """Run one claimed job to its final state; return that state ('' if the node is stopping)."""
@@ -236,7 +239,7 @@ class Dispatcher:
         images = [i for i in instances if i.sop_class_uid in PROCESSED_SOP_CLASSES]
         if not images:
             classes = sorted({i.sop_class_uid for i in instances})
-            raise SeriesRejected("not_processed", job.series_instance_uid,
+            raise SeriesRejected("not_ct", job.series_instance_uid,
                                  f"no CT image in the series (SOP classes {', '.join(classes)}): stored, not processed")
         groups = discover_series([i.path for i in images])
         if not groups:

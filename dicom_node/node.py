@@ -123,7 +123,8 @@ class Node:
         delivery_loop = Loop("delivery", Deliverer(self.store, config.ae_title, config.retry_max_s).run_once)
         self.dispatcher = Dispatcher(self.store, self.files, self.executor, pipeline_options(config),
                                      lambda job: config.destinations_for(job.calling_ae), self.name,
-                                     parallel=self._parallel(), on_outputs=delivery_loop.wake.set)
+                                     parallel=self._parallel(), on_outputs=delivery_loop.wake.set,
+                                     on_finished=dispatch.wake.set)
         self.loops = [completion, dispatch, delivery_loop]
         receiver = Receiver(self.store, self.files, on_released=lambda keys: completion.wake.set())
         ssl_context = (make_ssl_context(str(config.tls_cert), str(config.tls_key),

@@ -189,7 +189,7 @@ def test_a_series_of_another_storage_class_is_stored_not_processed(node):
         pytest.skip("shared reference objects absent")
     assert send(node["port"], [sr]) == [0]
     [job] = run_completed_jobs(node, stable_age=0.01)
-    assert job["state"] == "rejected" and job["error"].startswith("not_processed")
+    assert job["state"] == "rejected" and job["error"].startswith("not_ct") and "stored, not processed" in job["error"]
 
 
 # --- the outbox against real destinations --------------------------------------------------------------
