@@ -70,7 +70,8 @@ def test_series_sent_by_storescu_come_back_as_seg_and_sr_and_sql_tells_the_story
         destination.stop()
         store.db.close()
     assert code == 0, node.log()[-3000:]
-    assert "PHANTOM" not in node.log()  # patient IDs of the phantoms never reach the log
+    log = node.log()
+    assert "PHANTOM-" not in log and "Phantom^" not in log  # the phantoms' patient ID and name never reach the log
 
 
 def _check_story(store: Store, job_id: int, database_url: str) -> None:

@@ -115,7 +115,8 @@ def test_unknown_calling_ae_is_refused_and_recorded(node):
     ae.add_requested_context(Verification)
     assoc = ae.associate(LOOPBACK, node["port"], ae_title="SPINENODE")
     assert assoc.is_rejected
-    assert any(a.event == "rejected" and a.calling_ae == "INTRUDER" for a in _rows(node["store"], Association))
+    wait_until(lambda: any(a.event == "rejected" and a.calling_ae == "INTRUDER"
+                           for a in _rows(node["store"], Association)), 10, "the refusal to be recorded")
     assert echo_ok(node["port"])
 
 
@@ -237,3 +238,17 @@ def test_tls_scp_serves_tls_peers_and_refuses_plain_ones(tmp_path):
     finally:
         server.shutdown()
         store.db.close()
+
+
+def test_real_series_as_found_is_stored_as_one_series_named_as_the_pipeline_names_it(node, chunked_send):
+    """The real JPEG 2000 files lack SOP Class/Instance UIDs in their data sets and Study/Series UIDs entirely."""
+    from pipelines.series import discover_series
+
+    real = SHARED / "real-ct-dicom-t11-t12"
+    if not real.is_dir():
+        pytest.skip("real data absent")
+    files = sorted(real.iterdir())
+    assert [_pyscu_send(node["port"], f, syntax=JPEG2000Lossless) for f in files] == [0] * len(files)
+    [expected] = discover_series([real])
+    rows = node["store"].series_instances(expected.key)
+    assert len(rows) == len(files) and {r.transfer_syntax_uid for r in rows} == {JPEG2000Lossless}
