@@ -14,11 +14,13 @@ Three steps, each cheap and each explainable:
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
 MIN_FRACTION = 0.1
-MIN_PIECE_ML = 0.3
+MIN_PIECE_ML = 2.0  # the smallest vertebra (T1) is about 10 ml; a sliver cut by the scan's edge may be less
 DOMINANT_SHARE = 0.6
 
 
@@ -60,29 +62,45 @@ def relabel_by_order(labels: np.ndarray, label_map: dict[int, str], levels: list
                      superior_axis: int = 0) -> np.ndarray:
     """Make level names consecutive from head to feet, trusting the majority of the network's votes.
 
-    Vertebrae follow each other without gaps, so once the instances (connected pieces of
-    each label) are sorted along the head-feet axis, instance k must be level s + k for one
+    Vertebrae follow each other without gaps, so once the vertebrae (connected pieces of
+    each label) are sorted along the head-feet axis, vertebra k must be level s + k for one
     offset s. The offset most of the voxels agree with wins; pieces that disagree (a T8
-    called T7, say) are renamed. ``superior_axis`` is the array axis whose index grows
-    towards the head. Returns ``labels`` (modified in place).
+    called T7, say) are renamed. A piece lying beside a bigger one at the same height (a
+    detached spinous process, a rib head) is not a vertebra of its own: it is not counted
+    and takes the level of the bigger piece. ``superior_axis`` is the array axis whose
+    index grows towards the head. Returns ``labels`` (modified in place).
     """
     id_of = {level: label for label, level in label_map.items()}
     pieces = _instances(labels, label_map, levels, superior_axis)
-    if len(pieces) < 2:
+    stack, hosts = _stack(pieces)
+    if len(stack) < 2:
         return labels
     votes: dict[int, int] = {}
-    for k, (_, level_index, size, _) in enumerate(pieces):
-        votes[level_index - k] = votes.get(level_index - k, 0) + size
+    for k, i in enumerate(stack):
+        votes[pieces[i].level - k] = votes.get(pieces[i].level - k, 0) + pieces[i].size
     offset = max(votes, key=votes.get)
-    for k, (box, level_index, _, mask) in enumerate(pieces):
-        target = offset + k
-        if target != level_index and 0 <= target < len(levels) and levels[target] in id_of:
-            labels[box][mask] = id_of[levels[target]]
+    target = {i: offset + k for k, i in enumerate(stack)}
+    target.update({i: target[host] for i, host in hosts.items()})
+    for i, piece in enumerate(pieces):
+        t = target[i]
+        if t != piece.level and 0 <= t < len(levels) and levels[t] in id_of:
+            labels[piece.box][piece.mask] = id_of[levels[t]]
     return labels
 
 
-def _instances(labels, label_map, levels, superior_axis):
-    """Connected pieces of every vertebra label, sorted from head to feet: (box, level index, voxels, mask)."""
+@dataclass
+class _Piece:
+    centre: float   # along the superior axis, in voxels
+    low: float      # lowest and highest index it covers along that axis
+    high: float
+    box: tuple
+    level: int      # index in ``levels`` of its current label
+    size: int
+    mask: np.ndarray
+
+
+def _instances(labels, label_map, levels, superior_axis) -> list[_Piece]:
+    """Connected pieces of every vertebra label, sorted from head to feet."""
     pieces = []
     boxes = ndimage.find_objects(labels)
     for index, box in enumerate(boxes):
@@ -92,10 +110,34 @@ def _instances(labels, label_map, levels, superior_axis):
         components, count = ndimage.label(labels[box] == index + 1)
         for c in range(1, count + 1):
             mask = components == c
-            centre = np.argwhere(mask)[:, superior_axis].mean() + box[superior_axis].start
-            pieces.append((centre, box, levels.index(level), int(mask.sum()), mask))
-    pieces.sort(key=lambda p: -p[0])
-    return [p[1:] for p in pieces]
+            along = np.argwhere(mask)[:, superior_axis] + box[superior_axis].start
+            pieces.append(_Piece(float(along.mean()), float(along.min()), float(along.max()), box,
+                                 levels.index(level), int(mask.sum()), mask))
+    pieces.sort(key=lambda p: -p.centre)
+    return pieces
+
+
+def _stack(pieces: list[_Piece]) -> tuple[list[int], dict[int, int]]:
+    """Indices of the pieces that form the column (head to feet), and side piece -> the piece it sits beside.
+
+    Biggest first, a piece joins the column unless its centre lies in the middle half of
+    the head-feet extent of a piece already in it.
+    """
+    column: list[int] = []
+    hosts: dict[int, int] = {}
+    for i in sorted(range(len(pieces)), key=lambda i: -pieces[i].size):
+        p = pieces[i]
+        host = next((j for j in column if _inside(p.centre, pieces[j])), None)
+        if host is None:
+            column.append(i)
+        else:
+            hosts[i] = host
+    return sorted(column, key=lambda i: -pieces[i].centre), hosts
+
+
+def _inside(centre: float, piece: _Piece) -> bool:
+    quarter = (piece.high - piece.low) / 4
+    return piece.low + quarter <= centre <= piece.high - quarter
 
 
 def unify_instances(labels: np.ndarray, spacing, vertebra_labels: list[int], min_ml: float = MIN_PIECE_ML,

@@ -145,3 +145,18 @@ def test_unify_instances_leaves_two_touching_vertebrae_split_evenly_alone():
     before = labels.copy()
     unify_instances(labels, (1.0, 1.0, 1.0), list(range(1, 18)), min_ml=0.001)
     assert np.array_equal(labels, before)
+
+
+def test_a_piece_beside_a_vertebra_is_not_counted_as_one_and_takes_its_level():
+    from pipelines.levels import LEVELS
+    from pipelines.postprocess import relabel_by_order
+
+    labels = np.zeros((40, 6, 12), np.uint8)
+    for k, label in enumerate([13, 14, 15, 16]):  # L1..L4 head to feet, 6-voxel bodies, 2-voxel discs
+        top = labels.shape[0] - 8 * k
+        labels[top - 6:top, :, :6] = label
+    top = labels.shape[0] - 8
+    labels[top - 4:top - 2, :2, 9:] = 17  # a detached piece beside L2, misnamed L5
+    relabel_by_order(labels, PAPER, LEVELS)
+    assert [int(labels[labels.shape[0] - 8 * k - 1, 0, 0]) for k in range(4)] == [13, 14, 15, 16]
+    assert set(np.unique(labels[top - 4:top - 2, :2, 9:])) == {14}
