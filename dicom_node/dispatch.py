@@ -30,7 +30,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import BrokenExecutor, CancelledError, Future, ProcessPoolExecutor
-from dataclasses import dataclass
 
 from pydicom import dcmread
 from pydicom.dataset import Dataset
@@ -127,14 +126,6 @@ class DaskExecutor:
 
 
 # --- running one job -----------------------------------------------------------------------------------
-
-
-@dataclass
-class JobContext:
-    """What a job needs besides its row: where outputs go and who ran it."""
-
-    destinations: list[str]
-    worker: str
 
 
 class Dispatcher:

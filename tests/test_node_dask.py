@@ -16,7 +16,7 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node_support import LOOPBACK, NodeProcess, StoreScp, free_port, phantom_series, require, storescu, wait_until
+from node_support import LOOPBACK, NodeProcess, StoreScp, free_port, phantom_series, require, wait_until
 from storage import Store, open_database
 
 pytestmark = pytest.mark.slow

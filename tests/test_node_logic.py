@@ -17,7 +17,7 @@ import numpy as np
 import pydicom
 import pytest
 from pynetdicom import AE, evt
-from pynetdicom.sop_class import CTImageStorage, Verification
+from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import StoragePresentationContexts
 
 from dicom_node.completion import complete_series, contiguity, judge
