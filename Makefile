@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup system-deps run test test-fast demo-model benchmark clean
+.PHONY: setup system-deps run demo orthanc test test-fast demo-model benchmark clean
 
 setup: $(STAMP)
 
@@ -23,13 +23,19 @@ $(STAMP): requirements.txt requirements-dev.txt constraints.txt pyproject.toml s
 system-deps:
 	bash scripts/install-system-deps.sh
 
-# Until the DICOM node lands (`spine-node serve`), `make run` runs the offline demo:
-# verify the bundled model, make a phantom CT, segment and score it.
+# The DICOM node with its embedded defaults: SQLite and files under ./spine-node-data,
+# the bundled demo model, AE title SPINENODE on port 11112 (SPINE_NODE_* variables override).
 run: setup
-	$(VENV)/bin/spine-node models verify spine-phantom-demo
-	$(VENV)/bin/spine-node phantom --out spine-node-data/demo --n 1 --seed 100000 --fov lumbar
-	$(VENV)/bin/spine-node evaluate --model spine-phantom-demo --cases spine-node-data/demo \
-		--json spine-node-data/demo/report.json
+	$(VENV)/bin/spine-node serve
+
+# The offline pipeline on a phantom CT: DICOM series in, SEG + SR + summary.json out.
+demo: setup
+	$(VENV)/bin/spine-node phantom --out spine-node-data/demo --n 1 --seed 100000 --fov lumbar --format dicom
+	$(VENV)/bin/spine-node process spine-node-data/demo --out spine-node-data/demo-out
+
+# A local Orthanc (Debian package) on ports 8042/4242 that routes stable CT series to the node.
+orthanc: setup system-deps
+	$(PY) orthanc/local_orthanc.py --http-port 8042 --dicom-port 4242 --stable-age 5 --node SPINENODE@127.0.0.1:11112
 
 test: setup system-deps
 	$(VENV)/bin/pytest -q
@@ -43,6 +49,7 @@ demo-model: setup
 
 benchmark: setup
 	$(PY) benchmarks/inference_cpu.py
+	$(PY) benchmarks/process_cpu.py
 
 clean:
 	rm -rf $(VENV) spine-node-data .pytest_cache
