@@ -64,9 +64,10 @@ def reference_headers(series: CTSeries) -> list[Dataset]:
         meta = getattr(ds, "file_meta", None)
         sop_class = ds.get("SOPClassUID") or (meta.get("MediaStorageSOPClassUID") if meta else None)
         sop_instance = ds.get("SOPInstanceUID") or (meta.get("MediaStorageSOPInstanceUID") if meta else None)
+        absent = [(keyword, vr) for keyword, vr in TYPE2_COPIED if keyword not in ds]
         if (ds.get("StudyInstanceUID") == series.study_instance_uid
                 and ds.get("SeriesInstanceUID") == series.series_instance_uid
-                and ds.get("SOPClassUID") and ds.get("SOPInstanceUID")):
+                and ds.get("SOPClassUID") and ds.get("SOPInstanceUID") and not absent):
             out.append(ds)
             continue
         if not sop_class or not sop_instance:
@@ -79,8 +80,16 @@ def reference_headers(series: CTSeries) -> list[Dataset]:
         copy.add_new("SeriesInstanceUID", "UI", series.series_instance_uid)
         copy.add_new("SOPClassUID", "UI", sop_class)
         copy.add_new("SOPInstanceUID", "UI", sop_instance)
+        for keyword, vr in absent:  # Type 2: present, empty when unknown
+            copy.add_new(keyword, vr, None)
         out.append(copy)
     return out
+
+
+TYPE2_COPIED = (("PatientName", "PN"), ("PatientID", "LO"), ("PatientBirthDate", "DA"), ("PatientSex", "CS"),
+                ("StudyDate", "DA"), ("StudyTime", "TM"), ("ReferringPhysicianName", "PN"), ("StudyID", "SH"),
+                ("AccessionNumber", "SH"))
+"""Type 2 patient and study attributes the SEG and SR copy from the source; some scanners leave them out."""
 
 
 def character_set(series: CTSeries) -> dict:

@@ -486,3 +486,14 @@ def test_seg_and_sr_of_the_real_ct_loaded_by_the_series_loader(tmp_path):
     sr = write_dataset(build_sr(series, built.seg, case.findings, MODEL), tmp_path / "sr.dcm")
     private = ["Warning - Unrecognized defined term <99VERTMET> for value 1 of attribute <Coding Scheme Designator>"]
     assert sorted(dciodvfy_messages(sr)) == sorted(private * 5 + SOURCE_STUDY_WARNINGS["real-ct-t11-t12"])
+
+
+def test_a_source_without_type2_patient_and_study_attributes_still_gets_a_valid_seg(phantom, tmp_path):
+    case = phantom_case(phantom, "HFS", tmp_path)
+    for ds in case.series.source_images:
+        for keyword in ("PatientBirthDate", "PatientSex", "ReferringPhysicianName", "AccessionNumber", "StudyID"):
+            if keyword in ds:
+                delattr(ds, keyword)
+    built = _build(case, tmp_path)
+    assert "PatientBirthDate" in built.seg and not built.seg.PatientBirthDate
+    assert not [m for m in dciodvfy_messages(built.path) if m.startswith("Error")]
