@@ -3,11 +3,14 @@
 Import the fixtures into a test module (``from orthanc_fixture import orthanc_factory,
 storescp_factory``). Both factories start real processes on free loopback ports and stop
 them by their own PIDs at the end of the module; tests skip when Orthanc or DCMTK is not
-installed (``make system-deps`` installs them).
+installed (``make system-deps`` installs them). ``qido`` and ``wado_rs_instance`` read
+Orthanc's DICOMweb plugin (QIDO-RS, WADO-RS).
 """
 from __future__ import annotations
 
 import importlib.util
+import io
+import re
 import shutil
 import socket
 import subprocess
@@ -17,6 +20,7 @@ from pathlib import Path
 
 import pydicom
 import pytest
+import requests
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_ORTHANC_PATH = REPO / "orthanc" / "local_orthanc.py"
@@ -149,3 +153,46 @@ def orthanc_factory():
     yield start
     for orthanc in started:
         orthanc.cleanup()
+
+
+# --- DICOMweb (the plugin at /dicom-web) -----------------------------------------------------------
+
+DICOM_JSON = {"Accept": "application/dicom+json"}
+WADO_AS_STORED = {"Accept": 'multipart/related; type="application/dicom"; transfer-syntax=*'}
+
+
+def qido(dicomweb_url: str, path: str, **params) -> list[dict]:
+    """A QIDO-RS search (``path`` like ``studies/UID/series``) as DICOM JSON; [] when nothing matches."""
+    answer = requests.get(f"{dicomweb_url}/{path}", params=params, headers=DICOM_JSON, timeout=60)
+    assert answer.status_code in (200, 204), f"QIDO-RS {path}: HTTP {answer.status_code} {answer.text[:300]}"
+    return answer.json() if answer.content else []
+
+
+def json_value(item: dict, tag: str):
+    """The first value of ``tag`` (8 hex digits) in a DICOM JSON item, None when absent or empty."""
+    values = item.get(tag, {}).get("Value") or [None]
+    return values[0]
+
+
+def wado_rs_instance(dicomweb_url: str, study_uid: str, series_uid: str, sop_uid: str) -> pydicom.Dataset:
+    """WADO-RS RetrieveInstance, as stored (transfer-syntax=*): the one part of the multipart answer, parsed."""
+    url = f"{dicomweb_url}/studies/{study_uid}/series/{series_uid}/instances/{sop_uid}"
+    answer = requests.get(url, headers=WADO_AS_STORED, timeout=120)
+    assert answer.status_code == 200, f"WADO-RS {url}: HTTP {answer.status_code} {answer.text[:300]}"
+    parts = multipart_parts(answer.headers["Content-Type"], answer.content)
+    assert len(parts) == 1, f"WADO-RS of one instance answered {len(parts)} parts"
+    return pydicom.dcmread(io.BytesIO(parts[0]))
+
+
+def multipart_parts(content_type: str, body: bytes) -> list[bytes]:
+    """The bodies of a multipart/related message (RFC 2046), headers of each part dropped."""
+    match = re.search(r'boundary="?([^";]+)"?', content_type)
+    assert match, f"no boundary in Content-Type {content_type!r}"
+    delimiter = b"--" + match.group(1).encode()
+    parts = []
+    for chunk in body.split(delimiter)[1:]:
+        if chunk.startswith(b"--"):  # the closing delimiter
+            break
+        _, _, content = chunk.partition(b"\r\n\r\n")
+        parts.append(content[:-2] if content.endswith(b"\r\n") else content)
+    return parts
