@@ -28,6 +28,7 @@ Study/Series UIDs, the JPEG 2000 pixel data kept as it is.
 """
 from __future__ import annotations
 
+import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -222,9 +223,7 @@ def _study_outputs(client: OrthancApiClient, node: NodeProcess, source: Source) 
 
 
 def _read(client: OrthancApiClient, instance_id: str) -> pydicom.Dataset:
-    from io import BytesIO
-
-    return pydicom.dcmread(BytesIO(client.instances.get_file(instance_id)))
+    return pydicom.dcmread(io.BytesIO(client.instances.get_file(instance_id)))
 
 
 @pytest.fixture(scope="module", params=CASES)
