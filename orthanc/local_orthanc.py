@@ -93,6 +93,16 @@ def free_port(host: str = LOOPBACK) -> int:
         return sock.getsockname()[1]
 
 
+def port_is_free(port: int) -> bool:
+    """Whether nothing listens on ``port`` (Orthanc binds every interface, so check them all)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind(("", port))
+        except OSError:
+            return False
+    return True
+
+
 def routing_rules(overrides: dict | None = None, rules_file: Path = ROUTING) -> dict:
     """The SpineNodeRouting section: ``rules_file``'s rules with ``overrides`` on top."""
     rules = dict(json.loads(Path(rules_file).read_text())["SpineNodeRouting"])
@@ -179,6 +189,10 @@ class LocalOrthanc:
         """Start Orthanc and wait until ``/system`` answers; retry with new ports if one was taken."""
         if not Path(ORTHANC_BINARY).is_file():
             raise OrthancError(f"Orthanc not found at {ORTHANC_BINARY} (install the Debian package orthanc)")
+        taken = [port for port in self._fixed_ports if port and not port_is_free(port)]
+        if taken:  # another Orthanc (Debian's service, say) would answer /system in our place
+            raise OrthancError(f"port(s) {', '.join(map(str, taken))} already in use: stop what listens there "
+                               "(Debian's Orthanc service: sudo systemctl stop orthanc) or choose other ports")
         attempts = 1 if all(self._fixed_ports) else 3
         for attempt in range(1, attempts + 1):
             self.http_port = self._fixed_ports[0] or free_port()

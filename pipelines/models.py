@@ -230,7 +230,10 @@ def install_bundle(source: Path | str, target_root: Path | None = None) -> Model
     staging = Path(tempfile.mkdtemp(prefix=".install-", dir=target_root))
     try:
         unpacked = _unpack(source, staging / "bundle")
-        bundle = verify_bundle(unpacked)
+        try:
+            bundle = verify_bundle(unpacked)
+        except ModelBundleError as exc:  # name what the user gave, not the staging copy
+            raise type(exc)(f"cannot install {source}: {str(exc).replace(str(unpacked) + '/', '')}") from None
         final = target_root / bundle.name
         if final.exists():
             old = staging / "previous"

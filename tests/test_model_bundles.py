@@ -18,7 +18,7 @@ import torch
 from pipelines.errors import ChecksumMismatch, ModelBundleError, UnknownLevelError
 from pipelines.levels import LEVELS, preset
 from pipelines.models import (
-    MANIFEST, find_bundle, install_bundle, list_bundles, sha256_of, verify_bundle, write_bundle)
+    BUNDLED_DIR, MANIFEST, find_bundle, install_bundle, list_bundles, sha256_of, verify_bundle, write_bundle)
 
 CHECKPOINT = "nnunet/fold_all/checkpoint_final.pth"
 DATASET_LABELS = {"background": 0, **{level: i + 1 for i, level in enumerate(LEVELS)}}
@@ -480,3 +480,15 @@ def test_write_bundle_that_fails_verification_leaves_nothing(trained_folder, tmp
     with pytest.raises(UnknownLevelError):
         write_bundle(trained_folder, out, {**FIELDS, "label_preset": "nope"})
     assert list(out.parent.iterdir()) == []
+
+
+def test_install_names_the_users_file_not_the_staging_copy_on_a_bad_checksum(tmp_path):
+    copy = tmp_path / "tampered"
+    shutil.copytree(BUNDLED_DIR / "spine-phantom-demo", copy)
+    with open(next(copy.glob("nnunet/fold_*/*.pth")), "ab") as handle:
+        handle.write(b"\0")
+    with pytest.raises(ChecksumMismatch) as caught:
+        install_bundle(copy, tmp_path / "models")
+    message = str(caught.value)
+    assert str(copy) in message and ".install-" not in message
+    assert not (tmp_path / "models" / "spine-phantom-demo").exists()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import signal
+import socket
 import subprocess
 import sys
 import uuid
@@ -301,3 +302,17 @@ def _alive(pid: int) -> bool:
     except FileNotFoundError:
         return False
     return state != "Z"
+
+
+def test_local_orthanc_refuses_fixed_ports_that_something_else_holds():
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as busy:
+        busy.bind(("", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        orthanc = local_orthanc.LocalOrthanc(http_port=port, dicom_port=local_orthanc.free_port())
+        try:
+            with pytest.raises(local_orthanc.OrthancError, match=f"{port}.*already in use"):
+                orthanc.start(timeout=10)
+            assert orthanc.pid is None
+        finally:
+            orthanc.cleanup()
