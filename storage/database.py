@@ -4,11 +4,17 @@ SQLite connections get, on every connect:
 
 * ``journal_mode=WAL``: readers (the CLI, the status page) never block the writer that
   records instances, and a crash never leaves a half-written database.
-* ``synchronous=FULL``: the WAL is fsynced at every commit. The node answers C-STORE
-  Success only after its row is committed, and the sender may then delete its copy, so
-  the row must survive a power cut, not only a crash of the process (``NORMAL`` in WAL
-  mode may lose the last commits on power loss). It costs one fsync per transaction,
-  which is small beside the fsync of the instance file itself.
+* ``synchronous=FULL``: the WAL is fsynced at every commit, so that a committed row
+  survives a power cut, not only a crash of the process (``NORMAL`` in WAL mode may lose
+  the last commits on power loss, never corrupts the database).
+
+  The one exception is ``writing(durable=False)``: its transactions run on a second pool
+  of connections set to ``synchronous=NORMAL`` (PostgreSQL: ``synchronous_commit=off``).
+  Such a commit survives the node's process being killed, not a power cut or an OS
+  crash; the next durable commit makes it durable too (the WAL is written and flushed in
+  order). Only writes whose truth lives elsewhere, durably, may use it: the row of a
+  received instance, whose fsynced file is recorded again at start if the row was lost
+  (``dicom_node.reconcile``). This saves one fsync per received instance.
 * ``busy_timeout`` (30 s): a writer waits for another process's transaction instead of
   failing at once.
 * ``foreign_keys=ON``: SQLite does not check foreign keys otherwise.
@@ -33,7 +39,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, event, text
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -47,10 +53,11 @@ _MIGRATION_LOCK_KEY = 0x5350494E  # "SPIN": PostgreSQL advisory lock held while 
 class Database:
     """An open database: an engine and sessions whose objects stay usable after commit."""
 
-    def __init__(self, engine: Engine):
+    def __init__(self, engine: Engine, relaxed_engine: Engine | None = None):
         self.engine = engine
         self.url = engine.url
         self.dialect = engine.dialect.name
+        self._relaxed_engine = relaxed_engine or engine
         self._write = sessionmaker(engine, expire_on_commit=False)
         self._read = sessionmaker(engine.execution_options(sqlite_begin="BEGIN"), expire_on_commit=False)
 
@@ -61,6 +68,19 @@ class Database:
             yield session
 
     @contextmanager
+    def writing_connection(self, durable: bool = True) -> Iterator[Connection]:
+        """One write transaction on a bare connection (less Python per call than a session; hot paths).
+
+        ``durable=False``: the commit survives a crash of this process but not a power cut
+        (module docstring); only for rows that can be rebuilt from something durable.
+        """
+        try:
+            with (self.engine if durable else self._relaxed_engine).begin() as connection:
+                yield connection
+        except SQLAlchemyError as exc:
+            raise StorageError(f"database error: {_one_line(exc)}") from exc
+
+    @contextmanager
     def reading(self) -> Iterator[Session]:
         """One read-only transaction (on SQLite it does not take the write lock)."""
         with self._transaction(self._read) as session:
@@ -69,6 +89,7 @@ class Database:
     def close(self) -> None:
         """Close every pooled connection (the database itself stays as it is)."""
         self.engine.dispose()
+        self._relaxed_engine.dispose()
 
     def __repr__(self) -> str:
         return f"Database({self.url.render_as_string(hide_password=True)!r})"
@@ -99,7 +120,7 @@ def open_database(url: str, *, create: bool = True) -> Database:
     except BaseException:
         engine.dispose()
         raise
-    return Database(engine)
+    return Database(engine, _create_engine(url, create=False, durable=False))
 
 
 def upgrade_to_head(engine: Engine) -> None:
@@ -157,7 +178,8 @@ def alembic_config() -> Config:
     return config
 
 
-def _create_engine(url: str, create: bool) -> Engine:
+def _create_engine(url: str, create: bool, durable: bool = True) -> Engine:
+    """An engine whose commits are durable (fsynced), or only crash-safe with ``durable=False`` (module docstring)."""
     try:
         parsed = make_url(url)
     except ArgumentError as exc:
@@ -166,6 +188,10 @@ def _create_engine(url: str, create: bool) -> Engine:
     if backend == "postgresql":
         if parsed.drivername == "postgresql":
             parsed = parsed.set(drivername="postgresql+psycopg")
+        if not durable:  # added to the URL's own libpq options (a search_path, say), not in their place
+            options = parsed.query.get("options", "")
+            options = " ".join(options) if isinstance(options, tuple) else options
+            parsed = parsed.update_query_dict({"options": f"{options} -c synchronous_commit=off".strip()})
         return create_engine(parsed, pool_pre_ping=True, json_serializer=_to_json)
     if backend != "sqlite":
         raise StorageError(f"unsupported database {parsed.render_as_string(hide_password=True)!r}: "
@@ -180,18 +206,22 @@ def _create_engine(url: str, create: bool) -> Engine:
     except OSError as exc:
         raise StorageError(f"cannot create the database folder {path.parent}: {exc.strerror}") from exc
     engine = create_engine(parsed, json_serializer=_to_json)
-    event.listen(engine, "connect", _sqlite_on_connect)
+    event.listen(engine, "connect", _sqlite_on_connect if durable else _sqlite_on_connect_relaxed)
     event.listen(engine, "begin", _sqlite_on_begin)
     return engine
 
 
-def _sqlite_on_connect(dbapi_connection, _record) -> None:
+def _sqlite_on_connect_relaxed(dbapi_connection, record) -> None:
+    _sqlite_on_connect(dbapi_connection, record, synchronous="NORMAL")
+
+
+def _sqlite_on_connect(dbapi_connection, _record, synchronous: str = "FULL") -> None:
     dbapi_connection.isolation_level = None  # the "begin" listener below emits BEGIN itself
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(f"PRAGMA busy_timeout = {SQLITE_BUSY_TIMEOUT_MS}")
         cursor.execute("PRAGMA journal_mode = WAL")
-        cursor.execute("PRAGMA synchronous = FULL")
+        cursor.execute(f"PRAGMA synchronous = {synchronous}")
         cursor.execute("PRAGMA foreign_keys = ON")
     finally:
         cursor.close()

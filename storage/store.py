@@ -23,7 +23,7 @@ from __future__ import annotations
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy import select, update
+from sqlalchemy import String, bindparam, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.orm import Session
 
@@ -31,7 +31,7 @@ from . import report
 from .database import Database
 from .errors import NotFoundError, StateError, StorageError
 from .models import (FINAL_JOB_STATES, Association, Delivery, Instance, Job, JobEvent, Output, RejectedInstance,
-                     Series, SeriesEvent, utcnow)
+                     Series, SeriesEvent, UTCDateTime, utcnow)
 from .rows import DeliveryRow, InstanceRow, JobRow, OutputRow, SeriesRow
 
 MAX_DETAIL = 2000  # characters of an error kept in an event (the job row keeps the whole text)
@@ -47,44 +47,93 @@ class Store:
 
     def __init__(self, db: Database):
         self.db = db
+        # The C-STORE path's statements, built once (SQLAlchemy then reuses their compiled form).
+        self._bump_receiving_series = (
+            update(Series).where(Series.series_key == bindparam("key"), Series.state == "receiving").values(
+                instance_count=Series.instance_count + 1, last_received_at=bindparam("now", type_=UTCDateTime()),
+                calling_ae=bindparam("ae", type_=String()),
+                modality=func.coalesce(bindparam("modality", type_=String()), Series.modality),
+                study_instance_uid=func.coalesce(Series.study_instance_uid, bindparam("study", type_=String())))
+            .returning(Series.id, Series.version))
+        self._uncount = (update(Series).where(Series.id == bindparam("series_id"))
+                         .values(instance_count=Series.instance_count - 1))
+        self._insert_instance = (self._insert(Instance).on_conflict_do_nothing(index_elements=["sop_instance_uid"])
+                                 .returning(Instance.id))
 
     # --- receiving -------------------------------------------------------------------------------------
 
     def record_instance(self, *, sop_instance_uid: str, sop_class_uid: str, series_key: str,
                         series_instance_uid: str, study_instance_uid: str | None, transfer_syntax_uid: str,
                         calling_ae: str | None, path: Path | str, size: int, modality: str | None = None,
-                        geometry: dict | None = None) -> InstanceRow:
+                        geometry: dict | None = None, durable: bool = True) -> InstanceRow:
         """Record a stored instance (its file already durable); upsert and maybe re-open its series.
 
-        This is on the C-STORE path, so it costs few round trips: lock the series row, insert
-        the instance (ON CONFLICT DO NOTHING), update the series, commit.
+        This is on the C-STORE path, so it costs few round trips and little Python: the
+        common case (a new instance of a series still receiving) is two prepared Core
+        statements (update the series row, which locks it, then insert the instance); a new
+        series, a re-opened one or a duplicate goes through the ORM in the same transaction.
+        ``durable=False``: see ``Database.writing_connection`` (the node passes it because
+        its instance files are reconciled at start).
         """
         now = utcnow()
-        with self.db.writing() as session:
-            series = self._series_for_update(session, series_key, series_instance_uid, study_instance_uid, now)
-            if series.state != "receiving":
-                self._reopen(session, series, now, sop_instance_uid)
-            values = dict(series_id=series.id, series_version=series.version, sop_class_uid=sop_class_uid,
-                          transfer_syntax_uid=transfer_syntax_uid, calling_ae=calling_ae, received_at=now,
-                          path=str(path), size=size, modality=modality, geometry=geometry)
-            instance_id = session.scalar(
-                self._insert(Instance).values(sop_instance_uid=sop_instance_uid, replaced=0, **values)
-                .on_conflict_do_nothing(index_elements=["sop_instance_uid"]).returning(Instance.id))
-            replaced = 0
-            if instance_id is None:
-                instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
-                                          .with_for_update())
-                self._replace_duplicate(session, instance, series, values, now)
-                instance_id, replaced = instance.id, instance.replaced
-            else:
-                series.instance_count += 1
-            series.last_received_at = now
-            series.calling_ae = calling_ae
-            series.modality = modality or series.modality
-            series.study_instance_uid = series.study_instance_uid or study_instance_uid
-            del values["series_id"]
-            return InstanceRow(id=instance_id, series_key=series_key, sop_instance_uid=sop_instance_uid,
-                               replaced=replaced, **{**values, "path": Path(values["path"])})
+        values = dict(sop_class_uid=sop_class_uid, transfer_syntax_uid=transfer_syntax_uid, calling_ae=calling_ae,
+                      received_at=now, path=str(path), size=size, modality=modality, geometry=geometry)
+        with self.db.writing_connection(durable=durable) as connection:
+            recorded = self._record_new_instance(connection, series_key, sop_instance_uid, study_instance_uid, values)
+            if recorded is None:
+                with Session(bind=connection, expire_on_commit=False) as session:  # joins this transaction
+                    recorded = self._record_instance_slowly(session, series_key, series_instance_uid,
+                                                            study_instance_uid, sop_instance_uid, values, now)
+                    session.flush()
+            instance_id, version, replaced = recorded
+        return InstanceRow(id=instance_id, series_key=series_key, sop_instance_uid=sop_instance_uid,
+                           series_version=version, replaced=replaced, **{**values, "path": Path(values["path"])})
+
+    def _record_new_instance(self, connection, series_key: str, sop_instance_uid: str,
+                             study_instance_uid: str | None, values: dict) -> tuple[int, int, int] | None:
+        """The common case in Core: (instance id, series version, 0), or None (nothing written) if it does not apply."""
+        series = connection.execute(self._bump_receiving_series, {
+            "key": series_key, "now": values["received_at"], "ae": values["calling_ae"],
+            "modality": values["modality"], "study": study_instance_uid}).first()
+        if series is None:  # new series, or not receiving: the ORM path creates or re-opens it
+            return None
+        instance_id = connection.execute(self._insert_instance, {
+            "series_id": series.id, "series_version": series.version, "sop_instance_uid": sop_instance_uid,
+            "replaced": 0, **values}).scalar()
+        if instance_id is None:  # a duplicate: undo the count, the ORM path replaces it
+            connection.execute(self._uncount, {"series_id": series.id})
+            return None
+        return instance_id, series.version, 0
+
+    def _record_instance_slowly(self, session: Session, series_key: str, series_instance_uid: str,
+                                study_instance_uid: str | None, sop_instance_uid: str, values: dict,
+                                now: datetime) -> tuple[int, int, int]:
+        """New series, re-opened series or duplicate, with the ORM: (instance id, series version, replaced)."""
+        series = self._series_for_update(session, series_key, series_instance_uid, study_instance_uid, now)
+        if series.state != "receiving":
+            self._reopen(session, series, now, sop_instance_uid)
+        values = dict(series_id=series.id, series_version=series.version, **values)
+        instance_id = session.scalar(
+            self._insert(Instance).values(sop_instance_uid=sop_instance_uid, replaced=0, **values)
+            .on_conflict_do_nothing(index_elements=["sop_instance_uid"]).returning(Instance.id))
+        replaced = 0
+        if instance_id is None:
+            instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
+                                      .with_for_update())
+            self._replace_duplicate(session, instance, series, values, now)
+            instance_id, replaced = instance.id, instance.replaced
+        else:
+            series.instance_count += 1
+        series.last_received_at = now
+        series.calling_ae = values["calling_ae"]
+        series.modality = values["modality"] or series.modality
+        series.study_instance_uid = series.study_instance_uid or study_instance_uid
+        return instance_id, series.version, replaced
+
+    def recorded_sop_instance_uids(self) -> set[str]:
+        """Every SOP Instance UID with a row: what the start-up reconciliation compares the files with."""
+        with self.db.reading() as session:
+            return set(session.scalars(select(Instance.sop_instance_uid)))
 
     def record_rejected_instance(self, *, calling_ae: str | None, reason: str, sop_instance_uid: str | None = None,
                                  sop_class_uid: str | None = None, transfer_syntax_uid: str | None = None) -> None:

@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 import threading
+import zlib
 from datetime import timedelta, timezone
 from pathlib import Path
 
@@ -17,8 +18,10 @@ import pytest
 from sqlalchemy import inspect, select, text
 from sqlalchemy.exc import DBAPIError
 
+import storage.files as storage_files
 from storage import InstanceFiles, NotFoundError, StateError, Store, StorageError, open_database
 from storage.database import current_revision, head_revision
+from storage.incoming import NAME_DURABLE_WITH_FILE, filesystem_type
 from storage.models import Association, Base, RejectedInstance, SeriesEvent, utcnow
 from storage.store import backoff_delay
 
@@ -517,3 +520,88 @@ def test_remove_leftovers_deletes_only_temporary_files(tmp_path):
     crash.write_bytes(b"half")
     assert files.remove_leftovers() == [crash]
     assert not crash.exists() and kept.read_bytes() == b"kept"
+
+
+# --- one fsync per received instance: checksummed incoming files, commits that are not fsynced ---------------
+
+def _written(files: InstanceFiles, sop: str, data: bytes):
+    incoming = files.incoming(sop, data)
+    incoming.write()
+    return incoming
+
+
+def test_an_incoming_instance_is_fsynced_under_a_checksummed_name_then_moved_into_its_series(tmp_path):
+    files = InstanceFiles(tmp_path)
+    data = os.urandom(5000)
+    incoming = _written(files, "1.2.3.4", data)
+    assert incoming.path.parent == tmp_path / "instances" / ".incoming"
+    assert incoming.path.name.startswith(f".1.2.3.4.dcm.{zlib.crc32(data):08x}.")
+    assert incoming.path.read_bytes() == data
+    path = files.place_instance(incoming, "1.2", "1.2.3")
+    assert path == files.instance_path("1.2", "1.2.3", "1.2.3.4") and path.read_bytes() == data
+    assert list(files.incoming_dir.iterdir()) == [] and files.instance_files() == [("1.2.3.4", path)]
+
+
+def test_interrupted_instances_keeps_the_newest_whole_copy_and_removes_partial_writes(tmp_path):
+    files = InstanceFiles(tmp_path)
+    older = _written(files, "1.2.3.4", b"first copy")
+    newer = _written(files, "1.2.3.4", b"second copy")
+    os.utime(older.path, ns=(10**9, 10**9))
+    partial = _written(files, "1.2.3.5", b"x" * 100)
+    with open(partial.path, "r+b") as handle:  # a power cut in the middle of the write
+        handle.truncate(50)
+    legacy = files.write_instance("1.2", "1.2.3", "1.2.3.6", b"kept").parent / ".1.2.3.7.dcm.abc123.tmp"
+    legacy.write_bytes(b"half")
+
+    whole, removed = files.interrupted_instances()
+
+    assert whole == [newer.path]
+    assert sorted(removed) == sorted([older.path, partial.path, legacy])
+    assert files.place_instance(whole[0], "1.2", "1.2.3").read_bytes() == b"second copy"
+    assert [uid for uid, _ in files.instance_files()] == ["1.2.3.4", "1.2.3.6"]
+
+
+def test_a_refused_or_failed_incoming_instance_leaves_no_file(tmp_path):
+    files = InstanceFiles(tmp_path)
+    _written(files, "1.2.3.4", b"refused").discard()
+    target = files.instance_path("1.2", "1.2.3", "1.2.3.5")
+    target.mkdir(parents=True)  # a folder where the file should go: the rename fails
+    with pytest.raises(StorageError, match="cannot write"):
+        files.place_instance(_written(files, "1.2.3.5", b"data"), "1.2", "1.2.3")
+    assert list(files.incoming_dir.iterdir()) == []
+
+
+def test_the_folder_is_fsynced_after_each_rename_only_where_the_file_system_needs_it(tmp_path, monkeypatch):
+    assert filesystem_type(Path("/proc")) == "proc"
+    assert InstanceFiles(tmp_path).sync_folder_after_rename == (filesystem_type(tmp_path) not in NAME_DURABLE_WITH_FILE)
+    synced: list[Path] = []
+    monkeypatch.setattr(storage_files, "_fsync_dir", synced.append)
+    for sync in (True, False):
+        files = InstanceFiles(tmp_path / str(sync), sync_folder_after_rename=sync)
+        files.write_instance("1.2", "1.2.3", "1.2.3.4", b"a")  # new folders: each fsynced into its parent
+        synced.clear()
+        path = files.write_instance("1.2", "1.2.3", "1.2.3.5", b"b")
+        assert synced == ([path.parent] if sync else [])
+
+
+def test_not_durable_commits_skip_the_fsync_and_every_other_commit_keeps_it(database_url):
+    db = open_database(database_url)
+    query = "PRAGMA synchronous" if db.dialect == "sqlite" else "SHOW synchronous_commit"
+    try:
+        with db.writing_connection(durable=False) as connection:
+            relaxed = connection.exec_driver_sql(query).scalar()
+        with db.writing_connection() as connection:
+            durable = connection.exec_driver_sql(query).scalar()
+        with db.writing() as session:
+            session_default = session.execute(text(query)).scalar()
+    finally:
+        db.close()
+    assert (relaxed, durable, session_default) == ((1, 2, 2) if db.dialect == "sqlite" else ("off", "on", "on"))
+
+
+def test_an_instance_recorded_without_fsync_is_in_the_same_database(store):
+    for sop in ("1.2.3.1", "1.2.3.2", "1.2.3.2"):  # new series, then the common case, then a duplicate
+        receive(store, sop, durable=False)
+    assert [i.sop_instance_uid for i in store.series_instances("1.2.3")] == ["1.2.3.1", "1.2.3.2"]
+    assert store.get_series("1.2.3").instance_count == 2
+    assert store.recorded_sop_instance_uids() == {"1.2.3.1", "1.2.3.2"}
