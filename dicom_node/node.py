@@ -1,9 +1,10 @@
 """The running node: the SCP, and three background loops (completion, dispatch, delivery) on one store.
 
-``Node(config).start()`` opens the database (migrating it), removes temporary files a
-crash left, queues again the jobs a previous process left running, starts the DICOM SCP
-and the loops; ``stop()`` stops accepting associations, lets those in progress finish
-(a few seconds), stops the loops and the workers. A job whose worker is stopped stays
+``Node(config).start()`` opens the database (migrating it), completes or removes the
+writes a crash interrupted and records instance files whose row was lost (``reconcile``),
+queues again the jobs a previous process left running, starts the DICOM SCP and the loops;
+``stop()`` stops accepting associations, lets those in progress finish (a few seconds),
+stops the loops and the workers. A job whose worker is stopped stays
 'running' in SQL and is resumed at the next start, so SIGKILL and SIGTERM lose nothing
 that was acknowledged: an instance is answered Success only once it is on disk and in SQL.
 
@@ -28,6 +29,7 @@ from .config import NodeConfig
 from .delivery import Deliverer
 from .dispatch import DaskExecutor, Dispatcher, LocalExecutor
 from .errors import NodeError
+from .reconcile import reconcile_instances
 from .scp import Receiver, ScpSettings, make_ssl_context, start_scp
 
 log = logging.getLogger(__name__)
@@ -96,6 +98,7 @@ class Node:
         self.executor = None
         self.dispatcher: Dispatcher | None = None
         self.loops: list[Loop] = []
+        self.receiver: Receiver | None = None
 
     def start(self) -> "Node":
         config = self.config
@@ -107,9 +110,7 @@ class Node:
             check_model(config.model)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self.store = Store(open_database(config.database_url))
-        leftovers = self.files.remove_leftovers()
-        if leftovers:
-            log.info("removed %d temporary file(s) left by an interrupted write", len(leftovers))
+        reconcile_instances(self.store, self.files)  # interrupted writes, files whose row a power cut took
         resumed = self.store.requeue_interrupted_jobs()
         if resumed:
             log.info("resuming %d job(s) interrupted when the node stopped: %s", len(resumed), resumed)
@@ -126,7 +127,7 @@ class Node:
                                      parallel=self._parallel(), on_outputs=delivery_loop.wake.set,
                                      on_finished=dispatch.wake.set)
         self.loops = [completion, dispatch, delivery_loop]
-        receiver = Receiver(self.store, self.files, on_released=lambda keys: completion.wake.set())
+        self.receiver = receiver = Receiver(self.store, self.files, on_released=lambda keys: completion.wake.set())
         ssl_context = (make_ssl_context(str(config.tls_cert), str(config.tls_key),
                                         str(config.tls_ca) if config.tls_ca else None)
                        if config.tls_enabled else None)
@@ -174,6 +175,8 @@ class Node:
                 time.sleep(0.1)
             for assoc in self.server.ae.active_associations:
                 assoc.abort()
+        if self.receiver is not None:
+            self.receiver.close()
         if self.dispatcher is not None:
             self.dispatcher.stop()
         for loop in self.loops:

@@ -1,8 +1,10 @@
 """The node's DICOM service class provider: C-ECHO and C-STORE (pynetdicom).
 
 A C-STORE is answered Success only once its bytes, exactly as received (no pixel
-decoding), are on disk with fsync and its row is in SQL; anything that prevents that
-gets a failure status and a recorded reason:
+decoding), are on disk with fsync and its row is committed in SQL; anything that prevents
+that gets a failure status and a recorded reason. The file is the source of truth: the row's
+commit survives the node being killed but is not fsynced (one fsync per instance, not two),
+and ``dicom_node.reconcile`` records at start any file whose row a power cut took:
 
 * a payload that is not DICOM or is truncated: 0xC000 / 0xC001 (cannot understand);
 * a data set whose SOP class differs from the request's: 0xA900;
@@ -20,6 +22,7 @@ import logging
 import ssl
 import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from pydicom.dataset import Dataset
@@ -33,7 +36,7 @@ from pynetdicom.presentation import StoragePresentationContexts
 from pynetdicom.sop_class import CTImageStorage, EnhancedCTImageStorage, Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
-from storage import InstanceFiles, Store, StorageError
+from storage import IncomingInstance, InstanceFiles, Store, StorageError
 
 from .payload import InstanceHeader, PayloadError, StoreStatus, inspect_payload
 
@@ -48,6 +51,7 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 # The SOP classes the pipeline processes; every other storage class is stored, not processed.
 PROCESSED_SOP_CLASSES = (str(CTImageStorage), str(EnhancedCTImageStorage))
 _COMMENT_MAX = 64  # ErrorComment is LO
+READER_THREADS = 8  # threads reading headers while the association threads write (one per association at a time)
 
 
 @dataclass(frozen=True)
@@ -72,6 +76,7 @@ class Receiver:
         self.on_released = on_released
         self._series_of: dict[int, set[str]] = {}  # id(association) -> series keys received on it
         self._lock = threading.Lock()
+        self._readers = ThreadPoolExecutor(max_workers=READER_THREADS, thread_name_prefix="scp-header")
 
     # --- association events -----------------------------------------------------------------------------
 
@@ -124,17 +129,19 @@ class Receiver:
         calling = _calling_ae(event)
         transfer_syntax = str(event.context.transfer_syntax)
         try:
-            data = event.encoded_dataset(include_meta=True)
-            header = inspect_payload(data, sop_class, sop_uid)
+            header, incoming = self._write_and_read(event.encoded_dataset(include_meta=True), sop_class, sop_uid)
         except PayloadError as exc:
             return self._refuse(exc.status, exc.reason, calling, sop_uid, sop_class, transfer_syntax)
-        try:
-            path = self.files.write_instance(header.study_key, header.series_key, sop_uid, data)
         except (OSError, StorageError) as exc:
             return self._refuse(StoreStatus.OUT_OF_RESOURCES, f"cannot write the instance: {_short(exc)}",
                                 calling, sop_uid, sop_class, transfer_syntax)
         try:
-            self._record(header, calling, path, len(data))
+            path = self.files.place_instance(incoming, header.study_key, header.series_key)
+        except (OSError, StorageError) as exc:
+            return self._refuse(StoreStatus.OUT_OF_RESOURCES, f"cannot write the instance: {_short(exc)}",
+                                calling, sop_uid, sop_class, transfer_syntax)
+        try:
+            self._record(header, calling, path, len(incoming.data))
         except StorageError as exc:
             return self._refuse(StoreStatus.OUT_OF_RESOURCES, f"cannot record the instance: {_short(exc)}",
                                 calling, sop_uid, sop_class, transfer_syntax)
@@ -143,12 +150,43 @@ class Receiver:
         log.debug("stored %s of series %s from %s", sop_uid, header.series_key, calling)
         return _status(StoreStatus.SUCCESS)
 
+    def _write_and_read(self, data: bytes, sop_class: str, sop_uid: str) -> tuple[InstanceHeader, IncomingInstance]:
+        """Write and fsync the bytes while a helper thread reads the header (the fsync releases the GIL).
+
+        A refused payload (PayloadError, which wins over a write error) leaves no file behind.
+        """
+        incoming, write_error = None, None
+        try:
+            incoming = self.files.incoming(sop_uid, data)  # checksum and create first: they need the GIL
+        except StorageError as exc:
+            write_error = exc
+        reading = self._readers.submit(inspect_payload, data, sop_class, sop_uid)
+        try:
+            if incoming is not None:
+                incoming.write()
+        except StorageError as exc:
+            write_error, incoming = exc, None  # write() removed the file
+        try:
+            header = reading.result()
+        except BaseException:
+            if incoming is not None:
+                incoming.discard()
+            raise
+        if write_error is not None:
+            raise write_error
+        return header, incoming
+
+    def close(self) -> None:
+        """Stop the header-reading threads (after the SCP has stopped)."""
+        self._readers.shutdown(wait=True)
+
     def _record(self, header: InstanceHeader, calling: str, path, size: int) -> None:
         self.store.record_instance(
             sop_instance_uid=header.sop_instance_uid, sop_class_uid=header.sop_class_uid,
             series_key=header.series_key, series_instance_uid=header.series_instance_uid or header.series_key,
             study_instance_uid=header.study_instance_uid, transfer_syntax_uid=header.transfer_syntax_uid,
-            calling_ae=calling, path=path, size=size, modality=header.modality, geometry=header.geometry)
+            calling_ae=calling, path=path, size=size, modality=header.modality, geometry=header.geometry,
+            durable=False)  # the fsynced file is the truth: a row lost to a power cut is rebuilt at start (reconcile)
 
     def _refuse(self, status: StoreStatus, reason: str, calling: str, sop_uid: str, sop_class: str,
                 transfer_syntax: str) -> Dataset:
