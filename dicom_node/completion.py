@@ -67,6 +67,15 @@ def contiguity(geometries: list[dict | None]) -> tuple[bool, str]:
     return True, f"{len(images)} slices evenly spaced by {step:.3g} mm"
 
 
+def undecidable_yet(series, now: datetime, stable_age_s: float) -> bool:
+    """Neither released after its last instance nor quiet: incomplete whatever its geometry (not worth reading)."""
+    last = _aware(series.last_received_at)
+    released = _aware(getattr(series, "released_at", None))
+    if released is not None and last is not None and released >= last:
+        return False
+    return last is not None and (now - last).total_seconds() < stable_age_s
+
+
 def judge(series, geometries: list[dict | None], now: datetime, stable_age_s: float) -> Verdict:
     """The completion rule for one series row (``released_at``, ``last_received_at``)."""
     last = _aware(series.last_received_at)
@@ -96,6 +105,8 @@ def complete_series(store: Store, stable_age_s: float, now: datetime | None = No
     now = now or datetime.now(timezone.utc)
     created = []
     for series in store.receiving_series():
+        if undecidable_yet(series, now, stable_age_s):  # do not read a growing series' rows every second
+            continue
         instances = store.series_instances(series.series_key)
         verdict = judge(series, [i.geometry for i in instances], now, stable_age_s)
         if not verdict.complete:

@@ -277,3 +277,19 @@ def test_stow_rs_delivers_to_a_dicomweb_server(node, tmp_path, orthanc_factory):
 
 
 from orthanc_fixture import orthanc_factory  # noqa: E402,F401 - the fixture, used by name above
+
+
+def test_completion_does_not_read_a_series_that_is_neither_released_nor_quiet(tmp_path, monkeypatch):
+    store = Store(open_database(f"sqlite:///{tmp_path / 'node.db'}"))
+    try:
+        store.record_instance(sop_instance_uid="1.2.3.1", sop_class_uid="1.2.840.10008.5.1.4.1.1.2",
+                              series_key="1.2.3", series_instance_uid="1.2.3", study_instance_uid="1.2",
+                              transfer_syntax_uid="1.2.840.10008.1.2.1", calling_ae="SENDER", path="/x.dcm",
+                              size=1, geometry=_geometry(0.0))
+        read: list[str] = []
+        monkeypatch.setattr(store, "series_instances", lambda key: read.append(key) or [])
+        assert complete_series(store, stable_age_s=30) == [] and read == []  # still arriving: not read
+        store.mark_association_released(["1.2.3"])
+        assert complete_series(store, stable_age_s=30) == [] and read == ["1.2.3"]  # released: geometry judged
+    finally:
+        store.db.close()
