@@ -40,8 +40,9 @@ expect to raise ``min_focus_mm3`` and the deltas there.
 """
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
-from typing import Mapping, Protocol
+from typing import Protocol
 
 import numpy as np
 from scipy import ndimage
@@ -97,6 +98,8 @@ class LesionThresholds:
     @classmethod
     def from_dict(cls, values: Mapping | None) -> "LesionThresholds":
         """Defaults overridden by ``values`` (the node configuration's dict); unknown keys are an error."""
+        if values is not None and not isinstance(values, Mapping):
+            raise LesionConfigError(f"lesion thresholds must map names to numbers, got {type(values).__name__}")
         values = dict(values or {})
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(values) - known)
@@ -131,34 +134,30 @@ class ThresholdClassifier:
         self.t = thresholds
 
     def classify(self, hu: np.ndarray, mask: np.ndarray, spacing) -> LesionFinding:
-        """Classify the vertebra ``mask`` (bool, same grid as ``hu``) of a CT with ``spacing`` (sz, sy, sx) mm."""
+        """Classify the vertebra ``mask`` (bool, same grid as ``hu``) of a CT with ``spacing`` (sz, sy, sx) mm.
+
+        ``features``: voxels peeled and grown at the surface, body and zone volumes (ml), the
+        reference and both thresholds (HU), the largest hypodense and hyperdense focus (mm3,
+        mean HU), a one-line ``reason`` and the ``thresholds`` used.
+        """
+        spacing = _check(hu, mask, spacing)
         t = self.t
-        spacing = tuple(float(s) for s in spacing)
         box = _bbox(mask, margin=1)
         if box is None:
-            return LesionFinding("none", {"reason": "empty mask", "body_ml": 0.0})
+            return LesionFinding("none", {"reason": "empty mask", "body_ml": 0.0, "thresholds": asdict(t)})
         smooth = hu[box].astype(np.float32)
         if t.smooth_mm > 0:
             smooth = ndimage.gaussian_filter(smooth, [t.smooth_mm / s for s in spacing], mode="nearest")
-        given = np.asarray(mask[box], bool)
-        m = snap_to_cortex(given, smooth, t.grow_above_hu, t.peel_below_hu)
-        voxel_mm3 = float(np.prod(spacing))
-        body = vertebral_body(m, spacing, t.body_opening_mm)
-        lytic_zone = trabecular_core(body, spacing, t.lytic_shell_mm, t.margin_voxels)
-        blastic_zone = trabecular_core(body, spacing, t.cortex_mm, t.margin_voxels)
-        blastic_zone &= _farther_than(m & ~body, spacing, t.elements_margin_mm)
-        features: dict = {"surface_voxels_peeled": int((given & ~m).sum()),
-                          "surface_voxels_grown": int((m & ~given).sum()),
-                          "body_ml": _ml(body, voxel_mm3), "lytic_zone_ml": _ml(lytic_zone, voxel_mm3),
-                          "blastic_zone_ml": _ml(blastic_zone, voxel_mm3)}
-        reference = _reference(smooth, blastic_zone if blastic_zone.any() else lytic_zone, t)
+        zones, features = _zones(np.asarray(mask[box], bool), smooth, spacing, t)
+        reference = _reference(smooth, zones["blastic"] if zones["blastic"].any() else zones["lytic"], t)
         if reference is None:
             features.update(reason="no trabecular bone left to measure", thresholds=asdict(t))
             return LesionFinding("none", features)
         lytic_below = min(reference - t.lytic_delta_hu, t.lytic_max_hu)
         blastic_above = max(reference + t.blastic_delta_hu, t.blastic_min_hu)
-        hypo = _largest_focus(lytic_zone & (smooth < lytic_below))
-        hyper = _largest_focus(blastic_zone & (smooth > blastic_above))
+        voxel_mm3 = float(np.prod(spacing))
+        hypo = _largest_focus(zones["lytic"] & (smooth < lytic_below))
+        hyper = _largest_focus(zones["blastic"] & (smooth > blastic_above))
         features.update({
             "reference_hu": _r(reference, 1),
             "lytic_below_hu": _r(lytic_below, 1),
@@ -177,15 +176,36 @@ class ThresholdClassifier:
         return LesionFinding(kind, features)
 
 
+def _zones(given: np.ndarray, smooth: np.ndarray, spacing, t: LesionThresholds) -> tuple[dict, dict]:
+    """Steps 1-3 of the rule: the lytic and blastic zones, and the volumes that describe them."""
+    mask = snap_to_cortex(given, smooth, t.grow_above_hu, t.peel_below_hu)
+    body = vertebral_body(mask, spacing, t.body_opening_mm)
+    lytic = trabecular_core(body, spacing, t.lytic_shell_mm, t.margin_voxels)
+    blastic = trabecular_core(body, spacing, t.cortex_mm, t.margin_voxels)
+    blastic &= _farther_than(mask & ~body, spacing, t.elements_margin_mm)
+    voxel_ml = float(np.prod(spacing)) / 1000
+    features = {"surface_voxels_peeled": int((given & ~mask).sum()), "surface_voxels_grown": int((mask & ~given).sum()),
+                "body_ml": _r(body.sum() * voxel_ml, 2), "lytic_zone_ml": _r(lytic.sum() * voxel_ml, 2),
+                "blastic_zone_ml": _r(blastic.sum() * voxel_ml, 2)}
+    return {"lytic": lytic, "blastic": blastic}, features
+
+
+def _check(hu: np.ndarray, mask: np.ndarray, spacing) -> tuple[float, float, float]:
+    """The spacing as three positive floats; a mask on another grid than the CT is refused."""
+    if np.shape(hu) != np.shape(mask) or np.ndim(hu) != 3:
+        raise ValueError(f"lesion classification needs a 3-D CT and a mask on the same grid, "
+                         f"got {np.shape(hu)} and {np.shape(mask)}")
+    spacing = tuple(float(s) for s in spacing)
+    if len(spacing) != 3 or not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise ValueError(f"lesion classification needs three positive voxel sizes (sz, sy, sx) in mm, got {spacing}")
+    return spacing  # type: ignore[return-value]
+
+
 def _reference(smooth: np.ndarray, zone: np.ndarray, t: LesionThresholds) -> float | None:
     """Median HU of the ``zone`` voxels inside the trabecular band, or None when there is none."""
     values = smooth[zone]
     band = values[(values >= t.reference_min_hu) & (values <= t.reference_max_hu)]
     return float(np.median(band)) if band.size else None
-
-
-def _ml(region: np.ndarray, voxel_mm3: float) -> float:
-    return _r(region.sum() * voxel_mm3 / 1000, 2)
 
 
 def snap_to_cortex(mask: np.ndarray, hu: np.ndarray, grow_above_hu: float, peel_below_hu: float) -> np.ndarray:

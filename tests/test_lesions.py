@@ -9,6 +9,8 @@ from scipy import ndimage
 
 from pipelines.errors import LesionConfigError
 from pipelines.lesions import LESION_CLASSES, LesionClassifier, LesionThresholds, ThresholdClassifier
+from pipelines.levels import LEVELS
+from pipelines.phantom import make_phantom
 
 LUMBAR_GRID = (1.0, 0.8, 0.8)
 THICK_SLICES = (3.0, 0.8, 0.8)
@@ -144,3 +146,37 @@ def test_the_threshold_classifier_satisfies_the_protocol():
     classifier: LesionClassifier = ThresholdClassifier()
     hu, mask = _vertebra()
     assert classifier.classify(hu, mask, LUMBAR_GRID).kind in LESION_CLASSES
+
+
+def test_a_mask_on_another_grid_or_a_bad_spacing_is_refused_with_a_sentence():
+    hu, mask = _vertebra()
+    with pytest.raises(ValueError, match="same grid"):
+        ThresholdClassifier().classify(hu, mask[:-1], LUMBAR_GRID)
+    with pytest.raises(ValueError, match="three positive voxel sizes"):
+        ThresholdClassifier().classify(hu, mask, (1.0, 0.0, 0.8))
+    with pytest.raises(LesionConfigError, match="must map names to numbers"):
+        LesionThresholds.from_dict([("min_focus_mm3", 5)])
+
+
+def _phantom_vertebrae(seed: int, change=None):
+    """(level, truth, predicted) of every vertebra of a coarse lumbar phantom that lies entirely inside the scan."""
+    phantom = make_phantom(seed, fov="lumbar", spacing=(2.0, 1.0, 1.0), matrix=160)
+    boxes = ndimage.find_objects(phantom.labels)
+    classifier, out = ThresholdClassifier(), []
+    for level, truth in phantom.truth.items():
+        box = boxes[LEVELS.index(level)]
+        if box[0].start == 0 or box[0].stop == phantom.labels.shape[0]:
+            continue  # cut by the field of view: its lesion may lie outside the scan
+        box = tuple(slice(max(s.start - 2, 0), s.stop + 2) for s in box)
+        mask = phantom.labels[box] == LEVELS.index(level) + 1
+        mask = change(mask) if change else mask
+        out.append((level, truth["lesion"], classifier.classify(phantom.image[box], mask, phantom.grid.spacing).kind))
+    return out
+
+
+@pytest.mark.parametrize("change", [None, ndimage.binary_dilation, ndimage.binary_erosion])
+def test_phantom_vertebrae_get_their_true_class(change):
+    rows = _phantom_vertebrae(3, change) + _phantom_vertebrae(10, change)  # training seeds with all four classes
+    assert {truth for _, truth, _ in rows} == set(LESION_CLASSES)
+    wrong = [row for row in rows if row[1] != row[2]]
+    assert not wrong, wrong
