@@ -16,6 +16,21 @@ per vertebra. ``--json`` writes all of it with one row per vertebra (features in
 
     .venv/bin/python benchmarks/lesion_accuracy.py [--json out.json] [--spacing 1,0.8,0.8]
         [--seeds 100000-100019] [--perturb dilate] [--thresholds '{"min_focus_mm3": 20}']
+
+Measured with the default thresholds (commit of this file; 2 shared CPU cores). Every
+lesion of these 20 phantoms is >= 5 mm, so "all" and ">= 5 mm" are the same 240 vertebrae:
+
+- natural grids: 237/240 right (98.8 %); per class none 179/179, lytic 28/30, blastic
+  17/17, mixed 13/14. Two of the three misses are vertebrae cut by the scan (one has no
+  lesion voxel inside it); the third is a 5.1 mm lytic focus of which 12 mm3 pass the
+  threshold. Inside the scan: 219/220 (99.6 %).
+- ``--perturb dilate``: 233/240 (none 176/179, lytic 27/30, blastic 17/17, mixed 13/14);
+  the class changed on 4 vertebrae, all lumbar with 2 mm slices, by hyperdense foci of
+  20-29 mm3 where the widened pedicles meet the body.
+- ``--perturb erode``: 235/240 (none 179/179, lytic 27/30, blastic 17/17, mixed 12/14);
+  the class changed on 2 vertebrae.
+- ``--spacing 1,0.8,0.8`` (246 vertebrae): 244/246 (99.2 %); 0.069 s per vertebra on
+  average, 0.19 s at most.
 """
 from __future__ import annotations
 
