@@ -43,6 +43,9 @@ def run(args: argparse.Namespace) -> int:
             thresholds = json.loads(args.lesion_thresholds.read_text())
         except (OSError, ValueError) as exc:
             raise NodeError(f"{args.lesion_thresholds}: not a readable JSON file ({exc})") from None
+        from pipelines.lesions import ThresholdClassifier
+
+        ThresholdClassifier(thresholds)  # refuse unknown or out-of-range thresholds before any work
     options = PipelineOptions(model=str(args.model), device=args.device, step_size=args.step_size,
                               mirroring=args.mirroring, seg_type=args.seg_type,
                               min_slices=args.min_slices, lesion_thresholds=thresholds)

@@ -88,5 +88,5 @@ class VertebraFinding:
     volume_ml: float
     mean_hu: float
     lesion: str = "none"       # "none" | "lytic" | "blastic" | "mixed"
-    features: dict[str, float] = field(default_factory=dict)
+    features: dict[str, object] = field(default_factory=dict)  # numbers, the reason, the thresholds used
     segment_number: int = 0    # set by the SEG writer (1-based, in head-to-feet order)

@@ -23,7 +23,7 @@ from scipy import ndimage
 
 from .ct_series import CTSeries, Geometry, ModelIdentity, VertebraFinding
 from .levels import LEVELS
-from .lesions import LesionThresholds, ThresholdClassifier
+from .lesions import ThresholdClassifier
 from .orientation import lps_reorientation
 
 
@@ -113,7 +113,7 @@ def vertebra_findings(hu: np.ndarray, labels: np.ndarray, spacing, label_map: di
 def classify_lesions(hu: np.ndarray, labels: np.ndarray, spacing, findings: list[VertebraFinding],
                      thresholds: dict | None = None) -> None:
     """Set each finding's lesion class and features, looking only inside its bounding box."""
-    classifier = ThresholdClassifier(LesionThresholds(**thresholds) if thresholds else None)
+    classifier = ThresholdClassifier(thresholds)  # a dict: unknown keys and bad values get a clear error
     boxes = ndimage.find_objects(labels)
     for finding in findings:
         box = _grow(boxes[finding.label - 1], labels.shape, 3)

@@ -129,3 +129,14 @@ def test_a_missing_input_is_a_one_line_error(tmp_path, capsys):
 def _phantom_folder(run) -> Path:
     _, out, _, _ = run
     return out / _series_uid(Path(out).parent / "in" / "phantom")
+
+
+def test_unknown_lesion_thresholds_are_refused_before_any_work(tmp_path, capsys):
+    thresholds = tmp_path / "thresholds.json"
+    thresholds.write_text('{"lytic_max_hu": 100, "blastic_treshold": 500}')
+    (tmp_path / "in").mkdir()
+    assert main(["process", str(tmp_path / "in"), "--out", str(tmp_path / "out"),
+                 "--lesion-thresholds", str(thresholds)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "blastic_treshold" in err and "\n" not in err
+    assert not (tmp_path / "out").exists()
