@@ -25,6 +25,7 @@ import io
 import json
 import logging
 import multiprocessing
+import signal
 import socket
 import threading
 import time
@@ -66,7 +67,8 @@ class LocalExecutor:
         self._pool = self._new_pool()
 
     def _new_pool(self) -> ProcessPoolExecutor:
-        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"))
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_ignore_sigint)
 
     def submit(self, hu, geometry, options: PipelineOptions) -> Future:
         with self._lock:
@@ -93,6 +95,11 @@ class LocalExecutor:
             self._pool.shutdown(wait=False, cancel_futures=True)
             for process in processes:
                 process.kill()  # a worker in the middle of a job: its job is resumed at the next start
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the node, which stops them (no KeyboardInterrupt traceback from each)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 class DaskExecutor:

@@ -12,6 +12,7 @@ that was acknowledged: an instance is answered Success only once it is on disk a
 """
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import signal
@@ -86,6 +87,38 @@ def check_model(name: str) -> None:
     verify_bundle(folders[0], load_weights=False)
 
 
+def check_device(device: str) -> None:
+    """Refuse to start on a device this machine does not have (every job would fail on it)."""
+    from pipelines.errors import PipelineError
+    from pipelines.inference import pick_device
+
+    try:
+        pick_device(device)
+    except PipelineError as exc:
+        raise NodeError(f"SPINE_NODE_DEVICE: {exc}") from None
+
+
+def lock_data_dir(data_dir: Path):
+    """Hold an exclusive lock on ``data_dir/node.lock`` for the life of this process.
+
+    Two nodes on one data folder would both resume the other's running jobs at start and
+    write the same files; the second one is refused instead. The OS drops the lock when
+    the process ends, however it ends.
+    """
+    handle = open(data_dir / "node.lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        handle.close()
+        raise NodeError(f"another spine-node is running on the data folder {data_dir} "
+                        "(node.lock is held); stop it or give this one its own SPINE_NODE_DATA_DIR") from None
+    handle.seek(0)
+    handle.truncate()
+    handle.write(f"{os.getpid()}\n")
+    handle.flush()
+    return handle
+
+
 class Node:
     """One node process: SCP + completion + dispatch + delivery on the configured store."""
 
@@ -93,6 +126,7 @@ class Node:
         self.config = config
         self.name = f"{config.ae_title}@{socket.gethostname()}:{os.getpid()}"
         self.store: Store | None = None
+        self._lock = None  # the data folder's lock file, held while the node runs
         self.files = InstanceFiles(config.data_dir)
         self.server = None
         self.executor = None
@@ -108,7 +142,9 @@ class Node:
             log.warning("configuration: %s", warning)
         if not config.dask_scheduler:
             check_model(config.model)
+            check_device(config.device)
         config.data_dir.mkdir(parents=True, exist_ok=True)
+        self._lock = lock_data_dir(config.data_dir)  # before anything touches the jobs of this folder
         self.store = Store(open_database(config.database_url))
         reconcile_instances(self.store, self.files)  # interrupted writes, files whose row a power cut took
         resumed = self.store.requeue_interrupted_jobs()
@@ -185,6 +221,9 @@ class Node:
             self.executor.close()
         if self.store is not None:
             self.store.db.close()
+        if self._lock is not None:
+            self._lock.close()  # releases the data folder's lock
+            self._lock = None
         log.info("node %s stopped", self.name)
 
 

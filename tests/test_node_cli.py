@@ -45,3 +45,26 @@ def test_echo_answers_zero_for_a_live_peer_and_one_for_a_dead_one(tmp_path):
                           capture_output=True, text=True, timeout=60)
     assert alive.returncode == 0 and "status 0x0000" in alive.stdout
     assert dead.returncode == 1 and "no association" in dead.stderr
+
+
+def test_serve_on_a_device_this_machine_lacks_exits_with_one_line(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        return  # a GPU host has the device; the refusal is what CPU-only hosts must see
+    result = _serve(tmp_path, SPINE_NODE_DEVICE="cuda", SPINE_NODE_PORT=str(free_port()))
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith("spine-node: error: SPINE_NODE_DEVICE:")
+
+
+def test_a_second_node_on_the_same_data_folder_is_refused(tmp_path):
+    import fcntl
+
+    (tmp_path / "data").mkdir()
+    with open(tmp_path / "data" / "node.lock", "a+") as held:  # what a running node holds
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        result = _serve(tmp_path, SPINE_NODE_PORT=str(free_port()))
+    assert result.returncode == 2
+    last = result.stderr.strip().splitlines()[-1]
+    assert "another spine-node is running on the data folder" in last
+    assert not (tmp_path / "data" / "spine-node.db").exists(), "nothing may be opened before the lock"
