@@ -3,7 +3,8 @@
 The SCP writes an instance's bytes before it knows which series folder they belong to
 (it reads the header meanwhile, in another thread), so they go first to
 ``instances/.incoming/.<SOP Instance UID>.dcm.<CRC-32 of the bytes>.<random>.tmp``: created,
-written, fsynced, then renamed into ``instances/<study>/<series>/`` once the header is read.
+written with O_SYNC (each write returns as if followed by fsync), then renamed into
+``instances/<study>/<series>/`` once the header is read.
 
 Why one fsync is enough, and where it is not:
 
