@@ -51,7 +51,7 @@ ACCEPTED_TRANSFER_SYNTAXES = [
 # The SOP classes the pipeline processes; every other storage class is stored, not processed.
 PROCESSED_SOP_CLASSES = (str(CTImageStorage), str(EnhancedCTImageStorage))
 _COMMENT_MAX = 64  # ErrorComment is LO
-READER_THREADS = 8  # threads reading headers while the association threads write (one per association at a time)
+READER_THREADS = 16  # threads reading headers while association threads write (one per association at a time)
 
 
 @dataclass(frozen=True)
@@ -151,7 +151,7 @@ class Receiver:
         return _status(StoreStatus.SUCCESS)
 
     def _write_and_read(self, data: bytes, sop_class: str, sop_uid: str) -> tuple[InstanceHeader, IncomingInstance]:
-        """Write and fsync the bytes while a helper thread reads the header (the fsync releases the GIL).
+        """Write the bytes synchronously while a helper thread reads the header (the write releases the GIL).
 
         A refused payload (PayloadError, which wins over a write error) leaves no file behind.
         """
