@@ -139,14 +139,16 @@ class StoreScp:
         wait_until(lambda: echo_ok(self.port, self.aet), 20, f"storescp on port {self.port}")
         return self
 
-    def received(self) -> list[pydicom.Dataset]:
-        """Headers of the complete files received so far."""
+    def received(self, series_uid: str | None = None) -> list[pydicom.Dataset]:
+        """Headers of the complete files received so far, only those of ``series_uid`` if given."""
         found = []
         for path in sorted(p for p in self.folder.iterdir() if p.is_file()) if self.folder.is_dir() else []:
             try:
-                found.append(pydicom.dcmread(path, stop_before_pixels=True))
+                ds = pydicom.dcmread(path, stop_before_pixels=True)
             except Exception:  # a file still being written: the next poll reads it
                 continue
+            if series_uid is None or ds.get("SeriesInstanceUID") == series_uid:
+                found.append(ds)
         return found
 
     def stop(self) -> None:

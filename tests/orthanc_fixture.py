@@ -12,8 +12,6 @@ import importlib.util
 import io
 import re
 import shutil
-import socket
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -21,6 +19,7 @@ from pathlib import Path
 import pydicom
 import pytest
 import requests
+from node_support import StoreScp
 
 REPO = Path(__file__).resolve().parents[1]
 LOCAL_ORTHANC_PATH = REPO / "orthanc" / "local_orthanc.py"
@@ -55,63 +54,13 @@ def log_lines(orthanc, needle: str) -> list[str]:
     return [line for line in orthanc.log_text().splitlines() if needle in line]
 
 
-class StoreSCP:
-    """DCMTK storescp accepting every transfer syntax, writing what it receives into a folder."""
-
-    def __init__(self, folder: Path, aet: str):
-        self.folder = folder
-        self.aet = aet
-        self.port = 0
-        self.log_path = folder.parent / f"{folder.name}.log"
-        self._process: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 20.0) -> "StoreSCP":
-        """Start on a free loopback port and wait until it accepts TCP connections."""
-        self.folder.mkdir(parents=True, exist_ok=True)
-        self.port = local_orthanc.free_port()
-        with open(self.log_path, "ab") as log:
-            self._process = subprocess.Popen(
-                ["storescp", "--aetitle", self.aet, "+xa", "--output-directory", str(self.folder),
-                 str(self.port)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        wait_until(self._accepting, timeout, f"storescp on port {self.port}")
-        return self
-
-    def _accepting(self) -> bool:
-        if self._process.poll() is not None:
-            pytest.fail(f"storescp exited: {self.log_path.read_text(errors='replace')[-1000:]}")
-        try:
-            with socket.create_connection((local_orthanc.LOOPBACK, self.port), timeout=1):
-                return True
-        except OSError:
-            return False
+class StoreSCP(StoreScp):
+    """node_support's storescp peer, also seen as an Orthanc modality."""
 
     @property
     def modality(self):
         """This peer as an Orthanc modality (AET@127.0.0.1:port)."""
         return local_orthanc.Modality(self.aet, local_orthanc.LOOPBACK, self.port)
-
-    def received(self, series_uid: str | None = None) -> list[pydicom.Dataset]:
-        """Headers of the files received so far, only those of ``series_uid`` if given."""
-        datasets = []
-        for path in sorted(p for p in self.folder.iterdir() if p.is_file()):
-            try:
-                ds = pydicom.dcmread(path, stop_before_pixels=True)
-            except Exception:  # a file still being written: the next poll reads it
-                continue
-            if series_uid is None or ds.get("SeriesInstanceUID") == series_uid:
-                datasets.append(ds)
-        return datasets
-
-    def stop(self) -> None:
-        """Stop storescp by its own PID."""
-        process, self._process = self._process, None
-        if process is not None and process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(10)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait(10)
 
 
 def _require(binary: str, package: str) -> None:
