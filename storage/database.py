@@ -30,6 +30,7 @@ lock; a PostgreSQL advisory lock), so two processes opening a fresh database do 
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -126,14 +127,23 @@ def open_database(url: str, *, create: bool = True) -> Database:
 def upgrade_to_head(engine: Engine) -> None:
     """Run the Alembic revisions not yet applied, in one transaction, serialised between processes."""
     config = alembic_config()
-    try:
-        with engine.begin() as connection:
-            if engine.dialect.name == "postgresql":
-                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
-            config.attributes["connection"] = connection
-            command.upgrade(config, "head")
-    except SQLAlchemyError as exc:
-        raise StorageError(f"cannot migrate {_safe(engine)}: {_one_line(exc)}") from exc
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            with engine.begin() as connection:
+                if engine.dialect.name == "postgresql":
+                    connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _MIGRATION_LOCK_KEY})
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+            return
+        except SQLAlchemyError as exc:
+            # SQLite answers "locked" at once, without its busy handler, when a second process
+            # turns a fresh file to WAL while the first migrates it: wait for that one instead.
+            if "database is locked" in str(exc) and time.monotonic() < deadline:
+                engine.dispose()
+                time.sleep(0.2)
+                continue
+            raise StorageError(f"cannot migrate {_safe(engine)}: {_one_line(exc)}") from exc
 
 
 def current_revision(db: Database) -> str | None:
