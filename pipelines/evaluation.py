@@ -10,8 +10,10 @@ A *case* is a CT plus a reference label map, in one folder:
   TotalSegmentator's numbering (``--convention``, or guessed from the file names and ids).
 
 Per case, both maps are turned into level indices (T1..L5) and one confusion matrix of
-reference level x predicted level gives everything: per-level Dice, and for each
-reference vertebra the level the model gave most of its voxels (level identification).
+reference level x predicted level gives everything: per-level Dice, for each reference
+vertebra the level the model gave most of its voxels (level identification), and the
+level-blind *vertebra Dice* (any vertebra against any vertebra), which tells a model that
+finds the bone but names it wrongly from one that does not find it at all.
 Lesion classes are compared where the case carries lesion truth.
 """
 from __future__ import annotations
@@ -109,6 +111,14 @@ def score_levels(matrix: np.ndarray) -> list[dict]:
     return rows
 
 
+def vertebra_dice(matrix: np.ndarray) -> float:
+    """Dice of "some vertebra" in the reference against "some vertebra" in the prediction, levels ignored."""
+    reference, predicted = matrix[1:].sum(), matrix[:, 1:].sum()
+    if reference + predicted == 0:
+        return float("nan")
+    return round(float(2.0 * matrix[1:, 1:].sum() / (reference + predicted)), 4)
+
+
 def evaluate_case(case: Case, segment: Callable[[Volume], np.ndarray], model_map: dict[int, str],
                   classifier: LesionClassifier | None = None) -> dict:
     """Segment one case and score it against its reference."""
@@ -121,10 +131,12 @@ def evaluate_case(case: Case, segment: Callable[[Volume], np.ndarray], model_map
     predicted = segment(ct)
     pred_idx = to_level_index(predicted, model_map)
     ref_idx = to_level_index(ref_labels, preset(convention))
-    vertebrae = score_levels(confusion(ref_idx, pred_idx))
+    matrix = confusion(ref_idx, pred_idx)
+    vertebrae = score_levels(matrix)
     if classifier is not None and case.truth:
         _add_lesions(vertebrae, case.truth, ct, pred_idx, classifier)
-    return {"case": case.name, "convention": convention, "vertebrae": vertebrae}
+    return {"case": case.name, "convention": convention, "vertebra_dice": vertebra_dice(matrix),
+            "vertebrae": vertebrae}
 
 
 def _add_lesions(vertebrae: list[dict], truth: dict, ct: Volume, pred_idx: np.ndarray,
@@ -155,6 +167,7 @@ def summarise(cases: list[dict]) -> dict:
     report = {
         "mean_dice": round(float(np.mean([r["dice"] for r in rows])), 4) if rows else float("nan"),
         "level_accuracy": round(float(np.mean([r["level_correct"] for r in rows])), 4) if rows else float("nan"),
+        "vertebra_dice": _mean_of(cases, "vertebra_dice"),
         "n_vertebrae": len(rows),
         "per_level": per_level,
         "cases": cases,
@@ -165,6 +178,12 @@ def summarise(cases: list[dict]) -> dict:
         big = [r for r in lesion_rows if r["lesion_truth"] == "none" or r["lesion_max_diameter_mm"] >= MIN_LESION_MM]
         report["lesion_confusion_ge5mm"] = lesion_confusion(big)
     return report
+
+
+def _mean_of(cases: list[dict], key: str) -> float:
+    """Mean of a per-case figure over the cases that have it (NaN when none does)."""
+    values = [c[key] for c in cases if c.get(key) is not None and not np.isnan(c[key])]
+    return round(float(np.mean(values)), 4) if values else float("nan")
 
 
 def lesion_confusion(rows: list[dict]) -> dict:
@@ -187,6 +206,8 @@ def format_table(report: dict) -> str:
         lines.append(f"{level:<6}{item['n']:>4}{item['dice']:>8.3f}")
     lines.append(f"mean Dice {report['mean_dice']:.4f} over {report['n_vertebrae']} vertebrae; "
                  f"level identification {100 * report['level_accuracy']:.1f} %")
+    lines.append(f"vertebra Dice, levels ignored (mean over {len(report['cases'])} cases): "
+                 f"{report['vertebra_dice']:.4f}")
     for key in ("lesion_confusion", "lesion_confusion_ge5mm"):
         if key in report:
             lines.append(f"{key} (rows truth, columns predicted):")

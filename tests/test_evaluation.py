@@ -9,7 +9,7 @@ import pytest
 
 from pipelines.errors import EvaluationError
 from pipelines.evaluation import (confusion, discover_cases, evaluate_case, guess_convention, score_levels,
-                                  summarise, to_level_index)
+                                  summarise, to_level_index, vertebra_dice, format_table)
 from pipelines.levels import LEVELS, PAPER, preset
 from pipelines.phantom import make_phantom
 from pipelines.phantom_io import write_nifti_case
@@ -39,6 +39,17 @@ def test_off_by_one_labelling_keeps_shape_but_fails_level_identification():
     assert [r["predicted_level"] for r in rows] == ["L2", "L3"]
     assert not any(r["level_correct"] for r in rows)
     assert rows[0]["dice"] == 0.0
+
+
+def test_vertebra_dice_ignores_levels_so_a_misnamed_vertebra_still_counts_as_found():
+    ref = _two_vertebrae()
+    misnamed = np.where(ref > 0, ref + 1, 0).astype(np.uint8)
+    half_missed = ref.copy()
+    half_missed[2:5] = 0  # half of L1 (300 of 1200 vertebra voxels) not found
+    ref_idx = to_level_index(ref, PAPER)
+    assert vertebra_dice(confusion(ref_idx, to_level_index(misnamed, PAPER))) == 1.0
+    assert vertebra_dice(confusion(ref_idx, to_level_index(half_missed, PAPER))) == pytest.approx(
+        2 * 900 / (1200 + 900), abs=1e-4)
 
 
 def test_half_overlap_gives_the_expected_dice():
@@ -72,6 +83,15 @@ def test_summary_averages_over_every_reference_vertebra():
     assert report["mean_dice"] == pytest.approx(0.8)
     assert report["level_accuracy"] == pytest.approx(2 / 3, abs=1e-4)
     assert report["per_level"]["T1"] == {"dice": 0.75, "n": 2}
+
+
+def test_summary_vertebra_dice_is_the_mean_over_the_cases_that_report_it():
+    cases = [{"case": "a", "vertebra_dice": 0.9, "vertebrae": [{"level": "T1", "dice": 0.0, "level_correct": False}]},
+             {"case": "b", "vertebra_dice": 0.5, "vertebrae": [{"level": "T2", "dice": 0.5, "level_correct": True}]},
+             {"case": "c", "vertebrae": []}]
+    report = summarise(cases)
+    assert report["vertebra_dice"] == pytest.approx(0.7)
+    assert "vertebra Dice, levels ignored (mean over 3 cases): 0.7000" in format_table(report)
 
 
 def test_lesion_confusion_counts_truth_against_prediction():
