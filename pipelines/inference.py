@@ -9,9 +9,10 @@ path would do, in a way that keeps a 512x512x300 CT within a few GB:
    in spirit) and apply the plan's CT normalisation;
 3. nnU-Net's sliding-window prediction (Gaussian weighting, configurable step and mirroring);
 4. decide labels at the model's resolution (foreground first, then the level) and clean
-   them there, where it is cheap (``postprocess.py``: one level per connected piece,
-   fragments dropped, level names consecutive from head to feet; the volume's axis 0
-   must grow towards the head, as it does for every LPS-oriented volume spine-node reads);
+   them there, where it is cheap (``postprocess.py``: fragments dropped, vertebrae the
+   network ran together cut at their discs, one level per vertebra, levels consecutive
+   from head to feet; the volume's axis 0 must grow towards the head, as it does for
+   every LPS-oriented volume spine-node reads);
 5. bring them back to the input grid slab by slab: the boundary from the interpolated
    foreground score (sub-voxel), the level from the nearest model voxel, so no
    full-resolution probability volume ever exists in memory.
@@ -30,7 +31,7 @@ from scipy import ndimage
 from .errors import ModelBundleError, PipelineError
 from .models import ModelBundle
 from .levels import LEVELS
-from .postprocess import relabel_by_order, remove_fragments, unify_instances
+from .postprocess import name_column, remove_fragments
 
 BODY_HU = -500.0
 CROP_MARGIN_MM = 10.0
@@ -67,7 +68,6 @@ class Segmenter:
             torch.set_num_threads(threads)
         self.bundle = bundle
         self.relabel = relabel
-        self.vertebra_labels = [label for label, level in bundle.label_map.items() if level in LEVELS]
         self.device = pick_device(device)
         self.predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
                                          perform_everything_on_device=self.device.type == "cuda",
@@ -119,11 +119,9 @@ class Segmenter:
 
     def _clean(self, low: np.ndarray, low_spacing) -> np.ndarray:
         """The post-processing steps on the model-resolution label map, where they are cheap."""
-        if self.relabel:
-            low = unify_instances(low, low_spacing, self.vertebra_labels)
         low = remove_fragments(low, low_spacing)
         if self.relabel:
-            low = relabel_by_order(low, self.bundle.label_map, LEVELS, superior_axis=0)
+            low = name_column(low, low_spacing, self.bundle.label_map, LEVELS, superior_axis=0)
         return low
 
     def _prepare(self, crop: np.ndarray, spacing: np.ndarray):

@@ -1,16 +1,23 @@
-"""Clean-up of a predicted vertebra label map.
+"""Clean-up of a predicted vertebra label map: one vertebra, one piece, one level.
 
-A network's arg-max leaves specks: a few voxels of "T7" inside T8, a blob on a rib.
-Three steps, each cheap and each explainable:
+A network's arg-max leaves specks (a few voxels of "T7" inside T8, a blob on a rib) and,
+where it is unsure, runs neighbouring vertebrae together or names a whole stretch of the
+thoracic spine with one level. Three steps, each cheap and each explainable:
 
-1. ``unify_instances``: vertebrae are separated by discs, so each connected piece of
-   vertebra (all levels together) is one vertebra; a piece that one level dominates is
-   given that level throughout, which repairs patchy level labels inside one bone.
-   Pieces smaller than ``min_ml`` are fragments and go back to background.
-2. ``remove_fragments``: per label, components smaller than ``min_fraction`` of the
-   largest are dropped. Larger extra components are kept: they are bone the network saw,
-   perhaps under the wrong level, and deleting them would hide that from the reader.
-3. ``relabel_by_order``: levels follow each other without gaps from head to feet.
+1. ``remove_fragments``: per label, components smaller than ``min_fraction`` of the
+   largest are dropped.
+2. ``vertebra_instances``: the vertebrae as separate pieces, whatever their labels. Each
+   connected piece of vertebra (all levels together) is cut where its cross-section along
+   the head-feet axis dips deeply (under ``DIP_RATIO`` of the bone on either side): that
+   is a disc the network ran across. Pieces smaller than ``min_ml`` are fragments.
+3. ``name_column``: levels follow each other without gaps from head to feet. The pieces
+   that form the column are sorted head to feet; piece k is level s + k for the one offset
+   s that most voxels' labels agree with; a piece beside a column piece (a detached
+   spinous process, a rib head) takes its level. A piece that would fall outside T1-L5
+   (C7, the sacrum) goes back to background.
+
+So the labels are trusted where the network is sure (the lumbar levels above the sacrum,
+the last rib-bearing vertebra) and counting carries that to the rest of the column.
 """
 from __future__ import annotations
 
@@ -21,7 +28,8 @@ from scipy import ndimage
 
 MIN_FRACTION = 0.1
 MIN_PIECE_ML = 2.0  # the smallest vertebra (T1) is about 10 ml; a sliver cut by the scan's edge may be less
-DOMINANT_SHARE = 0.6
+DIP_RATIO = 0.3     # a cross-section under 30 % of the bone above and below it is a disc
+MIN_PART_MM = 10.0  # no cut leaves a part thinner than this (a thoracic vertebra is ~20 mm disc to disc)
 
 
 def remove_fragments(labels: np.ndarray, spacing, min_fraction: float = MIN_FRACTION) -> np.ndarray:
@@ -58,63 +66,14 @@ def vertebra_stats(labels: np.ndarray, hu: np.ndarray, spacing, label_map: dict[
     return out
 
 
-def relabel_by_order(labels: np.ndarray, label_map: dict[int, str], levels: list[str],
-                     superior_axis: int = 0) -> np.ndarray:
-    """Make level names consecutive from head to feet, trusting the majority of the network's votes.
-
-    Vertebrae follow each other without gaps, so once the vertebrae (connected pieces of
-    each label) are sorted along the head-feet axis, vertebra k must be level s + k for one
-    offset s. The offset most of the voxels agree with wins; pieces that disagree (a T8
-    called T7, say) are renamed. A piece lying beside a bigger one at the same height (a
-    detached spinous process, a rib head) is not a vertebra of its own: it is not counted
-    and takes the level of the bigger piece. ``superior_axis`` is the array axis whose
-    index grows towards the head. Returns ``labels`` (modified in place).
-    """
-    id_of = {level: label for label, level in label_map.items()}
-    pieces = _instances(labels, label_map, levels, superior_axis)
-    stack, hosts = _stack(pieces)
-    if len(stack) < 2:
-        return labels
-    votes: dict[int, int] = {}
-    for k, i in enumerate(stack):
-        votes[pieces[i].level - k] = votes.get(pieces[i].level - k, 0) + pieces[i].size
-    offset = max(votes, key=votes.get)
-    target = {i: offset + k for k, i in enumerate(stack)}
-    target.update({i: target[host] for i, host in hosts.items()})
-    for i, piece in enumerate(pieces):
-        t = target[i]
-        if t != piece.level and 0 <= t < len(levels) and levels[t] in id_of:
-            labels[piece.box][piece.mask] = id_of[levels[t]]
-    return labels
-
-
 @dataclass
 class _Piece:
     centre: float   # along the superior axis, in voxels
     low: float      # lowest and highest index it covers along that axis
     high: float
     box: tuple
-    level: int      # index in ``levels`` of its current label
     size: int
     mask: np.ndarray
-
-
-def _instances(labels, label_map, levels, superior_axis) -> list[_Piece]:
-    """Connected pieces of every vertebra label, sorted from head to feet."""
-    pieces = []
-    boxes = ndimage.find_objects(labels)
-    for index, box in enumerate(boxes):
-        level = label_map.get(index + 1)
-        if box is None or level not in levels:
-            continue
-        components, count = ndimage.label(labels[box] == index + 1)
-        for c in range(1, count + 1):
-            mask = components == c
-            along = np.argwhere(mask)[:, superior_axis] + box[superior_axis].start
-            pieces.append(_Piece(float(along.mean()), float(along.min()), float(along.max()), box,
-                                 levels.index(level), int(mask.sum()), mask))
-    pieces.sort(key=lambda p: -p.centre)
-    return pieces
 
 
 def _stack(pieces: list[_Piece]) -> tuple[list[int], dict[int, int]]:
@@ -140,25 +99,102 @@ def _inside(centre: float, piece: _Piece) -> bool:
     return piece.low + quarter <= centre <= piece.high - quarter
 
 
-def unify_instances(labels: np.ndarray, spacing, vertebra_labels: list[int], min_ml: float = MIN_PIECE_ML,
-                    dominant_share: float = DOMINANT_SHARE) -> np.ndarray:
-    """Give each connected piece of vertebra the level that dominates it; drop tiny pieces. In place."""
-    is_vertebra = np.zeros(256, bool)
-    is_vertebra[vertebra_labels] = True
-    pieces, count = ndimage.label(is_vertebra[labels], ndimage.generate_binary_structure(3, 1))
-    if count == 0:
-        return labels
-    table = np.bincount(pieces.ravel().astype(np.int64) * 256 + labels.ravel(), minlength=(count + 1) * 256)
-    table = table.reshape(count + 1, 256)[1:]
-    sizes = table.sum(1)
-    dominant = table.argmax(1)
-    share = table.max(1) / np.maximum(sizes, 1)
+def vertebra_instances(vertebra: np.ndarray, spacing, min_ml: float = MIN_PIECE_ML,
+                       superior_axis: int = 0) -> tuple[np.ndarray, int]:
+    """Instance map (int32, 0 = none) of the vertebrae in the mask ``vertebra``, and their number.
+
+    Connected pieces of vertebra are cut at deep dips of their cross-section along
+    ``superior_axis``; pieces and parts under ``min_ml`` are left out.
+    """
+    pieces, _ = ndimage.label(vertebra, ndimage.generate_binary_structure(3, 1))
+    out = np.zeros(vertebra.shape, np.int32)
     voxel_ml = float(np.prod(spacing)) / 1000.0
-    lut = np.full(count + 1, -1, np.int32)  # -1: keep the voxel's own label
-    lut[1:][sizes * voxel_ml < min_ml] = 0
-    unify = (share >= dominant_share) & (sizes * voxel_ml >= min_ml)
-    lut[1:][unify] = dominant[unify]
-    mapped = lut[pieces]
-    keep = mapped < 0
-    labels[~keep] = mapped[~keep].astype(labels.dtype)
-    return labels
+    min_part = max(int(round(MIN_PART_MM / spacing[superior_axis])), 1)
+    other = tuple(a for a in range(3) if a != superior_axis)
+    n = 0
+    for index, box in enumerate(ndimage.find_objects(pieces), start=1):
+        if box is None:
+            continue
+        mask = pieces[box] == index
+        if mask.sum() * voxel_ml < min_ml:
+            continue
+        edges = [0, *disc_cuts(mask.sum(axis=other), min_part), mask.shape[superior_axis]]
+        for low, high in zip(edges[:-1], edges[1:]):
+            part = np.zeros_like(mask)
+            cut = [slice(None)] * 3
+            cut[superior_axis] = slice(low, high)
+            part[tuple(cut)] = mask[tuple(cut)]
+            if part.sum() * voxel_ml >= min_ml:
+                n += 1
+                out[box][part] = n
+    return out, n
+
+
+def disc_cuts(area: np.ndarray, min_part: int, ratio: float = DIP_RATIO) -> list[int]:
+    """Indices where a piece's cross-section profile dips to a disc; each part keeps ``min_part`` slices.
+
+    A cut goes at the deepest slice of a valley whose floor is under ``ratio`` of the
+    largest cross-section on both sides (the part above since the last cut, and all below).
+    """
+    cuts: list[int] = []
+    start, z, n = 0, min_part, len(area)
+    while z <= n - min_part - 1:
+        floor = ratio * min(area[start:z].max(), area[z + 1:].max())
+        if area[z] > floor:
+            z += 1
+            continue
+        end = z
+        while end + 1 <= n - min_part - 1 and area[end + 1] <= floor:
+            end += 1
+        cut = z + int(np.argmin(area[z:end + 1]))
+        cuts.append(cut)
+        start, z = cut, cut + min_part
+    return cuts
+
+
+def name_column(labels: np.ndarray, spacing, label_map: dict[int, str], levels: list[str],
+                superior_axis: int = 0, min_ml: float = MIN_PIECE_ML) -> np.ndarray:
+    """A new label map: every vertebra one piece with one level, levels consecutive head to feet.
+
+    Labels that are not vertebrae (a bundle may also segment ribs or organs) are kept as
+    they are. ``superior_axis`` is the array axis whose index grows towards the head.
+    """
+    is_vertebra = np.zeros(256, bool)
+    is_vertebra[[label for label, level in label_map.items() if level in levels]] = True
+    vertebra = is_vertebra[labels]
+    instances, _ = vertebra_instances(vertebra, spacing, min_ml, superior_axis)
+    pieces, votes_of = _pieces(instances, labels, label_map, levels, superior_axis)
+    out = np.where(vertebra, 0, labels).astype(labels.dtype)
+    if not pieces:
+        return out
+    stack, hosts = _stack(pieces)
+    votes: dict[int, int] = {}
+    for k, i in enumerate(stack):
+        for level, n in enumerate(votes_of[i]):
+            votes[level - k] = votes.get(level - k, 0) + int(n)
+    offset = max(votes, key=votes.get) if votes else 0
+    target = {i: offset + k for k, i in enumerate(stack)}
+    target.update({i: target[host] for i, host in hosts.items()})
+    id_of = {level: label for label, level in label_map.items()}
+    for i, piece in enumerate(pieces):
+        if 0 <= target[i] < len(levels) and levels[target[i]] in id_of:
+            out[piece.box][piece.mask] = id_of[levels[target[i]]]
+    return out
+
+
+def _pieces(instances, labels, label_map, levels, superior_axis) -> tuple[list[_Piece], list[np.ndarray]]:
+    """Each instance as a ``_Piece``, and the count of its voxels the network gave each level."""
+    level_of = np.full(256, -1, np.int64)
+    for label, level in label_map.items():
+        if level in levels:
+            level_of[label] = levels.index(level)
+    pieces, votes = [], []
+    for index, box in enumerate(ndimage.find_objects(instances), start=1):
+        if box is None:
+            continue
+        mask = instances[box] == index
+        along = np.argwhere(mask)[:, superior_axis] + box[superior_axis].start
+        pieces.append(_Piece(float(along.mean()), float(along.min()), float(along.max()), box, int(mask.sum()), mask))
+        named = level_of[labels[box][mask]]
+        votes.append(np.bincount(named[named >= 0], minlength=len(levels)))
+    return pieces, votes

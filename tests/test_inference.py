@@ -106,57 +106,81 @@ def _column(levels_top_down: list[int]) -> np.ndarray:
     return labels
 
 
-def test_relabel_by_order_fixes_a_vertebra_the_network_misnamed():
+def _name(labels, spacing=(1.0, 1.0, 1.0), label_map=PAPER):
     from pipelines.levels import LEVELS
-    from pipelines.postprocess import relabel_by_order
+    from pipelines.postprocess import name_column
 
+    return name_column(labels, spacing, label_map, LEVELS, min_ml=0.01 * float(np.prod(spacing)))
+
+
+def _levels_top_down(labels: np.ndarray, n: int, pitch: int = 8) -> list[int]:
+    return [int(labels[labels.shape[0] - pitch * k - 1, 0, 0]) for k in range(n)]
+
+
+def test_name_column_fixes_a_vertebra_the_network_misnamed():
     labels = _column([5, 6, 6, 8, 9])  # T5 T6 [T7 called T6] T8 T9, listed head to feet
-    relabel_by_order(labels, PAPER, LEVELS)
-    assert [int(labels[labels.shape[0] - 8 * k - 1, 0, 0]) for k in range(5)] == [5, 6, 7, 8, 9]
+    assert _levels_top_down(_name(labels), 5) == [5, 6, 7, 8, 9]
 
 
-def test_relabel_by_order_leaves_a_consistent_column_alone():
-    from pipelines.levels import LEVELS
-    from pipelines.postprocess import relabel_by_order
-
+def test_name_column_leaves_a_consistent_column_alone():
     labels = _column([13, 14, 15])
-    before = labels.copy()
-    relabel_by_order(labels, PAPER, LEVELS)
-    assert np.array_equal(labels, before)
+    assert np.array_equal(_name(labels), labels)
 
 
-def test_unify_instances_gives_a_patchy_vertebra_its_dominant_level_and_drops_specks():
-    from pipelines.postprocess import unify_instances
-
+def test_a_patchy_vertebra_gets_one_level_and_specks_are_dropped():
     labels = _column([5, 6, 7])
     top = labels.shape[0]
     labels[top - 14:top - 12, :3] = 7  # a patch of "T7" inside T6
     labels[0, 0, 0] = 9  # a one-voxel speck
-    unify_instances(labels, (1.0, 1.0, 1.0), list(range(1, 18)), min_ml=0.005)
-    assert set(np.unique(labels[top - 14:top - 8])) == {6}
-    assert labels[0, 0, 0] == 0
+    named = _name(labels)
+    assert set(np.unique(named[top - 14:top - 8])) == {6}
+    assert named[0, 0, 0] == 0
 
 
-def test_unify_instances_leaves_two_touching_vertebrae_split_evenly_alone():
-    from pipelines.postprocess import unify_instances
+def test_vertebrae_run_together_across_a_disc_are_cut_there_and_counted():
+    labels = _column([8, 8, 8, 9, 10])  # the network ran T6-T8 together and called them all T8
+    top = labels.shape[0]
+    for k in (1, 2):  # the discs under the first two are bridged by a thin strand of "T8"
+        labels[top - 8 * k - 2:top - 8 * k, :1, :1] = 8
+    named = _name(labels, spacing=(2.5, 2.5, 2.5))  # 10 mm apart at least: 4 slices
+    assert _levels_top_down(named, 5) == [6, 7, 8, 9, 10]
 
-    labels = np.zeros((12, 4, 4), np.uint8)
-    labels[:6], labels[6:] = 13, 14  # no disc between them: one piece, half and half
-    before = labels.copy()
-    unify_instances(labels, (1.0, 1.0, 1.0), list(range(1, 18)), min_ml=0.001)
-    assert np.array_equal(labels, before)
+
+def test_a_waist_that_is_not_a_disc_is_not_cut():
+    labels = np.zeros((20, 6, 6), np.uint8)
+    labels[2:18] = 13
+    labels[9:11, 3:] = 0  # the cross-section narrows to half: a pedicle level, not a disc
+    named = _name(labels, spacing=(2.5, 1.0, 1.0))
+    assert set(np.unique(named[labels > 0])) == {13}
+
+
+def test_disc_cuts_finds_the_floor_of_each_valley_and_keeps_thin_ends_whole():
+    from pipelines.postprocess import disc_cuts
+
+    area = np.array([10, 50, 60, 55, 9, 5, 50, 60, 50, 3, 40])
+    assert disc_cuts(area, min_part=2) == [5]  # the dip at index 9 would leave a 1-slice end
+
+
+def test_a_piece_counted_below_l5_goes_back_to_background():
+    labels = _column([16, 17, 17])  # L4, L5, and the sacrum's top called L5 again
+    named = _name(labels)
+    assert _levels_top_down(named, 3) == [16, 17, 0]
+
+
+def test_labels_that_are_not_vertebrae_are_kept():
+    labels = _column([13, 14])
+    labels[0, :, :] = 30  # a rib label of some other bundle
+    named = _name(labels, label_map={**PAPER, 30: "rib_left_12"})
+    assert (named[0] == 30).all() and _levels_top_down(named, 2) == [13, 14]
 
 
 def test_a_piece_beside_a_vertebra_is_not_counted_as_one_and_takes_its_level():
-    from pipelines.levels import LEVELS
-    from pipelines.postprocess import relabel_by_order
-
     labels = np.zeros((40, 6, 12), np.uint8)
     for k, label in enumerate([13, 14, 15, 16]):  # L1..L4 head to feet, 6-voxel bodies, 2-voxel discs
         top = labels.shape[0] - 8 * k
         labels[top - 6:top, :, :6] = label
     top = labels.shape[0] - 8
     labels[top - 4:top - 2, :2, 9:] = 17  # a detached piece beside L2, misnamed L5
-    relabel_by_order(labels, PAPER, LEVELS)
-    assert [int(labels[labels.shape[0] - 8 * k - 1, 0, 0]) for k in range(4)] == [13, 14, 15, 16]
-    assert set(np.unique(labels[top - 4:top - 2, :2, 9:])) == {14}
+    named = _name(labels)
+    assert _levels_top_down(named, 4) == [13, 14, 15, 16]
+    assert set(np.unique(named[top - 4:top - 2, :2, 9:])) == {14}
