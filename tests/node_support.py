@@ -36,6 +36,24 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def non_dicom_payload(path: Path) -> Path:
+    """A file with a valid preamble and file meta (CT Image Storage) followed by text, not a data set."""
+    import io
+
+    from pydicom.filewriter import write_file_meta_info
+    from pynetdicom.sop_class import CTImageStorage
+
+    meta = pydicom.dataset.FileMetaDataset()
+    meta.MediaStorageSOPClassUID = CTImageStorage
+    meta.MediaStorageSOPInstanceUID = "1.2.3.999.1"
+    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
+    buffer = io.BytesIO()
+    buffer.write(b"\0" * 128 + b"DICM")
+    write_file_meta_info(buffer, meta)
+    path.write_bytes(buffer.getvalue() + b"this is a text file, not a data set\n" * 20)
+    return path
+
+
 def wait_until(predicate, timeout: float, what: str, interval: float = 0.5):
     """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` s."""
     deadline = time.monotonic() + timeout

@@ -9,13 +9,11 @@ complete. Partial writes and refused payloads never come back.
 """
 from __future__ import annotations
 
-import io
 import os
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.filewriter import write_file_meta_info
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import delete
@@ -23,7 +21,7 @@ from sqlalchemy import delete
 from dicom_node.completion import complete_series
 from dicom_node.reconcile import reconcile_instances
 from dicom_node.scp import Receiver, ScpSettings, start_scp
-from node_support import LOOPBACK, free_port
+from node_support import LOOPBACK, free_port, non_dicom_payload
 from series_factory import ct_datasets, save, volume
 from storage import InstanceFiles, Store, open_database
 from storage.models import Instance
@@ -124,15 +122,7 @@ def test_partial_writes_and_refused_payloads_left_by_a_crash_are_removed_never_r
 
 def test_a_refused_payload_leaves_no_file_behind(scp, tmp_path, monkeypatch):
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the broken bytes as they are
-    meta = pydicom.dataset.FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = "1.2.3.999.1"
-    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
-    buffer = io.BytesIO()
-    buffer.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(buffer, meta)
-    garbage = tmp_path / "garbage.dcm"
-    garbage.write_bytes(buffer.getvalue() + b"not a data set\n" * 20)
+    garbage = non_dicom_payload(tmp_path / "garbage.dcm")
 
     [status] = send(scp["port"], [garbage])
 

@@ -6,12 +6,10 @@ it acknowledged stays on disk and in SQL.
 """
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import pydicom
 import pytest
-from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import JPEG2000Lossless, MPEG2MPML
 from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
@@ -19,7 +17,7 @@ from sqlalchemy import select
 
 from dicom_node.payload import StoreStatus
 from dicom_node.scp import Receiver, ScpSettings, start_scp
-from node_support import LOOPBACK, echo_ok, free_port, require, storescu, wait_until
+from node_support import LOOPBACK, echo_ok, free_port, non_dicom_payload, require, storescu, wait_until
 from series_factory import ct_datasets, save, volume
 from storage import InstanceFiles, Store, open_database
 from storage.models import Association, RejectedInstance
@@ -162,15 +160,7 @@ def test_truncated_payload_gets_failure_status_and_recorded_reason(node, small_s
 
 
 def test_non_dicom_payload_gets_cannot_understand(node, tmp_path, chunked_send):
-    meta = pydicom.dataset.FileMetaDataset()
-    meta.MediaStorageSOPClassUID = CTImageStorage
-    meta.MediaStorageSOPInstanceUID = "1.2.3.999.1"
-    meta.TransferSyntaxUID = "1.2.840.10008.1.2.1"
-    buffer = io.BytesIO()
-    buffer.write(b"\0" * 128 + b"DICM")
-    write_file_meta_info(buffer, meta)
-    garbage = tmp_path / "garbage.dcm"
-    garbage.write_bytes(buffer.getvalue() + b"this is a text file, not a data set\n" * 20)
+    garbage = non_dicom_payload(tmp_path / "garbage.dcm")
 
     status = _pyscu_send(node["port"], garbage)
 
