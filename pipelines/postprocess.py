@@ -12,9 +12,14 @@ thoracic spine with one level. Three steps, each cheap and each explainable:
    is a disc the network ran across. Pieces smaller than ``min_ml`` are fragments.
 3. ``name_column``: levels follow each other without gaps from head to feet. The pieces
    that form the column are sorted head to feet; piece k is level s + k for the one offset
-   s that most voxels' labels agree with; a piece beside a column piece (a detached
+   s that the evidence agrees with best; a piece beside a column piece (a detached
    spinous process, a rib head) takes its level. A piece that would fall outside T1-L5
-   (C7, the sacrum) goes back to background.
+   (C7, the sacrum) goes back to background. The evidence for an offset, piece by piece:
+
+   * the share of the piece's voxels the network gave that level (each piece one vote,
+     so that a big lumbar vertebra does not outvote the small thoracic ones);
+   * ``FOUND_WEIGHT`` when the level is within T1-L5: the network was trained to leave
+     C7 and the sacrum as background, so a piece it found is more likely T1 than C7.
 
 So the labels are trusted where the network is sure (the lumbar levels above the sacrum,
 the last rib-bearing vertebra) and counting carries that to the rest of the column.
@@ -30,6 +35,7 @@ MIN_FRACTION = 0.1
 MIN_PIECE_ML = 2.0  # the smallest vertebra (T1) is about 10 ml; a sliver cut by the scan's edge may be less
 DIP_RATIO = 0.3     # a cross-section under 30 % of the bone above and below it is a disc
 MIN_PART_MM = 10.0  # no cut leaves a part thinner than this (a thoracic vertebra is ~20 mm disc to disc)
+FOUND_WEIGHT = 0.5  # a piece the network found is a vertebra of T1-L5 rather than C7 or the sacrum
 
 
 def remove_fragments(labels: np.ndarray, spacing, min_fraction: float = MIN_FRACTION) -> np.ndarray:
@@ -168,11 +174,7 @@ def name_column(labels: np.ndarray, spacing, label_map: dict[int, str], levels: 
     if not pieces:
         return out
     stack, hosts = _stack(pieces)
-    votes: dict[int, int] = {}
-    for k, i in enumerate(stack):
-        for level, n in enumerate(votes_of[i]):
-            votes[level - k] = votes.get(level - k, 0) + int(n)
-    offset = max(votes, key=votes.get) if votes else 0
+    offset = best_offset([votes_of[i] for i in stack], len(levels))
     target = {i: offset + k for k, i in enumerate(stack)}
     target.update({i: target[host] for i, host in hosts.items()})
     id_of = {level: label for label, level in label_map.items()}
@@ -180,6 +182,23 @@ def name_column(labels: np.ndarray, spacing, label_map: dict[int, str], levels: 
         if 0 <= target[i] < len(levels) and levels[target[i]] in id_of:
             out[piece.box][piece.mask] = id_of[levels[target[i]]]
     return out
+
+
+def best_offset(votes: list[np.ndarray], n_levels: int) -> int:
+    """The offset s (piece k, head to feet, is level s + k) the network's labels agree with best.
+
+    ``votes[k]`` counts piece k's voxels per level. Each piece gives one vote, split by
+    the share of its voxels per level, plus ``FOUND_WEIGHT`` when its level is within
+    T1-L5. Ties go to the offset nearest zero, so the answer never depends on dict order.
+    """
+    def score(s: int) -> float:
+        total = 0.0
+        for k, v in enumerate(votes):
+            if 0 <= s + k < n_levels:
+                total += float(v[s + k]) / max(float(v.sum()), 1.0) + FOUND_WEIGHT
+        return round(total, 9)
+
+    return max(range(-len(votes), n_levels + 1), key=lambda s: (score(s), -abs(s)))
 
 
 def _pieces(instances, labels, label_map, levels, superior_axis) -> tuple[list[_Piece], list[np.ndarray]]:

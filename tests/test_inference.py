@@ -122,6 +122,15 @@ def test_name_column_fixes_a_vertebra_the_network_misnamed():
     assert _levels_top_down(_name(labels), 5) == [5, 6, 7, 8, 9]
 
 
+def test_a_vertebra_found_at_the_top_is_named_t1_rather_than_dropped_as_c7():
+    labels = _column([1, 1, 3, 3])  # T1 T2 T3 T4 called T1 T1 T3 T3; T1 at the top also partly "T5"
+    top = labels.shape[0]
+    labels[top - 6:top, :, :2] = 5
+    # Voxel counts favour C7-T3 (the full "T1" and "T3" below); each piece's share of its
+    # own voxels, plus the network having found it at all, favour T1-T4.
+    assert _levels_top_down(_name(labels), 4) == [1, 2, 3, 4]
+
+
 def test_name_column_leaves_a_consistent_column_alone():
     labels = _column([13, 14, 15])
     assert np.array_equal(_name(labels), labels)
