@@ -191,12 +191,11 @@ def best_offset(votes: list[np.ndarray], n_levels: int) -> int:
     the share of its voxels per level, plus ``FOUND_WEIGHT`` when its level is within
     T1-L5. Ties go to the offset nearest zero, so the answer never depends on dict order.
     """
+    shares = [v / max(float(v.sum()), 1.0) for v in votes]
+
     def score(s: int) -> float:
-        total = 0.0
-        for k, v in enumerate(votes):
-            if 0 <= s + k < n_levels:
-                total += float(v[s + k]) / max(float(v.sum()), 1.0) + FOUND_WEIGHT
-        return round(total, 9)
+        inside = [share[s + k] for k, share in enumerate(shares) if 0 <= s + k < n_levels]
+        return round(float(sum(inside)) + FOUND_WEIGHT * len(inside), 9)
 
     return max(range(-len(votes), n_levels + 1), key=lambda s: (score(s), -abs(s)))
 
