@@ -3,7 +3,7 @@
 Both contenders run the same bundled model on the same phantom volume, each in a fresh
 subprocess so that its peak RSS is its own:
 
-* ``spine-node``: pipelines.inference.Segmenter.segment (body crop, resampling to the
+* ``spine-node``: pipelines.model.segmenter.Segmenter.segment (body crop, resampling to the
   model spacing, sliding window, slab-wise logit upsampling, fragment removal);
 * ``nnunet``: nnUNetPredictor.predict_single_npy_array, nnU-Net's in-memory route
   (its own preprocessing, resampling and export).
@@ -32,8 +32,8 @@ SPACING = (1.0, 0.8, 0.8)
 
 def make_volume(path: Path, seed: int = 200000) -> None:
     """A thoraco-lumbar phantom on exactly the benchmark grid, saved as .npy (HU, int16)."""
-    from pipelines.anatomy import sample_anatomy
-    from pipelines.phantom import Grid, render
+    from research.phantoms.anatomy import sample_anatomy
+    from research.phantoms.generator import Grid, render
 
     rng = np.random.default_rng(seed)
     anat = sample_anatomy(rng)
@@ -48,14 +48,14 @@ def worker(kind: str, volume: Path, model: str) -> dict:
     """Run one contender in this process; return its wall time and peak RSS."""
     import torch
 
-    from pipelines.models import find_bundle
+    from pipelines.model.bundles import find_bundle
 
     torch.set_num_threads(2)
     hu = np.load(volume)
     bundle = find_bundle(model)
     start = time.perf_counter()
     if kind == "spine-node":
-        from pipelines.inference import Segmenter
+        from pipelines.model.segmenter import Segmenter
 
         segmenter = Segmenter(bundle, device="cpu", step_size=0.5)
         loaded = time.perf_counter()

@@ -1,6 +1,6 @@
 """Lesion classification accuracy on 20 held-out phantoms, against the phantoms' own truth.
 
-The held-out phantoms are seeds 100000-100019 (``pipelines.phantom.make_phantom``); the
+The held-out phantoms are seeds 100000-100019 (``research.phantoms.generator.make_phantom``); the
 classifier's thresholds were chosen on seeds 0..79 only. Each phantom is drawn at its
 natural resolution (0.6-1.0 mm pixels, 1-3 mm slices, 512x512) unless ``--spacing``
 asks for another grid. Every reference vertebra is classified on the phantom's TRUE
@@ -10,7 +10,7 @@ boundary by one voxel first, as a segmentation that is slightly off would.
 
 Printed: the confusion matrix (rows truth, columns predicted) and per-class accuracy for
 all vertebrae and for those whose lesions are >= 5 mm (lesion-free vertebrae included),
-as ``pipelines.evaluation`` counts them; the same for vertebrae that lie entirely inside
+as ``research.evaluation`` counts them; the same for vertebrae that lie entirely inside
 the scan (a vertebra cut by the field of view may have its lesion outside it); the time
 per vertebra. ``--json`` writes all of it with one row per vertebra (features included).
 
@@ -46,10 +46,10 @@ from scipy import ndimage
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from pipelines.evaluation import MIN_LESION_MM, lesion_confusion  # noqa: E402
+from research.evaluation import MIN_LESION_MM, lesion_confusion  # noqa: E402
 from pipelines.lesions import LESION_CLASSES, LesionThresholds, ThresholdClassifier  # noqa: E402
 from pipelines.levels import LEVELS  # noqa: E402
-from pipelines.phantom import make_phantom  # noqa: E402
+from research.phantoms.generator import make_phantom  # noqa: E402
 
 HELD_OUT = range(100000, 100020)
 

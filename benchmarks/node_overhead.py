@@ -54,8 +54,8 @@ def echo(port: int, called: str) -> bool:
 
 
 def phantom(folder: Path, seed: int) -> Path:
-    from pipelines.phantom import make_phantom
-    from pipelines.phantom_dicom import write_dicom_series
+    from research.phantoms.generator import make_phantom
+    from research.phantoms.dicom import write_dicom_series
 
     write_dicom_series(make_phantom(seed, fov="lumbar", spacing=(3.0, 1.5, 1.5), matrix=256), folder)
     return folder

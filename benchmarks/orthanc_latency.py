@@ -74,8 +74,8 @@ def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
 
 def big_series(folder: Path, slices: int, matrix: int, seed: int = 500001) -> Path:
     """A thoraco-lumbar phantom at 0.8x0.8x1 mm on a ``matrix``-square grid, cut to ``slices`` slices."""
-    from pipelines.phantom import Grid, make_phantom
-    from pipelines.phantom_dicom import write_dicom_series
+    from research.phantoms.generator import Grid, make_phantom
+    from research.phantoms.dicom import write_dicom_series
 
     pixel = 0.8 * 512 / matrix  # the same field of view whatever the matrix
     phantom = make_phantom(seed, fov="thoracolumbar", spacing=(1.0, pixel, pixel), matrix=matrix)
@@ -88,8 +88,8 @@ def big_series(folder: Path, slices: int, matrix: int, seed: int = 500001) -> Pa
 
 
 def small_series(folder: Path, seed: int = 500002) -> Path:
-    from pipelines.phantom import make_phantom
-    from pipelines.phantom_dicom import write_dicom_series
+    from research.phantoms.generator import make_phantom
+    from research.phantoms.dicom import write_dicom_series
 
     write_dicom_series(make_phantom(seed, fov="lumbar", spacing=(3.0, 1.5, 1.5), matrix=192), folder)
     return folder

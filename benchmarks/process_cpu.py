@@ -34,9 +34,9 @@ BIN = Path(sys.executable).parent
 
 def make_series(folder: Path, nifti: Path, seed: int = 200000) -> None:
     """A thoraco-lumbar phantom cut to 300 slices, as a DICOM series and as NIfTI."""
-    from pipelines.phantom import Grid, make_phantom
-    from pipelines.phantom_dicom import write_dicom_series
-    from pipelines.phantom_io import to_sitk
+    from research.phantoms.generator import Grid, make_phantom
+    from research.phantoms.dicom import write_dicom_series
+    from research.phantoms.nifti import to_sitk
     import SimpleITK as sitk
 
     phantom = make_phantom(seed, fov="thoracolumbar", spacing=SPACING, matrix=512)
@@ -77,7 +77,7 @@ def run_spine_node(dicom: Path, out: Path, model: str) -> dict:
 
 
 def run_nnunet(nifti: Path, out: Path, model: str) -> dict:
-    from pipelines.models import find_bundle
+    from pipelines.model.bundles import find_bundle
 
     bundle = find_bundle(model)
     inputs = nifti.parent / "nnunet_in"

@@ -111,8 +111,8 @@ def make_series(folder: Path, seed: int = 200000) -> list[Path]:
     existing = sorted(folder.glob("*.dcm")) if folder.is_dir() else []
     if len(existing) == SLICES:
         return existing
-    from pipelines.phantom import Grid, make_phantom
-    from pipelines.phantom_dicom import write_dicom_series
+    from research.phantoms.generator import Grid, make_phantom
+    from research.phantoms.dicom import write_dicom_series
 
     phantom = make_phantom(seed, fov="thoracolumbar", spacing=SPACING, matrix=512)
     n = min(SLICES, phantom.image.shape[0])
@@ -241,7 +241,7 @@ def run_minimal_scp(port: int, folder: Path) -> None:
     from pynetdicom.presentation import StoragePresentationContexts
     from pynetdicom.sop_class import Verification
 
-    from dicom_node.scp import ACCEPTED_TRANSFER_SYNTAXES
+    from dicom_node.dimse.scp import ACCEPTED_TRANSFER_SYNTAXES
 
     def on_store(event) -> int:
         path = folder / f"{event.request.AffectedSOPInstanceUID}.dcm"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 from pydicom.dataset import Dataset
 
-from .errors import DicomWriteError
+from pipelines.errors import DicomWriteError
 
 
 def write_dataset(ds: Dataset, path: Path | str) -> Path:

@@ -32,7 +32,7 @@ class DicomWriteError(PipelineError):
 class SeriesRejected(PipelineError):
     """A DICOM series the pipeline refuses to process, with a machine ``code`` and a reason a person reads.
 
-    ``code`` is one short word from ``pipelines.series_checks.REJECTION_CODES`` ("not_ct",
+    ``code`` is one short word from ``pipelines.series.checks.REJECTION_CODES`` ("not_ct",
     "too_few_slices", "gap", ...), for summary files, SQL and tests; the message names the
     series by its (possibly derived) SeriesInstanceUID, never by patient data.
     """

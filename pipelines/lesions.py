@@ -47,7 +47,7 @@ from typing import Protocol
 import numpy as np
 from scipy import ndimage
 
-from .errors import LesionConfigError
+from pipelines.errors import LesionConfigError
 
 LESION_CLASSES = ["none", "lytic", "blastic", "mixed"]
 """The classes a vertebra can get, in the order reports list them."""

@@ -6,7 +6,7 @@ TotalSegmentator can be read without code changes.
 """
 from __future__ import annotations
 
-from .errors import UnknownLevelError
+from pipelines.errors import UnknownLevelError
 
 THORACIC = [f"T{i}" for i in range(1, 13)]
 LUMBAR = [f"L{i}" for i in range(1, 6)]

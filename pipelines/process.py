@@ -21,10 +21,10 @@ import numpy as np
 from pydicom.dataset import Dataset
 from scipy import ndimage
 
-from .ct_series import CTSeries, Geometry, ModelIdentity, VertebraFinding
-from .levels import LEVELS
-from .lesions import ThresholdClassifier
-from .orientation import lps_reorientation
+from pipelines.records import CTSeries, Geometry, ModelIdentity, VertebraFinding
+from pipelines.levels import LEVELS
+from pipelines.lesions import ThresholdClassifier
+from pipelines.model.orientation import lps_reorientation
 
 
 @dataclass(frozen=True)
@@ -69,8 +69,8 @@ class Outputs:
 @functools.lru_cache(maxsize=2)
 def load_segmenter(model: str, device: str, step_size: float, mirroring: bool):
     """The loaded model of this process, created once and reused for every series (per option set)."""
-    from .inference import Segmenter
-    from .models import find_bundle
+    from pipelines.model.segmenter import Segmenter
+    from pipelines.model.bundles import find_bundle
 
     return Segmenter(find_bundle(model), device=device, step_size=step_size, mirroring=mirroring)
 
@@ -129,8 +129,8 @@ def _grow(box: tuple[slice, ...], shape, margin: int) -> tuple[slice, ...]:
 def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions,
                   predecessor_sr: Dataset | None = None) -> Outputs:
     """The SEG, the SR and the summary of an analysed series (new SOP Instance UIDs each call)."""
-    from .seg import build_seg
-    from .sr import build_sr
+    from pipelines.outputs.seg import build_seg
+    from pipelines.outputs.sr import build_sr
 
     timings: dict[str, float] = {}
     seg = None

@@ -14,7 +14,7 @@ SQLite connections get, on every connect:
   crash; the next durable commit makes it durable too (the WAL is written and flushed in
   order). Only writes whose truth lives elsewhere, durably, may use it: the row of a
   received instance, whose fsynced file is recorded again at start if the row was lost
-  (``dicom_node.reconcile``). This saves one fsync per received instance.
+  (``dicom_node.runtime.reconcile``). This saves one fsync per received instance.
 * ``busy_timeout`` (30 s): a writer waits for another process's transaction instead of
   failing at once.
 * ``foreign_keys=ON``: SQLite does not check foreign keys otherwise.

@@ -120,7 +120,7 @@ class InstanceFiles:
         """Delete the temporary files a crash left behind (call at start, before serving); return them.
 
         Whole incoming instances (``interrupted_instances``) are kept: they may have been
-        acknowledged, and ``dicom_node.reconcile`` moves them into place.
+        acknowledged, and ``dicom_node.runtime.reconcile`` moves them into place.
         """
         removed = self.interrupted_instances()[1]
         if self.outputs_dir.is_dir():

@@ -56,7 +56,7 @@ class IncomingInstance:
         """Write every byte synchronously (the file, hence its name on ext4/XFS/btrfs); a failure removes the file.
 
         One ``write`` with O_SYNC instead of ``write`` + ``fsync``: the calling thread holds
-        the GIL once, not twice, while another thread reads the header (``dicom_node.scp``).
+        the GIL once, not twice, while another thread reads the header (``dicom_node.dimse.scp``).
         """
         try:
             view = memoryview(self.data)

@@ -211,8 +211,8 @@ def acknowledged_uids(output: str, files: list[Path]) -> list[str]:
 
 def phantom_series(folder: Path, seed: int = 100001, spacing=(3.0, 1.5, 1.5), **kwargs) -> list[Path]:
     """A small lumbar phantom CT series (matrix 256) as DICOM files; cached in ``folder``."""
-    from pipelines.phantom import make_phantom
-    from pipelines.phantom_dicom import write_dicom_series
+    from research.phantoms.generator import make_phantom
+    from research.phantoms.dicom import write_dicom_series
 
     if folder.is_dir() and any(folder.iterdir()):
         return sorted(folder.glob("*.dcm"))

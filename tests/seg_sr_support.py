@@ -22,8 +22,8 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset
 
-from pipelines.ct_series import CTSeries, Geometry, ModelIdentity, VertebraFinding
-from pipelines.dicom_codes import vertebra_code
+from pipelines.records import CTSeries, Geometry, ModelIdentity, VertebraFinding
+from pipelines.outputs.codes import vertebra_code
 from pipelines.levels import LEVELS
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -266,7 +266,7 @@ def rotate_series(paths: list[Path], grid: Grid, folder: Path, r: np.ndarray = O
 def phantom_case(phantom, orientation: str, folder: Path) -> Case:
     """The phantom written as DICOM in HFS, FFS, HFP or FFP, or OBLIQUE (HFS turned by OBLIQUE)."""
     from pipelines.levels import PAPER
-    from pipelines.phantom_dicom import write_dicom_series
+    from research.phantoms.dicom import write_dicom_series
     truth_grid = phantom_grid(phantom)
     paths = write_dicom_series(phantom, folder / "axial", "HFS" if orientation == "OBLIQUE" else orientation)
     if orientation == "OBLIQUE":
@@ -333,7 +333,7 @@ def enhanced_case(phantom, folder: Path) -> tuple[Case, list[int]]:
     """
     import highdicom as hd
     from pipelines.levels import PAPER
-    from pipelines.phantom_dicom import write_dicom_series
+    from research.phantoms.dicom import write_dicom_series
     paths = write_dicom_series(phantom, folder / "single", "HFS")
     datasets = [pydicom.dcmread(p) for p in paths]
     order = np.random.default_rng(7).permutation(len(datasets))
@@ -365,7 +365,7 @@ def enhanced_case(phantom, folder: Path) -> tuple[Case, list[int]]:
 def resampled_case(phantom, folder: Path) -> Case:
     """An oblique (tilted) acquisition resampled onto the phantom's axial grid: resampled=True."""
     from pipelines.levels import PAPER
-    from pipelines.phantom_dicom import write_dicom_series
+    from research.phantoms.dicom import write_dicom_series
     grid = phantom_grid(phantom)
     paths, _ = rotate_series(write_dicom_series(phantom, folder / "axial", "HFS"), grid, folder / "oblique",
                              rotation((1.0, 0.0, 0.0), 12.0))

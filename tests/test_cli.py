@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.cli import main
-from pipelines.models import BUNDLED_DIR
+from dicom_node.cli.main import main
+from pipelines.model.bundles import BUNDLED_DIR
 
 SMALL = ["--spacing", "3", "2", "2", "--matrix", "128"]
 

@@ -5,9 +5,9 @@ from pathlib import Path
 
 import pytest
 
-from dicom_node.cli import main
-from dicom_node.config import SETTINGS, load_config
-from dicom_node.config_values import DimsePeer, StowDestination
+from dicom_node.cli.main import main
+from dicom_node.config.settings import SETTINGS, load_config
+from dicom_node.config.values import DimsePeer, StowDestination
 from dicom_node.errors import ConfigError
 
 
@@ -161,7 +161,7 @@ def test_unrelated_variables_are_warnings_not_mistakes():
 
 
 def test_every_setting_is_documented_in_the_module():
-    import dicom_node.config as module
+    import dicom_node.config.settings as module
 
     for setting in SETTINGS:
         assert setting.variable in module.__doc__, setting.variable

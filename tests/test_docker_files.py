@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from dicom_node.config import OTHER_VARIABLES, SETTINGS, load_config
+from dicom_node.config.settings import OTHER_VARIABLES, SETTINGS, load_config
 
 REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"

@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from pipelines.errors import EvaluationError
-from pipelines.evaluation import (confusion, discover_cases, evaluate_case, guess_convention, score_levels,
+from research.evaluation import (confusion, discover_cases, evaluate_case, guess_convention, score_levels,
                                   summarise, to_level_index, vertebra_dice, format_table)
 from pipelines.levels import LEVELS, PAPER, preset
-from pipelines.phantom import make_phantom
-from pipelines.phantom_io import write_nifti_case
+from research.phantoms.generator import make_phantom
+from research.phantoms.nifti import write_nifti_case
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_CROP = SHARED / "real-ct-crop-l2-l4"
@@ -121,7 +121,7 @@ def test_reference_fed_back_as_prediction_scores_perfectly_on_the_real_crop():
     if not REAL_CROP.is_dir():
         pytest.skip(f"shared data not present at {REAL_CROP}")
     (case,) = discover_cases(REAL_CROP)
-    from pipelines.volume_io import read_volume
+    from research.volume_io import read_volume
 
     ref = read_volume(case.reference)
     verse = preset("verse")
@@ -167,8 +167,8 @@ def test_real_dicom_series_and_totalsegmentator_labels_share_one_grid():
     series, labels = SHARED / "real-ct-dicom-t11-t12", SHARED / "real-ct-dicom-t11-t12-totalseg-labels.nii.gz"
     if not series.is_dir():
         pytest.skip(f"shared data not present at {series}")
-    from pipelines.evaluation import Case
-    from pipelines.volume_io import read_volume
+    from research.evaluation import Case
+    from research.volume_io import read_volume
 
     ref = read_volume(labels)
     assert guess_convention(np.rint(ref.array).astype(int)) == "totalsegmentator"

@@ -6,12 +6,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipelines.evaluation import confusion, score_levels, to_level_index
-from pipelines.inference import Segmenter, _decide, body_box, upsample_labels
+from research.evaluation import confusion, score_levels, to_level_index
+from pipelines.model.segmenter import Segmenter, _decide, body_box, upsample_labels
 from pipelines.levels import PAPER
-from pipelines.models import find_bundle
-from pipelines.phantom import make_phantom
-from pipelines.postprocess import remove_fragments, vertebra_stats
+from pipelines.model.bundles import find_bundle
+from research.phantoms.generator import make_phantom
+from pipelines.model.postprocess import remove_fragments, vertebra_stats
 
 
 def test_slab_upsampling_places_the_boundary_like_whole_volume_interpolation():
@@ -108,7 +108,7 @@ def _column(levels_top_down: list[int]) -> np.ndarray:
 
 def _name(labels, spacing=(1.0, 1.0, 1.0), label_map=PAPER):
     from pipelines.levels import LEVELS
-    from pipelines.postprocess import name_column
+    from pipelines.model.postprocess import name_column
 
     return name_column(labels, spacing, label_map, LEVELS, min_ml=0.01 * float(np.prod(spacing)))
 
@@ -164,7 +164,7 @@ def test_a_waist_that_is_not_a_disc_is_not_cut():
 
 
 def test_disc_cuts_finds_the_floor_of_each_valley_and_keeps_thin_ends_whole():
-    from pipelines.postprocess import disc_cuts
+    from pipelines.model.postprocess import disc_cuts
 
     area = np.array([10, 50, 60, 55, 9, 5, 50, 60, 50, 3, 40])
     assert disc_cuts(area, min_part=2) == [5]  # the dip at index 9 would leave a 1-slice end

@@ -9,7 +9,7 @@ import os
 
 import pytest
 
-from dicom_node.cli import main
+from dicom_node.cli.main import main
 from storage import Store, open_database
 
 CT = "1.2.840.10008.5.1.4.1.1.2"

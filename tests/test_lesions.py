@@ -10,7 +10,7 @@ from scipy import ndimage
 from pipelines.errors import LesionConfigError
 from pipelines.lesions import LESION_CLASSES, LesionClassifier, LesionThresholds, ThresholdClassifier
 from pipelines.levels import LEVELS
-from pipelines.phantom import make_phantom
+from research.phantoms.generator import make_phantom
 
 LUMBAR_GRID = (1.0, 0.8, 0.8)
 THICK_SLICES = (3.0, 0.8, 0.8)

@@ -17,7 +17,7 @@ import torch
 
 from pipelines.errors import ChecksumMismatch, ModelBundleError, UnknownLevelError
 from pipelines.levels import LEVELS, preset
-from pipelines.models import (
+from pipelines.model.bundles import (
     BUNDLED_DIR, MANIFEST, find_bundle, install_bundle, list_bundles, sha256_of, verify_bundle, write_bundle)
 
 CHECKPOINT = "nnunet/fold_all/checkpoint_final.pth"

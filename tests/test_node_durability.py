@@ -18,9 +18,9 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage
 from sqlalchemy import delete
 
-from dicom_node.completion import complete_series
-from dicom_node.reconcile import reconcile_instances
-from dicom_node.scp import Receiver, ScpSettings, start_scp
+from dicom_node.runtime.completion import complete_series
+from dicom_node.runtime.reconcile import reconcile_instances
+from dicom_node.dimse.scp import Receiver, ScpSettings, start_scp
 from node_support import LOOPBACK, free_port, non_dicom_payload
 from series_factory import ct_datasets, save, volume
 from storage import InstanceFiles, Store, open_database

@@ -76,7 +76,7 @@ def test_series_sent_by_storescu_come_back_as_seg_and_sr_and_sql_tells_the_story
 
 def _check_story(store: Store, job_id: int, database_url: str) -> None:
     """The job's provenance: events in order, model identity, device, parameters, software, deliveries."""
-    from pipelines.models import find_bundle
+    from pipelines.model.bundles import find_bundle
 
     detail = store.job_detail(job_id)
     states = [e["state"] for e in detail["events"]]

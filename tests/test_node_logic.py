@@ -20,12 +20,12 @@ from pynetdicom import AE, evt
 from pynetdicom.sop_class import Verification
 from pynetdicom.presentation import StoragePresentationContexts
 
-from dicom_node.completion import complete_series, contiguity, judge
-from dicom_node.delivery import Deliverer
-from dicom_node.dispatch import Dispatcher
-from dicom_node.scp import Receiver, ScpSettings, start_scp
+from dicom_node.runtime.completion import complete_series, contiguity, judge
+from dicom_node.runtime.delivery import Deliverer
+from dicom_node.runtime.dispatch import Dispatcher
+from dicom_node.dimse.scp import Receiver, ScpSettings, start_scp
 from node_support import LOOPBACK, StoreScp, free_port, wait_until
-from pipelines.ct_series import ModelIdentity
+from pipelines.records import ModelIdentity
 from pipelines.process import Analysis, PipelineOptions, vertebra_findings
 from series_factory import ct_datasets, save, volume
 from storage import InstanceFiles, Store, open_database

@@ -15,8 +15,8 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
 
-from dicom_node.payload import StoreStatus
-from dicom_node.scp import Receiver, ScpSettings, start_scp
+from dicom_node.dimse.payload import StoreStatus
+from dicom_node.dimse.scp import Receiver, ScpSettings, start_scp
 from node_support import LOOPBACK, echo_ok, free_port, non_dicom_payload, require, storescu, wait_until
 from series_factory import ct_datasets, save, volume
 from storage import InstanceFiles, Store, open_database
@@ -204,7 +204,7 @@ def test_tls_scp_serves_tls_peers_and_refuses_plain_ones(tmp_path):
     import ssl
     import subprocess
 
-    from dicom_node.scp import make_ssl_context
+    from dicom_node.dimse.scp import make_ssl_context
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
@@ -232,7 +232,7 @@ def test_tls_scp_serves_tls_peers_and_refuses_plain_ones(tmp_path):
 
 def test_real_series_as_found_is_stored_as_one_series_named_as_the_pipeline_names_it(node, chunked_send):
     """The real JPEG 2000 files lack SOP Class/Instance UIDs in their data sets and Study/Series UIDs entirely."""
-    from pipelines.series import discover_series
+    from pipelines.series.loader import discover_series
 
     real = SHARED / "real-ct-dicom-t11-t12"
     if not real.is_dir():

@@ -4,8 +4,8 @@ from itertools import permutations, product
 import numpy as np
 import pytest
 
-from pipelines.ct_series import Geometry
-from pipelines.orientation import lps_reorientation
+from pipelines.records import Geometry
+from pipelines.model.orientation import lps_reorientation
 
 
 def _signed_permutations():

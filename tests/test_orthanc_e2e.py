@@ -44,10 +44,10 @@ from sqlalchemy import select
 from node_support import NodeProcess, echo_ok, free_port
 from orthanc_fixture import (json_value, local_orthanc, log_lines, orthanc_factory, qido,  # noqa: F401
                              wado_rs_instance, wait_until)
-from pipelines.dicom_codes import ATTENUATION, LESION_CODES, VOLUME, vertebra_code
+from pipelines.outputs.codes import ATTENUATION, LESION_CODES, VOLUME, vertebra_code
 from pipelines.levels import LEVELS
-from pipelines.phantom import make_phantom
-from pipelines.phantom_dicom import write_dicom_series
+from research.phantoms.generator import make_phantom
+from research.phantoms.dicom import write_dicom_series
 from storage import open_database
 from storage.models import Delivery, Instance, Job, Output, Series
 

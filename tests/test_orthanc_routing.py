@@ -26,8 +26,8 @@ from orthanc_api_client.exceptions import HttpError
 from pydicom.uid import JPEG2000Lossless, MRImageStorage, generate_uid
 
 from orthanc_fixture import local_orthanc, log_lines, orthanc_factory, storescp_factory, wait_until  # noqa: F401
-from pipelines.phantom import make_phantom
-from pipelines.phantom_dicom import write_dicom_series
+from research.phantoms.generator import make_phantom
+from research.phantoms.dicom import write_dicom_series
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_J2K = DATA / "real-ct-dicom-t11-t12"

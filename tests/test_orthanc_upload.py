@@ -18,8 +18,8 @@ import pytest
 from pydicom.uid import generate_uid
 
 from orthanc_fixture import local_orthanc, orthanc_factory  # noqa: F401
-from pipelines.phantom import make_phantom
-from pipelines.phantom_dicom import write_dicom_series
+from research.phantoms.generator import make_phantom
+from research.phantoms.dicom import write_dicom_series
 
 UPLOAD_PATH = Path(__file__).resolve().parents[1] / "orthanc" / "upload.py"
 

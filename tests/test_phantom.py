@@ -4,9 +4,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.anatomy import sample_anatomy
+from research.phantoms.anatomy import sample_anatomy
 from pipelines.levels import LEVELS
-from pipelines.phantom import AIR, FAT, LUNG, MUSCLE, make_grid, make_phantom, render
+from research.phantoms.generator import AIR, FAT, LUNG, MUSCLE, make_grid, make_phantom, render
 
 SMALL = dict(spacing=(2.5, 1.5, 1.5), matrix=None)
 
@@ -15,7 +15,7 @@ def _noise_free(seed: int, fov: str = "thoracolumbar"):
     """A phantom drawn without blur or noise, so HU values can be checked exactly."""
     rng = np.random.default_rng(seed)
     anat = sample_anatomy(rng)
-    from pipelines.phantom import field_of_view
+    from research.phantoms.generator import field_of_view
 
     grid = make_grid(anat, field_of_view(anat, fov, rng), (2.0, 1.0, 1.0), None, rng)
     hu, labels, lesions, truth = render(anat, grid, rng, blur_mm=1e-3, noise_hu=0.0)

@@ -13,8 +13,8 @@ import pydicom
 import pytest
 import SimpleITK as sitk
 
-from pipelines.phantom import Phantom, make_phantom
-from pipelines.phantom_dicom import ORIENTATIONS, write_dicom_series
+from research.phantoms.generator import Phantom, make_phantom
+from research.phantoms.dicom import ORIENTATIONS, write_dicom_series
 
 SEED = 5
 # Non-square pixels and a non-square matrix (matrix=None fits the trunk), so that a swap of

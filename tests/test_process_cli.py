@@ -18,9 +18,9 @@ import numpy as np
 import pydicom
 import pytest
 
-from dicom_node.cli import main
-from pipelines.phantom import make_phantom
-from pipelines.phantom_dicom import write_dicom_series
+from dicom_node.cli.main import main
+from research.phantoms.generator import make_phantom
+from research.phantoms.dicom import write_dicom_series
 from seg_sr_support import dciodvfy_messages, tool
 
 REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct-dicom-t11-t12"

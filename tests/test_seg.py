@@ -12,13 +12,13 @@ import numpy as np
 import pydicom
 import pytest
 
-from pipelines.ct_series import VertebraFinding
-from pipelines.dicom_codes import LEVEL_COLOURS, level_colour, vertebra_code
+from pipelines.records import VertebraFinding
+from pipelines.outputs.codes import LEVEL_COLOURS, level_colour, vertebra_code
 from pipelines.dicom_write import write_dataset
 from pipelines.errors import DicomWriteError
 from pipelines.levels import LEVELS
-from pipelines.phantom import make_phantom
-from pipelines.seg import build_seg, reference_headers
+from research.phantoms.generator import make_phantom
+from pipelines.outputs.seg import build_seg, reference_headers
 
 from seg_sr_support import (DATA, LEVEL_OF_CODE, MODEL, PHANTOM, SOURCE_STUDY_WARNINGS, Case, Grid, dciodvfy_messages, dcmqi_case, dice_per_level,
                             enhanced_case, grid_of_itk, level_of_segment, phantom_case, pydicom_ct2_case,
@@ -389,7 +389,7 @@ def test_every_level_has_its_pydicom_sct_code_and_a_distinct_fixed_colour():
 
 
 def test_lesion_codes_cover_every_lesion_class_in_the_private_scheme():
-    from pipelines.dicom_codes import LESION_CODES, PRIVATE_SCHEME, lesion_code
+    from pipelines.outputs.codes import LESION_CODES, PRIVATE_SCHEME, lesion_code
     from pipelines.lesions import LESION_CLASSES
     assert set(LESION_CODES) == set(LESION_CLASSES)
     assert PRIVATE_SCHEME.startswith("99")
@@ -402,7 +402,7 @@ def test_lesion_codes_cover_every_lesion_class_in_the_private_scheme():
 def test_a_full_size_ct_with_ten_vertebrae_gives_one_frame_per_segment_and_slice():
     """512 x 512 x 300 with 10 vertebrae of 24 slices each: 240 frames, read back exactly."""
     from pydicom.uid import CTImageStorage, generate_uid
-    from pipelines.ct_series import CTSeries, Geometry
+    from pipelines.records import CTSeries, Geometry
     n, size = 300, 512
     study, series_uid, frame_uid = generate_uid(), generate_uid(), generate_uid()
     headers = []
@@ -437,8 +437,8 @@ def test_seg_is_exact_on_a_gantry_tilt_resampled_by_the_series_loader(phantom, t
     """Slices drifting one row per slice (a 17 degree tilt): the loader shifts them onto an
     orthogonal grid (resampled=True); the SEG on that grid still lands on the phantom's voxels."""
     from pipelines.levels import PAPER
-    from pipelines.phantom_dicom import write_dicom_series
-    from pipelines.series import discover_series, load_series
+    from research.phantoms.dicom import write_dicom_series
+    from pipelines.series.loader import discover_series, load_series
     from seg_sr_support import Grid, findings_for, grid_from_lps, phantom_grid, sample_on_series
     truth_grid = phantom_grid(phantom)
     sz, sy, sx = truth_grid.geometry.spacing
@@ -470,8 +470,8 @@ def test_seg_and_sr_of_the_real_ct_loaded_by_the_series_loader(tmp_path):
     """The JPEG 2000 CT without Study/Series UIDs, loaded as the node loads it."""
     if not DATA.is_dir():
         pytest.skip(f"shared test data not found at {DATA}")
-    from pipelines.series import discover_series, load_series
-    from pipelines.sr import build_sr
+    from pipelines.series.loader import discover_series, load_series
+    from pipelines.outputs.sr import build_sr
     from seg_sr_support import findings_for, sample_on_series
     reference = real_ct_case()
     (files,) = discover_series([DATA / "real-ct-dicom-t11-t12"])

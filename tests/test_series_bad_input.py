@@ -25,8 +25,8 @@ from pydicom.uid import (
 )
 
 from pipelines.errors import SeriesRejected
-from pipelines.series import SeriesRules, load_series, scan_inputs
-from pipelines.series_checks import REJECTION_CODES
+from pipelines.series.loader import SeriesRules, load_series, scan_inputs
+from pipelines.series.checks import REJECTION_CODES
 from series_factory import ct_datasets, enhanced_ct, save, volume
 
 BASE = volume(24, 12, 10)

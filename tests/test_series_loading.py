@@ -29,10 +29,10 @@ from pydicom.uid import (
     RLELossless,
 )
 
-from pipelines.ct_series import CTSeries
-from pipelines.phantom import make_phantom
-from pipelines.phantom_dicom import ORIENTATIONS, write_dicom_series
-from pipelines.series import SeriesRules, discover_series, load_series, scan_inputs
+from pipelines.records import CTSeries
+from research.phantoms.generator import make_phantom
+from research.phantoms.dicom import ORIENTATIONS, write_dicom_series
+from pipelines.series.loader import SeriesRules, discover_series, load_series, scan_inputs
 from series_factory import ct_datasets, enhanced_ct, save, volume
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"

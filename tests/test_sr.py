@@ -13,13 +13,13 @@ import highdicom as hd
 import pydicom
 import pytest
 
-from pipelines.ct_series import ModelIdentity, VertebraFinding
-from pipelines.dicom_codes import LESION_CODES, PRIVATE_SCHEME, vertebra_code
+from pipelines.records import ModelIdentity, VertebraFinding
+from pipelines.outputs.codes import LESION_CODES, PRIVATE_SCHEME, vertebra_code
 from pipelines.dicom_write import write_dataset
 from pipelines.errors import DicomWriteError
-from pipelines.phantom import make_phantom
-from pipelines.seg import build_seg, reference_headers
-from pipelines.sr import build_sr, device_observer_uid
+from research.phantoms.generator import make_phantom
+from pipelines.outputs.seg import build_seg, reference_headers
+from pipelines.outputs.sr import build_sr, device_observer_uid
 
 from seg_sr_support import (DATA, MODEL, PHANTOM, SOURCE_STUDY_WARNINGS, Case, dciodvfy_messages, dcmqi_case,
                             phantom_case, pydicom_ct2_case, real_ct_case, tool)

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 import pytest
 
-from pipelines.training import DemoRecipe, shrink_plan
+from research.training import DemoRecipe, shrink_plan
 
 
 def test_shrink_plan_sets_the_small_network():
@@ -29,14 +29,14 @@ def test_shrink_plan_sets_the_small_network():
 @pytest.mark.slow
 def test_recipe_at_toy_size_produces_a_verified_bundle_that_segments(tmp_path):
     """Runs `spine-node train-demo` in a child process, as a user would (nnU-Net reads its paths at import)."""
-    from pipelines.inference import Segmenter
-    from pipelines.models import verify_bundle
-    from pipelines.phantom import make_phantom
+    from pipelines.model.segmenter import Segmenter
+    from pipelines.model.bundles import verify_bundle
+    from research.phantoms.generator import make_phantom
 
     recipe = {"n_cases": 2, "spacing_mm": 5.0, "patch_size": [32, 32, 32], "features": [4, 8, 16], "epochs": 1,
               "iterations_per_epoch": 2, "val_iterations_per_epoch": 1, "seed_offset": 500}
     (tmp_path / "recipe.json").write_text(json.dumps(recipe))
-    run = subprocess.run([sys.executable, "-m", "dicom_node.cli", "train-demo", "--workdir", str(tmp_path / "work"),
+    run = subprocess.run([sys.executable, "-m", "dicom_node.cli.main", "train-demo", "--workdir", str(tmp_path / "work"),
                           "--out", str(tmp_path / "bundle"), "--recipe", str(tmp_path / "recipe.json")],
                          capture_output=True, text=True, timeout=900, check=False)
     assert run.returncode == 0, run.stderr[-2000:]
@@ -50,7 +50,7 @@ def test_recipe_at_toy_size_produces_a_verified_bundle_that_segments(tmp_path):
 
 
 def test_unknown_recipe_field_is_refused(tmp_path, capsys):
-    from dicom_node.cli import main
+    from dicom_node.cli.main import main
 
     (tmp_path / "recipe.json").write_text(json.dumps({"epochz": 3}))
     assert main(["train-demo", "--recipe", str(tmp_path / "recipe.json"), "--workdir", str(tmp_path)]) == 2

@@ -1,0 +1,260 @@
+"""The ``spine-node`` command line.
+
+Subcommands (each a small function below):
+
+* ``phantom``     write synthetic spine CTs with ground truth (NIfTI, DICOM or nnU-Net raw)
+* ``models``      ``list`` / ``verify NAME_OR_PATH`` / ``install PATH_OR_ZIP`` model bundles
+* ``train-demo``  reproduce the bundled demo model from scratch (CPU, about an hour)
+* ``evaluate``    per-vertebra Dice, level identification and lesion classes of a model on cases
+* ``process``     the pipeline offline on DICOM files and folders (``cli_process.py``)
+* ``jobs``        ``list`` / ``show ID`` the jobs recorded in the node's database (``cli_jobs.py``)
+* ``serve``       run the DICOM node; ``echo AE@host:port`` C-ECHOes a peer (``cli_serve.py``)
+
+Errors that a user can fix are printed as one line ``spine-node: error: ...`` with exit
+status 2 (bad input) or 1 (a failed run); nothing is half-written.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+from pipelines.errors import PipelineError
+
+from dicom_node.cli import jobs as cli_jobs, process as cli_process, serve as cli_serve
+from dicom_node.errors import NodeError
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the console script; returns the process exit status."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "handler", None):
+        parser.print_help()
+        return 2
+    try:
+        return args.handler(args)
+    except (PipelineError, NodeError) as exc:
+        print(f"spine-node: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("spine-node: interrupted", file=sys.stderr)
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="spine-node", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command")
+    _phantom_parser(sub)
+    _models_parser(sub)
+    _train_parser(sub)
+    _evaluate_parser(sub)
+    cli_process.add_parser(sub)
+    cli_jobs.add_parser(sub)
+    cli_serve.add_parsers(sub)
+    return parser
+
+
+# --- phantom -------------------------------------------------------------------------------------------
+
+def _phantom_parser(sub) -> None:
+    p = sub.add_parser("phantom", help="write synthetic spine CT phantoms with ground truth")
+    p.add_argument("--out", required=True, type=Path, help="output folder (one sub-folder per case)")
+    p.add_argument("--n", type=int, default=1, help="number of phantoms (seeds S..S+N-1)")
+    p.add_argument("--seed", type=int, default=100000, help="first seed (training uses 0..999)")
+    p.add_argument("--format", choices=("nifti", "dicom", "nnunet"), default="nifti")
+    p.add_argument("--fov", choices=("thoracic", "lumbar", "thoracolumbar"), help="field of view (random by default)")
+    p.add_argument("--matrix", type=int, default=512, help="in-plane matrix (512 like a real scan)")
+    p.add_argument("--spacing", type=float, nargs=3, metavar=("SZ", "SY", "SX"),
+                   help="voxel spacing in mm (random 1-3 mm slices, 0.6-1.0 mm pixels by default)")
+    p.add_argument("--orientation", default="HFS", choices=("HFS", "FFS", "HFP", "FFP"),
+                   help="DICOM patient position (an exact flip of the same volume)")
+    p.set_defaults(handler=cmd_phantom)
+
+
+def cmd_phantom(args) -> int:
+    from research.phantoms.generator import make_phantom
+    from research.phantoms.nifti import nnunet_dataset_json, write_nnunet_case
+
+    if args.n < 1:
+        raise NodeError("--n must be at least 1")
+    args.out.mkdir(parents=True, exist_ok=True)
+    for seed in range(args.seed, args.seed + args.n):
+        phantom = make_phantom(seed, fov=args.fov, spacing=tuple(args.spacing) if args.spacing else None,
+                               matrix=args.matrix)
+        name = f"phantom_{seed:05d}"
+        if args.format == "nnunet":
+            write_nnunet_case(phantom, args.out, name)
+        else:
+            _write_case_atomically(phantom, args.out / name, args)
+        print(f"{name}: {phantom.fov}, {phantom.grid.shape[0]} slices, levels "
+              f"{phantom.levels_present()[0]}-{phantom.levels_present()[-1]}, lesions: "
+              + (", ".join(f"{k} {v['lesion']}" for k, v in phantom.truth.items() if v["lesion"] != "none") or "none"))
+    if args.format == "nnunet":
+        count = len(list((args.out / "labelsTr").glob("*.nii.gz")))
+        (args.out / "dataset.json").write_text(json.dumps(nnunet_dataset_json(count), indent=1))
+    return 0
+
+
+def _write_case_atomically(phantom, final: Path, args) -> None:
+    """Write a case into a temporary sibling folder, then rename it into place."""
+    from research.phantoms.nifti import write_nifti_case
+
+    staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    try:
+        write_nifti_case(phantom, staging)
+        if args.format == "dicom":
+            from research.phantoms.dicom import write_dicom_series
+
+            (staging / "ct.nii.gz").unlink()
+            write_dicom_series(phantom, staging / "dicom", orientation=args.orientation)
+        if final.exists():
+            shutil.rmtree(final)
+        staging.rename(final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+# --- models --------------------------------------------------------------------------------------------
+
+def _models_parser(sub) -> None:
+    p = sub.add_parser("models", help="list, verify or install model bundles")
+    msub = p.add_subparsers(dest="models_command", required=True)
+    msub.add_parser("list", help="bundles installed and shipped").set_defaults(handler=cmd_models_list)
+    v = msub.add_parser("verify", help="check a bundle's manifest, label map and checksums")
+    v.add_argument("bundle", help="bundle name or folder")
+    v.set_defaults(handler=cmd_models_verify)
+    i = msub.add_parser("install", help="verify and install a bundle folder or zip")
+    i.add_argument("source", type=Path)
+    i.add_argument("--into", type=Path, help="models folder (default: $SPINE_NODE_MODELS_DIR or DATA_DIR/models)")
+    i.set_defaults(handler=cmd_models_install)
+
+
+def cmd_models_list(args) -> int:
+    from pipelines.model.bundles import list_bundles
+
+    bundles = list_bundles()
+    if not bundles:
+        print("no model bundles found")
+    for path, manifest, status in bundles:
+        if manifest:
+            print(f"{manifest['name']:<24} {manifest['version']:<10} {path}")
+        else:
+            print(f"{path.name:<24} {'UNUSABLE':<10} {status}")
+    return 0
+
+
+def cmd_models_verify(args) -> int:
+    from pipelines.model.bundles import find_bundle
+
+    bundle = find_bundle(args.bundle)
+    levels = sorted(bundle.label_map.items())
+    print(f"{bundle.name} {bundle.version}: OK ({bundle.path})")
+    print(f"  sha256 {bundle.sha256}")
+    print(f"  labels {levels[0][0]}={levels[0][1]} .. {levels[-1][0]}={levels[-1][1]} ({len(levels)} levels)")
+    print(f"  intended use: {bundle.manifest['intended_use']}")
+    return 0
+
+
+def cmd_models_install(args) -> int:
+    from pipelines.model.bundles import install_bundle
+
+    bundle = install_bundle(args.source, args.into)
+    print(f"installed {bundle.name} {bundle.version} at {bundle.path}")
+    return 0
+
+
+# --- train-demo ----------------------------------------------------------------------------------------
+
+def _train_parser(sub) -> None:
+    p = sub.add_parser("train-demo", help="reproduce the bundled demo model from scratch")
+    p.add_argument("--workdir", type=Path, default=Path("spine-node-data/train-demo"),
+                   help="nnU-Net raw/preprocessed/results folders")
+    p.add_argument("--out", type=Path, default=Path("models/spine-phantom-demo"), help="bundle folder to write")
+    p.add_argument("--device", default="cpu", help="cpu or cuda")
+    p.add_argument("--epochs", type=int, help="override the recipe's number of epochs")
+    p.add_argument("--iterations", type=int, help="override the recipe's iterations per epoch")
+    p.add_argument("--cases", type=int, help="override the recipe's number of training phantoms")
+    p.add_argument("--recipe", type=Path, help="JSON file of DemoRecipe fields to override (patch_size, features, ...)")
+    p.set_defaults(handler=cmd_train_demo)
+
+
+def cmd_train_demo(args) -> int:
+    from research.training import DemoRecipe, train_demo
+
+    overrides = json.loads(args.recipe.read_text()) if args.recipe else {}
+    unknown = set(overrides) - set(DemoRecipe.__dataclass_fields__)
+    if unknown:
+        raise NodeError(f"{args.recipe}: unknown recipe field(s) {', '.join(sorted(unknown))}")
+    recipe = DemoRecipe(**{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+    for field, value in (("epochs", args.epochs), ("iterations_per_epoch", args.iterations),
+                         ("n_cases", args.cases)):
+        if value is not None:
+            setattr(recipe, field, value)
+    bundle = train_demo(args.workdir, args.out, recipe, args.device)
+    print(f"demo model written to {bundle}")
+    return 0
+
+
+# --- evaluate ------------------------------------------------------------------------------------------
+
+def _evaluate_parser(sub) -> None:
+    p = sub.add_parser("evaluate", help="Dice, level identification and lesion classes on reference cases")
+    p.add_argument("--model", default="spine-phantom-demo", help="bundle name or folder")
+    p.add_argument("--cases", type=Path, help="a case folder, or a folder of case folders")
+    p.add_argument("--ct", type=Path, help="instead of --cases: one CT (image file or DICOM series folder)")
+    p.add_argument("--reference", type=Path, help="with --ct: its reference vertebra label map")
+    p.add_argument("--convention", default="auto", choices=("auto", "paper", "verse", "totalsegmentator"),
+                   help="numbering of the reference labels")
+    p.add_argument("--json", type=Path, help="also write the report as JSON here")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--step-size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
+    p.add_argument("--no-relabel", action="store_true",
+                   help="keep the network's level names (skip the head-to-feet consistency step)")
+    p.set_defaults(handler=cmd_evaluate)
+
+
+def cmd_evaluate(args) -> int:
+    from research.evaluation import evaluate_case, format_table, summarise
+    from pipelines.model.segmenter import Segmenter
+    from pipelines.lesions import ThresholdClassifier
+    from pipelines.model.bundles import find_bundle
+
+    cases = _cases_to_evaluate(args)
+    bundle = find_bundle(args.model)
+    segmenter = Segmenter(bundle, device=args.device, step_size=args.step_size, relabel=not args.no_relabel)
+    classifier = ThresholdClassifier()
+    results = []
+    for case in cases:
+        result = evaluate_case(case, lambda v: segmenter.segment(v.array, v.spacing).labels,
+                               bundle.label_map, classifier)
+        dices = [r["dice"] for r in result["vertebrae"]]
+        mean = sum(dices) / len(dices) if dices else float("nan")
+        print(f"{case.name}: {len(dices)} vertebrae, mean Dice {mean:.3f}", flush=True)
+        results.append(result)
+    report = summarise(results)
+    report["model"] = {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256}
+    print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+def _cases_to_evaluate(args) -> list:
+    from research.evaluation import Case, discover_cases
+
+    if args.ct or args.reference:
+        if not (args.ct and args.reference):
+            raise NodeError("--ct and --reference go together")
+        return [Case(args.ct.name, args.ct, args.reference, args.convention)]
+    if not args.cases:
+        raise NodeError("give --cases DIR, or --ct and --reference")
+    return discover_cases(args.cases, args.convention)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

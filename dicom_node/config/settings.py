@@ -1,0 +1,292 @@
+"""The node's configuration: one TOML file plus ``SPINE_NODE_*`` environment variables, checked at start.
+
+Every setting has a key in the file and a variable; the variable wins. ``load_config``
+collects every mistake and raises one ``ConfigError`` listing them, one line each, e.g.
+``SPINE_NODE_PORT: 'abc' is not a port number (1-65535)``. The file is given by
+``--config FILE`` or ``SPINE_NODE_CONFIG``; without one, defaults and variables apply.
+
+=========================  =====================  ========================================================
+variable                   file key               meaning (default)
+=========================  =====================  ========================================================
+SPINE_NODE_DATA_DIR        data_dir               instance files, outputs, SQLite database (./spine-node-data)
+SPINE_NODE_DATABASE_URL    database_url           sqlite:///PATH or postgresql://USER@HOST/DB
+                                                  (sqlite:///DATA_DIR/spine-node.db)
+SPINE_NODE_AE_TITLE        ae_title               the node's AE title, 1-16 characters (SPINENODE)
+SPINE_NODE_HOST            host                   address the SCP listens on (0.0.0.0)
+SPINE_NODE_PORT            port                   DICOM port (11112)
+SPINE_NODE_ALLOWED_AES     allowed_aes            calling AE titles accepted; empty: any (empty)
+SPINE_NODE_DESTINATIONS    destinations           where outputs go: AE@host:port (C-STORE) and/or
+                                                  stow:http://host:port/dicom-web (STOW-RS);
+                                                  empty: back to the calling AE, at its address in peers
+SPINE_NODE_PEERS           [peers] table          host and port of calling AEs, for "back to the caller":
+                                                  variable AE@host:port,...; file table AE = "host:port"
+SPINE_NODE_STABLE_AGE      stable_age             seconds without a new instance before a series counts
+                                                  as complete even without a release (30)
+SPINE_NODE_MIN_SLICES      min_slices             fewer slices than this: the series is rejected (20)
+SPINE_NODE_MODEL           model                  model bundle name or folder (spine-phantom-demo)
+SPINE_NODE_DEVICE          device                 auto, cpu, cuda or cuda:N (auto)
+SPINE_NODE_STEP_SIZE       step_size              sliding-window step, fraction of the patch, (0, 1] (0.5)
+SPINE_NODE_MIRRORING       mirroring              test-time mirroring, slower (false)
+SPINE_NODE_SEG_TYPE        seg_type               binary or labelmap DICOM SEG (binary)
+SPINE_NODE_DASK_SCHEDULER  dask_scheduler         tcp://host:port of a Dask scheduler; empty: embedded (empty)
+SPINE_NODE_WORKERS         workers                embedded workers (1)
+SPINE_NODE_RETRY_MAX_S     retry_max_s            longest wait between two delivery attempts, seconds (300)
+SPINE_NODE_TLS_CERT        tls_cert               PEM certificate: DICOM over TLS (off)
+SPINE_NODE_TLS_KEY         tls_key                its PEM private key (with tls_cert)
+SPINE_NODE_TLS_CA          tls_ca                 PEM CA bundle: clients must present a certificate it signed
+=========================  =====================  ========================================================
+
+Lists are comma-separated in variables and TOML arrays (or comma-separated strings) in the
+file. Relative paths in the file are relative to the file's folder; in variables, to the
+current folder. An example file::
+
+    data_dir = "/var/lib/spine-node"
+    ae_title = "SPINENODE"
+    port = 11112
+    allowed_aes = ["ORTHANC", "PACS"]
+    destinations = []                 # back to the caller
+    stable_age = 30
+    device = "cuda"
+
+    [peers]
+    ORTHANC = "10.0.0.5:4242"
+    PACS = "pacs.example.org:104"
+"""
+from __future__ import annotations
+
+import difflib
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import MappingProxyType
+
+from dicom_node.config import values as v
+from dicom_node.config.values import DimsePeer, Invalid, StowDestination
+from dicom_node.errors import ConfigError
+
+PREFIX = "SPINE_NODE_"
+CONFIG_VARIABLE = "SPINE_NODE_CONFIG"
+# Variables read elsewhere (not settings of NodeConfig): never reported as unknown.
+OTHER_VARIABLES = frozenset({CONFIG_VARIABLE, "SPINE_NODE_MODELS_DIR", "SPINE_NODE_TEST_PG"})
+DATABASE_FILE = "spine-node.db"
+DEFAULT_DATA_DIR = "spine-node-data"
+
+Destination = DimsePeer | StowDestination
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    """Everything the node reads from its configuration, checked and typed."""
+
+    data_dir: Path                           # absolute
+    database_url: str
+    ae_title: str = "SPINENODE"
+    host: str = "0.0.0.0"
+    port: int = 11112
+    allowed_aes: tuple[str, ...] = ()
+    destinations: tuple[Destination, ...] = ()
+    peers: Mapping[str, DimsePeer] = field(default_factory=lambda: MappingProxyType({}))
+    stable_age: float = 30.0
+    min_slices: int = 20
+    model: str = "spine-phantom-demo"
+    device: str = "auto"
+    step_size: float = 0.5
+    mirroring: bool = False
+    seg_type: str = "binary"
+    dask_scheduler: str | None = None
+    workers: int = 1
+    retry_max_s: float = 300.0
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_ca: Path | None = None
+    source: Path | None = None               # the file read, if any
+    warnings: tuple[str, ...] = ()           # not mistakes, but worth a log line at start
+
+    def destinations_for(self, calling_ae: str | None) -> list[str]:
+        """Where the outputs of a series sent by ``calling_ae`` go, as ``Store.record_output`` takes them.
+
+        The configured destinations; when there are none, the calling AE at its address in
+        ``peers``; an empty list when the caller's address is unknown (nothing can be sent).
+        """
+        if self.destinations:
+            return [str(d) for d in self.destinations]
+        peer = self.peers.get((calling_ae or "").strip())
+        return [str(peer)] if peer else []
+
+    @property
+    def tls_enabled(self) -> bool:
+        return self.tls_cert is not None
+
+    def describe(self) -> list[str]:
+        """One line per setting, for the start-up log (the database password is hidden)."""
+        from sqlalchemy.engine import make_url
+
+        shown = make_url(self.database_url).render_as_string(hide_password=True)
+        return [f"config file: {self.source or '(none)'}", f"data dir: {self.data_dir}", f"database: {shown}",
+                f"AE title {self.ae_title} on {self.host}:{self.port}, TLS {'on' if self.tls_enabled else 'off'}",
+                f"allowed calling AEs: {', '.join(self.allowed_aes) or 'any'}",
+                f"destinations: {', '.join(map(str, self.destinations)) or 'back to the calling AE'}",
+                f"peers: {', '.join(map(str, self.peers.values())) or 'none'}",
+                f"model {self.model} on {self.device}, step {self.step_size:g}, mirroring {self.mirroring}, "
+                f"SEG {self.seg_type}",
+                f"stable age {self.stable_age:g} s, min slices {self.min_slices}, retry cap {self.retry_max_s:g} s",
+                f"workers: {self.dask_scheduler or f'embedded x{self.workers}'}"]
+
+
+@dataclass(frozen=True)
+class _Setting:
+    name: str                                     # file key; the variable is SPINE_NODE_<NAME>
+    parse: Callable[[object, Path], object]       # (raw value, folder for relative paths) -> value
+    empty_means_default: bool = False             # an empty variable means "not set"
+
+    @property
+    def variable(self) -> str:
+        return PREFIX + self.name.upper()
+
+
+def _path(raw, base: Path) -> Path:
+    path = Path(v.text(raw, "a path")).expanduser()
+    return Path(os.path.normpath(base / path))
+
+
+def _existing_file(raw, base: Path) -> Path:
+    path = _path(raw, base)
+    if not path.is_file():
+        raise Invalid(f"{str(path)!r} is not a file")
+    return path
+
+
+def _positive(what: str, maximum: float | None = None) -> Callable:
+    return lambda raw, _: v.number(raw, minimum=0.0, maximum=maximum, inclusive_min=False, what=what)
+
+
+SETTINGS = (
+    _Setting("data_dir", _path),
+    _Setting("database_url", lambda raw, _: v.database_url(raw), empty_means_default=True),
+    _Setting("ae_title", lambda raw, _: v.ae_title(raw)),
+    _Setting("host", lambda raw, _: v.text(raw, "a host name or address")),
+    _Setting("port", lambda raw, _: v.port(raw)),
+    _Setting("allowed_aes", lambda raw, _: v.each(raw, v.ae_title)),
+    _Setting("destinations", lambda raw, _: tuple(dict.fromkeys(v.each(raw, v.destination)))),
+    _Setting("peers", lambda raw, _: v.peers(raw)),
+    _Setting("stable_age", _positive("a number of seconds above 0")),
+    _Setting("min_slices", lambda raw, _: v.integer(raw, 1, None, "a number of slices (1 or more)")),
+    _Setting("model", lambda raw, _: v.text(raw, "a model bundle name or folder")),
+    _Setting("device", lambda raw, _: v.device(raw)),
+    _Setting("step_size", _positive("a step size in (0, 1]", maximum=1.0)),
+    _Setting("mirroring", lambda raw, _: v.boolean(raw)),
+    _Setting("seg_type", lambda raw, _: v.choice(raw, ("binary", "labelmap"))),
+    _Setting("dask_scheduler", lambda raw, _: v.dask_scheduler(raw)),
+    _Setting("workers", lambda raw, _: v.integer(raw, 1, 64, "a number of workers (1-64)")),
+    _Setting("retry_max_s", _positive("a number of seconds above 0")),
+    _Setting("tls_cert", _existing_file, empty_means_default=True),
+    _Setting("tls_key", _existing_file, empty_means_default=True),
+    _Setting("tls_ca", _existing_file, empty_means_default=True),
+)
+_BY_NAME = {s.name: s for s in SETTINGS}
+
+
+def load_config(path: Path | None, environ: Mapping[str, str]) -> NodeConfig:
+    """Read the file (``path``, else ``$SPINE_NODE_CONFIG``, else none), apply the variables, check everything.
+
+    Raises ``ConfigError`` with one line per mistake; returns a ``NodeConfig`` otherwise.
+    """
+    mistakes: list[str] = []
+    warnings: list[str] = []
+    if path is None and environ.get(CONFIG_VARIABLE, "").strip():
+        path = Path(environ[CONFIG_VARIABLE].strip())
+    file_values = _read_file(path, mistakes) if path is not None else {}
+    _check_variable_names(environ, mistakes, warnings)
+    values: dict[str, object] = {}
+    for setting in SETTINGS:
+        raw, where, base = _raw_value(setting, path, file_values, environ)
+        if raw is None:
+            continue
+        try:
+            values[setting.name] = setting.parse(raw, base)
+        except Invalid as exc:
+            mistakes.append(f"{where}: {exc}")
+    _check_together(values, mistakes, warnings)
+    if mistakes:
+        raise ConfigError(mistakes)
+    data_dir = values.setdefault("data_dir", Path.cwd() / DEFAULT_DATA_DIR)
+    values.setdefault("database_url", f"sqlite:///{data_dir / DATABASE_FILE}")
+    values["peers"] = MappingProxyType(dict(values.get("peers", {})))
+    return NodeConfig(**values, source=path, warnings=tuple(warnings))
+
+
+def _read_file(path: Path, mistakes: list[str]) -> dict:
+    try:
+        with open(path, "rb") as handle:
+            data = tomllib.load(handle)
+    except FileNotFoundError:
+        mistakes.append(f"{path}: the configuration file does not exist")
+        return {}
+    except OSError as exc:
+        mistakes.append(f"{path}: cannot read the configuration file ({exc.strerror})")
+        return {}
+    except tomllib.TOMLDecodeError as exc:
+        mistakes.append(f"{path}: not valid TOML ({exc})")
+        return {}
+    for key in data:
+        if key not in _BY_NAME:
+            mistakes.append(f"{path}: unknown key {key!r}" + _did_you_mean(key, list(_BY_NAME)))
+    return {k: val for k, val in data.items() if k in _BY_NAME}
+
+
+def _check_variable_names(environ: Mapping[str, str], mistakes: list[str], warnings: list[str]) -> None:
+    """A misspelt setting is a mistake; an unknown variable unlike any setting is only worth a warning."""
+    known = {s.variable for s in SETTINGS}
+    for name in sorted(environ):
+        if name.startswith(PREFIX) and name not in known and name not in OTHER_VARIABLES:
+            hint = _did_you_mean(name[len(PREFIX):], [s.name.upper() for s in SETTINGS])
+            hint = hint.replace("mean ", f"mean {PREFIX}")
+            (mistakes if hint else warnings).append(f"{name}: not a setting of the node" + hint)
+
+
+def _raw_value(setting: _Setting, path: Path | None, file_values: dict,
+               environ: Mapping[str, str]) -> tuple[object, str, Path]:
+    """The value that applies (variable over file), where it came from, and the folder for relative paths."""
+    if setting.variable in environ:
+        raw = environ[setting.variable]
+        if setting.empty_means_default and not raw.strip():
+            return None, setting.variable, Path.cwd()
+        return raw, setting.variable, Path.cwd()
+    if setting.name in file_values:
+        raw = file_values[setting.name]
+        if setting.empty_means_default and raw == "":
+            return None, "", Path.cwd()
+        return raw, f"{path}: {setting.name}", path.parent.absolute()
+    return None, "", Path.cwd()
+
+
+def _check_together(values: dict, mistakes: list[str], warnings: list[str]) -> None:
+    """Rules that involve more than one setting."""
+    data_dir = values.get("data_dir")
+    if data_dir is not None and data_dir.exists() and not data_dir.is_dir():
+        mistakes.append(f"{_BY_NAME['data_dir'].variable}: {str(data_dir)!r} exists and is not a folder")
+    elif data_dir is not None and data_dir.is_dir() and not os.access(data_dir, os.W_OK | os.X_OK):
+        mistakes.append(f"{_BY_NAME['data_dir'].variable}: {str(data_dir)!r} is not writable")
+    if ("tls_cert" in values) != ("tls_key" in values):
+        mistakes.append("SPINE_NODE_TLS_CERT and SPINE_NODE_TLS_KEY go together: give both or neither")
+    if "tls_ca" in values and "tls_cert" not in values:
+        mistakes.append("SPINE_NODE_TLS_CA needs SPINE_NODE_TLS_CERT and SPINE_NODE_TLS_KEY (the node's own identity)")
+    if values.get("destinations"):
+        return
+    peers = values.get("peers", {})
+    allowed = values.get("allowed_aes", ())
+    missing = [ae for ae in allowed if ae not in peers]
+    if missing:
+        mistakes.append(f"SPINE_NODE_PEERS: no host:port for calling AE(s) {', '.join(missing)}; results go back "
+                        "to the caller when SPINE_NODE_DESTINATIONS is empty (add AE@host:port to the peers, "
+                        "or set destinations)")
+    elif not allowed and not peers:
+        warnings.append("no SPINE_NODE_DESTINATIONS and no SPINE_NODE_PEERS: results can go back to no one "
+                        "and will wait in the outbox")
+
+
+def _did_you_mean(word: str, options: list[str]) -> str:
+    close = difflib.get_close_matches(word, options, n=1, cutoff=0.75)
+    return f" (did you mean {close[0]}?)" if close else ""

@@ -1,0 +1,147 @@
+"""Sending outputs to a destination: C-STORE (pynetdicom) or STOW-RS (DICOMweb, ``requests``).
+
+Both send a batch of files to one destination and answer, per file, either ``None``
+(stored) or the reason it was not (the peer's failure status, or its HTTP answer). If the
+destination cannot be reached at all, ``DestinationUnreachable`` is raised for the batch.
+
+Destinations are strings: ``AE@host:port`` for DIMSE, ``stow:http://host:port/dicom-web``
+for DICOMweb (the ``/studies`` resource is appended).
+"""
+from __future__ import annotations
+
+import logging
+import ssl
+import uuid
+from pathlib import Path
+
+import requests
+from pydicom import dcmread
+from pydicom.filereader import read_file_meta_info
+from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pynetdicom import AE
+from pynetdicom.sop_class import Verification
+
+from dicom_node.config import values as config_values
+from dicom_node.config.values import DimsePeer, StowDestination
+from dicom_node.errors import NodeError
+
+log = logging.getLogger(__name__)
+
+# C-STORE statuses that mean 'stored' (0x0000 and the warnings: coercion, elements discarded, ...).
+_STORED = {0x0000, 0xB000, 0xB006, 0xB007}
+
+
+class DestinationUnreachable(NodeError):
+    """No association (or HTTP connection) could be made with a destination: nothing was sent."""
+
+
+Destination = DimsePeer | StowDestination
+
+
+def parse_destination(text: str) -> Destination:
+    """``AE@host:port`` or ``stow:http(s)://...`` (the configuration's syntax); ``NodeError`` naming the mistake."""
+    try:
+        return config_values.destination(text.strip())
+    except config_values.Invalid as exc:
+        raise NodeError(f"destination {exc}") from None
+
+
+def send(destination: Destination, paths: list[Path], calling_ae: str, timeout_s: float = 30.0,
+         ssl_context: ssl.SSLContext | None = None) -> dict[Path, str | None]:
+    """Send ``paths`` to ``destination``; per path ``None`` when stored, else why not."""
+    if isinstance(destination, StowDestination):
+        return stow_rs(destination.url, paths, timeout_s)
+    return c_store(destination, paths, calling_ae, timeout_s, ssl_context)
+
+
+def c_store(destination: DimsePeer, paths: list[Path], calling_ae: str, timeout_s: float = 30.0,
+            ssl_context: ssl.SSLContext | None = None) -> dict[Path, str | None]:
+    """Send files over one association; per path ``None`` when the peer answered a success status."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    metas = {path: read_file_meta_info(path) for path in paths}
+    for sop_class, syntax in sorted({(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas.values()}):
+        syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+        ae.add_requested_context(sop_class, syntaxes)
+    tls = (ssl_context, destination.host) if ssl_context else None
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls)
+    if not assoc.is_established:
+        raise DestinationUnreachable(f"no association with {destination} "
+                                     f"({'rejected' if assoc.is_rejected else 'no answer or aborted'})")
+    results: dict[Path, str | None] = {}
+    try:
+        for path in paths:
+            results[path] = _store_one(assoc, path)
+    finally:
+        if assoc.is_established:
+            assoc.release()
+    return results
+
+
+def _store_one(assoc, path: Path) -> str | None:
+    try:
+        response = assoc.send_c_store(dcmread(path))
+    except (ValueError, AttributeError) as exc:  # no accepted context for this SOP class / syntax
+        return f"not sent: {exc}"
+    if not response or "Status" not in response:
+        return "no C-STORE response (timeout or association aborted)"
+    status = int(response.Status)
+    if status in _STORED:
+        return None
+    comment = str(response.get("ErrorComment", "") or "")
+    return f"destination answered 0x{status:04X}" + (f" ({comment})" if comment else "")
+
+
+def stow_rs(base_url: str, paths: list[Path], timeout_s: float = 30.0) -> dict[Path, str | None]:
+    """POST the files as one multipart/related request to ``base_url/studies``; per path the outcome."""
+    boundary = uuid.uuid4().hex
+    body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
+                    + Path(p).read_bytes() + b"\r\n" for p in paths) + b"--" + boundary.encode() + b"--\r\n"
+    headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
+               "Accept": "application/dicom+json"}
+    try:
+        answer = requests.post(f"{base_url}/studies", data=body, headers=headers, timeout=timeout_s)
+    except requests.RequestException as exc:
+        raise DestinationUnreachable(f"no HTTP connection with {base_url}: {type(exc).__name__}") from exc
+    if answer.status_code == 200:
+        return {path: None for path in paths}
+    failed = _stow_failures(answer)
+    uids = {path: str(read_file_meta_info(path).MediaStorageSOPInstanceUID) for path in paths}
+    generic = f"STOW-RS answered HTTP {answer.status_code}"
+    if answer.status_code == 202 and failed is not None:
+        return {path: failed.get(uid) for path, uid in uids.items()}
+    return {path: (failed or {}).get(uid, generic) for path, uid in uids.items()}
+
+
+def _stow_failures(answer: requests.Response) -> dict[str, str] | None:
+    """SOP Instance UID -> reason from a STOW-RS response's Failed SOP Sequence, if it has one."""
+    try:
+        content = answer.json()
+    except ValueError:
+        return None
+    failed = {}
+    for item in (content.get("00081198", {}) or {}).get("Value", []):
+        uid = (item.get("00081155", {}).get("Value") or [""])[0]
+        reason = (item.get("00081197", {}).get("Value") or [0])[0]
+        failed[uid] = f"STOW-RS failure reason 0x{int(reason):04X}"
+    return failed
+
+
+def echo(destination: DimsePeer, calling_ae: str, timeout_s: float = 10.0,
+         ssl_context: ssl.SSLContext | None = None) -> int:
+    """C-ECHO a DICOM AE; return the status (0 = alive); ``DestinationUnreachable`` if no association."""
+    ae = AE(ae_title=calling_ae)
+    ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
+    ae.add_requested_context(Verification)
+    tls = (ssl_context, destination.host) if ssl_context else None
+    assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls)
+    if not assoc.is_established:
+        raise DestinationUnreachable(f"no association with {destination}")
+    try:
+        response = assoc.send_c_echo()
+        if not response or "Status" not in response:
+            raise DestinationUnreachable(f"{destination} did not answer the C-ECHO")
+        return int(response.Status)
+    finally:
+        if assoc.is_established:
+            assoc.release()

@@ -1,0 +1,322 @@
+"""Jobs to workers: claim a queued job, load its series, have a worker analyse it, write and queue the outputs.
+
+The worker task is pure compute, ``pipelines.process.analyse(hu, geometry, options)``;
+the node keeps every file and DICOM step (``load_series`` before, ``build_outputs`` and
+the outbox after). Two kinds of executor run that task:
+
+* embedded (the default): a ``ProcessPoolExecutor`` of spawned processes on this machine.
+  No broker, no ports, nothing to configure; the model stays loaded in each worker process
+  between jobs; a worker that dies (out of memory, a crash in native code) fails its job
+  with a reason and the pool is rebuilt, and the node's receiving threads never compete
+  with inference for the GIL. An in-process Dask LocalCluster would do the same with a
+  scheduler, a nanny per worker and several TCP ports more, for no gain on one machine.
+* Dask (``SPINE_NODE_DASK_SCHEDULER``): ``distributed.Client(address).submit``; when the
+  device asks for CUDA, the task needs the worker resource ``GPU=1`` so that it only lands
+  on workers started with ``--resources GPU=1``.
+
+Outcomes: 'done' (outputs recorded, one delivery per destination), 'rejected' (the
+pipeline refused the series: ``SeriesRejected``'s code and reason; or the series holds no
+processable CT image), 'failed' (anything else, with the reason). A job interrupted by the
+node stopping is left 'running' and is queued again at the next start.
+"""
+from __future__ import annotations
+
+import io
+import json
+import logging
+import multiprocessing
+import signal
+import socket
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import BrokenExecutor, CancelledError, Future, ProcessPoolExecutor
+
+from pydicom import dcmread
+from pydicom.dataset import Dataset
+
+from pipelines.errors import PipelineError, SeriesRejected
+from pipelines.process import PipelineOptions, analyse, build_outputs, load_segmenter, software_versions
+from storage import InstanceFiles, JobRow, Store, StorageError
+
+from dicom_node.dimse.scp import PROCESSED_SOP_CLASSES
+
+log = logging.getLogger(__name__)
+
+
+class JobInterrupted(Exception):
+    """The node is stopping: the job stays 'running' and is resumed at the next start."""
+
+
+def load_model(options: PipelineOptions) -> None:
+    """Worker-side warm-up: load (and cache in this process) the model ``analyse`` will use."""
+    load_segmenter(options.model, options.device, options.step_size, options.mirroring)
+
+
+# --- executors -----------------------------------------------------------------------------------------
+
+
+class LocalExecutor:
+    """The embedded worker pool: ``workers`` spawned processes, rebuilt if one dies."""
+
+    name = "embedded"
+
+    def __init__(self, workers: int = 1):
+        self.workers = workers
+        self._lock = threading.Lock()
+        self._pool = self._new_pool()
+
+    def _new_pool(self) -> ProcessPoolExecutor:
+        return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_ignore_sigint)
+
+    def submit(self, hu, geometry, options: PipelineOptions) -> Future:
+        with self._lock:
+            return self._pool.submit(analyse, hu, geometry, options)
+
+    def worker_of(self, future: Future) -> str:
+        return f"embedded@{socket.gethostname()}"
+
+    def warm_up(self, options: PipelineOptions) -> None:
+        """Load the model in each worker now, so that the first job does not wait for it (fire and forget)."""
+        with self._lock:
+            for _ in range(self.workers):
+                self._pool.submit(load_model, options)
+
+    def recover(self) -> None:
+        """Replace a broken pool (a worker process died) with a fresh one."""
+        with self._lock:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = self._new_pool()
+
+    def close(self) -> None:
+        with self._lock:
+            processes = list((getattr(self._pool, "_processes", None) or {}).values())
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            for process in processes:
+                process.kill()  # a worker in the middle of a job: its job is resumed at the next start
+
+
+def _ignore_sigint() -> None:
+    """Workers leave Ctrl-C to the node, which stops them (no KeyboardInterrupt traceback from each)."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+class DaskExecutor:
+    """Workers of a Dask cluster reached through its scheduler's address."""
+
+    name = "dask"
+
+    def __init__(self, address: str, timeout_s: float = 30.0):
+        from distributed import Client
+
+        self.client = Client(address, timeout=timeout_s, set_as_default=False)
+
+    def submit(self, hu, geometry, options: PipelineOptions):
+        """The volume goes to a worker as data (scatter), not inside the task graph through the scheduler."""
+        resources = {"GPU": 1} if str(options.device).startswith("cuda") else None
+        volume = self.client.scatter(hu, hash=False)
+        return self.client.submit(analyse, volume, geometry, options, resources=resources, pure=False)
+
+    def worker_of(self, future) -> str:
+        try:
+            holders = self.client.who_has([future]).get(future.key, ())
+        except Exception:  # the scheduler's answer is provenance only, never a reason to fail the job
+            holders = ()
+        return "dask:" + (",".join(holders) or "unknown worker")
+
+    def recover(self) -> None:
+        pass  # the scheduler reassigns tasks of lost workers itself
+
+    def close(self) -> None:
+        self.client.close()
+
+
+# --- running one job -----------------------------------------------------------------------------------
+
+
+class Dispatcher:
+    """Claims queued jobs and runs up to ``parallel`` of them at once (each in its own thread)."""
+
+    def __init__(self, store: Store, files: InstanceFiles, executor, options: PipelineOptions,
+                 destinations_for: Callable[[JobRow], list[str]], node_name: str, parallel: int = 1,
+                 on_outputs: Callable[[], None] | None = None, on_finished: Callable[[], None] | None = None):
+        self.store = store
+        self.files = files
+        self.executor = executor
+        self.options = options
+        self.destinations_for = destinations_for
+        self.node_name = node_name
+        self.parallel = parallel
+        self.on_outputs = on_outputs
+        self.on_finished = on_finished  # a slot is free: the node looks for the next job at once
+        self.stopping = threading.Event()
+        self._running: dict[int, threading.Thread] = {}
+        self._lock = threading.Lock()
+
+    def run_once(self) -> list[int]:
+        """Claim as many jobs as there are free slots and start them; return their ids."""
+        started = []
+        while not self.stopping.is_set() and self.busy() < self.parallel:
+            job = self.store.claim_next_job(self.node_name)
+            if job is None:
+                break
+            thread = threading.Thread(target=self._run_job, args=(job,), name=f"job-{job.id}", daemon=True)
+            with self._lock:
+                self._running[job.id] = thread
+            thread.start()
+            started.append(job.id)
+        return started
+
+    def busy(self) -> int:
+        with self._lock:
+            return len(self._running)
+
+    def _run_job(self, job: JobRow) -> None:
+        try:
+            self.run_job(job)
+        finally:
+            with self._lock:
+                self._running.pop(job.id, None)
+            if self.on_finished:
+                self.on_finished()
+
+    def run_job(self, job: JobRow) -> str:
+        """Run one claimed job to its final state; return that state ('' if the node is stopping)."""
+        log.info("job %d: series %s version %d", job.id, job.series_key, job.series_version)
+        try:
+            state, timings, summary, error = self._process(job)
+        except JobInterrupted:
+            log.info("job %d interrupted by the node stopping; it resumes at the next start", job.id)
+            return ""
+        except SeriesRejected as exc:
+            state, timings, summary, error = "rejected", None, None, f"{exc.code}: {exc}"
+        except (PipelineError, StorageError) as exc:
+            state, timings, summary, error = "failed", None, None, str(exc)
+        except Exception as exc:  # a bug must fail one job with its reason, never the dispatcher
+            if self.stopping.is_set():
+                return ""
+            log.exception("job %d: internal error", job.id)
+            state, timings, summary, error = "failed", None, None, f"internal error ({type(exc).__name__}: {exc})"
+        try:
+            self.store.finish_job(job.id, state=state, timings=timings, error=error, summary=summary)
+        except StorageError as exc:
+            log.error("job %d: could not record its end (%s): %s", job.id, state, exc)
+        log.info("job %d %s%s", job.id, state, f": {error}" if error else "")
+        return state
+
+    def _process(self, job: JobRow) -> tuple[str, dict, dict, None]:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        series = self._load(job)
+        timings["load"] = time.perf_counter() - t0
+        self.store.add_event(job.id, "loaded", f"{len(series.source_images)} source image(s), "
+                                               f"{series.hu.shape[0]} slices" +
+                             (f"; repairs: {'; '.join(series.repairs)}" if series.repairs else ""))
+        t0 = time.perf_counter()
+        analysis, worker = self._analyse(job, series)
+        timings["analyse_wall"] = time.perf_counter() - t0
+        self.store.set_job_running(job.id, worker=worker, device=analysis.device, model_name=analysis.model.name,
+                                   model_version=analysis.model.version, model_sha256=analysis.model.sha256,
+                                   parameters=analysis.parameters, software=software_versions())
+        t0 = time.perf_counter()
+        outputs = build_outputs(series, analysis, self.options, self._predecessor_sr(job))
+        timings["build_outputs"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self._write_outputs(job, outputs)
+        timings["write"] = time.perf_counter() - t0
+        timings = {**{k: round(v, 3) for k, v in outputs.summary.get("timings_s", {}).items()},
+                   **{k: round(v, 3) for k, v in timings.items()}}
+        outputs.summary["timings_s"] = timings
+        return "done", timings, outputs.summary, None
+
+    def _load(self, job: JobRow):
+        from pipelines.series.loader import SeriesRules, discover_series, load_series
+
+        instances = self.store.series_instances(job.series_key)
+        images = [i for i in instances if i.sop_class_uid in PROCESSED_SOP_CLASSES]
+        if not images:
+            classes = sorted({i.sop_class_uid for i in instances})
+            raise SeriesRejected("not_ct", job.series_instance_uid,
+                                 f"no CT image in the series (SOP classes {', '.join(classes)}): stored, not processed")
+        groups = discover_series([i.path for i in images])
+        if not groups:
+            raise SeriesRejected("not_ct", job.series_instance_uid, "no readable CT image among the stored instances")
+        files = max(groups, key=lambda g: len(g.paths))
+        if len(groups) > 1:
+            log.warning("job %d: the instances form %d series by their headers; processing the largest (%d files)",
+                        job.id, len(groups), len(files.paths))
+        return load_series(files, SeriesRules(min_slices=self.options.min_slices))
+
+    def _analyse(self, job: JobRow, series):
+        """Run the pure-compute task on a worker; wait for it, or stop waiting when the node stops."""
+        self.store.add_event(job.id, "submitted", f"to the {self.executor.name} executor")
+        future = self.executor.submit(series.hu, series.geometry, self.options)
+        while True:
+            if self.stopping.is_set():
+                raise JobInterrupted()
+            try:
+                analysis = future.result(timeout=0.5)
+                return analysis, self.executor.worker_of(future)
+            except (TimeoutError, _DaskTimeout):
+                continue
+            except (BrokenExecutor, CancelledError) as exc:
+                if self.stopping.is_set():
+                    raise JobInterrupted() from exc
+                self.executor.recover()
+                raise PipelineError(f"the worker process died while analysing ({type(exc).__name__})") from exc
+
+    def _predecessor_sr(self, job: JobRow) -> Dataset | None:
+        """The SR of the latest earlier 'done' job of this series (a re-opened series references it)."""
+        if job.series_version <= 1:
+            return None
+        earlier = [j for j in self.store.list_jobs()
+                   if j["series_instance_uid"] == job.series_instance_uid and j["id"] < job.id and j["state"] == "done"]
+        for previous in sorted(earlier, key=lambda j: j["id"], reverse=True):
+            for output in previous["outputs"]:
+                if output["kind"] == "sr":
+                    try:
+                        return dcmread(output["path"])
+                    except (OSError, ValueError) as exc:
+                        log.warning("job %d: predecessor SR %s unreadable: %s", job.id, output["sop_instance_uid"], exc)
+        return None
+
+    def _write_outputs(self, job: JobRow, outputs) -> None:
+        destinations = self.destinations_for(job)
+        if not destinations:
+            self.store.add_event(job.id, "no-destination",
+                                 f"no destination configured and calling AE {job.calling_ae} has no known address; "
+                                 "outputs kept on disk")
+        items = [("seg", "seg.dcm", outputs.seg), ("sr", "sr.dcm", outputs.sr)]
+        written = [(kind, ds, self.files.write_output(job.id, name, _encode(ds)))
+                   for kind, name, ds in items if ds is not None]
+        self.files.write_output(job.id, "summary.json",
+                                json.dumps(outputs.summary, indent=1, default=str).encode())
+        for kind, ds, path in written:
+            self.store.record_output(job.id, kind=kind, sop_instance_uid=str(ds.SOPInstanceUID),
+                                     sop_class_uid=str(ds.SOPClassUID), series_instance_uid=str(ds.SeriesInstanceUID),
+                                     path=path, destinations=destinations)
+        if self.on_outputs:
+            self.on_outputs()
+
+    def stop(self, timeout_s: float = 5.0) -> None:
+        """Stop claiming; running jobs stop waiting for their worker and stay 'running' for the next start."""
+        self.stopping.set()
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            threads = list(self._running.values())
+        for thread in threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _encode(ds: Dataset) -> bytes:
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+try:  # distributed raises its own TimeoutError subclass on Future.result(timeout)
+    from distributed import TimeoutError as _DaskTimeout
+except ImportError:  # pragma: no cover - distributed is a dependency; keep the embedded path importable
+    class _DaskTimeout(Exception):
+        pass

@@ -1,0 +1,1 @@
+"""DICOM outputs, one module per IOD (``seg``, ``sr``), with the shared codes in ``codes``."""

@@ -1,0 +1,171 @@
+"""The TID 1500 Measurement Report (Comprehensive 3D SR) of the vertebrae in one CT series.
+
+Written with highdicom, in the source study, as DICOM_REFERENCE.md §3.4 lays out:
+
+* observer: a *device*, the algorithm (name, model version, manufacturer "spine-node",
+  a Device Observer UID derived from the model's identity, so one model is one device);
+* procedure reported: (25045-6, LN, "CT unspecified body region");
+* one Volumetric ROI measurement group (TID 1411) per vertebra, in segment order: its
+  tracking identifier and the SEG segment's Tracking UID, the referenced SEG segment
+  (pointing at the CT *series*, not at each slice, to keep the SR small), finding
+  (51282000, SCT, "Vertebra"), finding site = the level's SNOMED CT code, volume in ml
+  and mean attenuation in Hounsfield units, and two qualitative evaluations: the lesion
+  class in the private scheme 99VERTMET (declared in CodingSchemeIdentificationSequence)
+  and the standard (94222008, SCT, "Bony metastasis") = Present / Absent for readers
+  that know no private codes;
+* evidence: every CT instance and the SEG (CurrentRequestedProcedureEvidenceSequence);
+* a ``predecessor`` SR (an earlier report on the same series, when a late instance
+  re-opened it) is listed in PredecessorDocumentsSequence;
+* no vertebra found (no SEG): one TID 1501 group "Vertebra = Absent" on the CT.
+"""
+from __future__ import annotations
+
+import math
+
+import highdicom as hd
+from pydicom.dataset import Dataset
+from pydicom.sr.codedict import codes
+from pydicom.uid import generate_uid
+
+from pipelines.records import CTSeries, ModelIdentity, VertebraFinding
+from pipelines.outputs.codes import (ABSENT, ATTENUATION, BONY_METASTASIS, CT_PROCEDURE, HOUNSFIELD_UNIT, LESION_TYPE,
+                          MEAN, MILLILITRE, PRESENT, VERTEBRA, VOLUME, coding_scheme_identification,
+                          lesion_code, vertebra_code)
+from pipelines.errors import DicomWriteError
+from pipelines.outputs.seg import MANUFACTURER, character_set, reference_headers
+
+
+def device_observer_uid(model: ModelIdentity) -> str:
+    """The Device Observer UID of a model: the same name, version and weights give the same UID."""
+    return generate_uid(entropy_srcs=["spine-node device observer", model.name, model.version, model.sha256])
+
+
+def observation_context(model: ModelIdentity) -> hd.sr.ObservationContext:
+    """The algorithm as a device observer."""
+    device = hd.sr.ObserverContext(
+        observer_type=codes.DCM.Device,
+        observer_identifying_attributes=hd.sr.DeviceObserverIdentifyingAttributes(
+            uid=device_observer_uid(model), name=model.name, manufacturer_name=MANUFACTURER,
+            model_name=f"{model.name} {model.version}"[:64], serial_number=model.sha256[:16] or None,
+        ),
+    )
+    return hd.sr.ObservationContext(observer_device_context=device)
+
+
+def _segments(seg: Dataset) -> dict[int, Dataset]:
+    return {int(item.SegmentNumber): item for item in seg.SegmentSequence if int(item.SegmentNumber) > 0}
+
+
+def _check_finding(finding: VertebraFinding, segments: dict[int, Dataset], seg: Dataset) -> Dataset:
+    """The SEG segment of a finding, refusing findings the SEG does not describe or bad numbers."""
+    segment = segments.get(finding.segment_number)
+    if segment is None:
+        raise DicomWriteError(
+            f"finding {finding.level} refers to segment {finding.segment_number}, "
+            f"which SEG {seg.SOPInstanceUID} does not have (build the SEG first: it numbers the segments)"
+        )
+    code = segment.SegmentedPropertyTypeCodeSequence[0].CodeValue
+    if code != vertebra_code(finding.level).value:
+        raise DicomWriteError(
+            f"finding {finding.level} refers to segment {finding.segment_number} of SEG "
+            f"{seg.SOPInstanceUID}, which is {segment.SegmentLabel!r}"
+        )
+    for name in ("volume_ml", "mean_hu"):
+        if not math.isfinite(getattr(finding, name)):
+            raise DicomWriteError(f"finding {finding.level}: {name} is {getattr(finding, name)}, not a number")
+    return segment
+
+
+def measurement_group(finding: VertebraFinding, segment: Dataset, seg: Dataset, series: CTSeries,
+                      algorithm: hd.sr.AlgorithmIdentification
+                      ) -> hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations:
+    """TID 1411 for one vertebra: its SEG segment, volume, mean HU and lesion class."""
+    return hd.sr.VolumetricROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.get("TrackingUID") or hd.UID(),
+                                                 identifier=f"vertebra-{finding.level}"),
+        referenced_segment=hd.sr.ReferencedSegment(
+            sop_class_uid=seg.SOPClassUID, sop_instance_uid=seg.SOPInstanceUID,
+            segment_number=finding.segment_number,
+            source_series=hd.sr.SourceSeriesForSegmentation(series.series_instance_uid),
+        ),
+        finding_type=VERTEBRA,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=vertebra_code(finding.level))],
+        algorithm_id=algorithm,
+        measurements=[
+            hd.sr.Measurement(name=VOLUME, value=float(finding.volume_ml), unit=MILLILITRE),
+            hd.sr.Measurement(name=ATTENUATION, value=float(finding.mean_hu), unit=HOUNSFIELD_UNIT,
+                              derivation=MEAN),
+        ],
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=LESION_TYPE, value=lesion_code(finding.lesion)),
+            hd.sr.QualitativeEvaluation(name=BONY_METASTASIS,
+                                        value=ABSENT if finding.lesion == "none" else PRESENT),
+        ],
+    )
+
+
+def no_vertebra_group(algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 stating that the algorithm found no vertebra: (51282000, SCT, "Vertebra") = Absent.
+
+    TID 1500 needs at least one measurement group, and "nothing found" is a result a reader
+    must be able to tell from "not analysed".
+    """
+    return hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=hd.UID(), identifier="vertebrae"),
+        finding_type=VERTEBRA,
+        algorithm_id=algorithm,
+        qualitative_evaluations=[hd.sr.QualitativeEvaluation(name=VERTEBRA, value=ABSENT)],
+    )
+
+
+def _check_inputs(series: CTSeries, seg: Dataset | None, findings: list[VertebraFinding],
+                  predecessor: Dataset | None) -> None:
+    if bool(findings) != (seg is not None):
+        raise DicomWriteError(
+            f"series {series.series_instance_uid}: {len(findings)} finding(s) but "
+            f"{'a' if seg is not None else 'no'} SEG; findings need their SEG, and no finding means no SEG"
+        )
+    if seg is not None and seg.StudyInstanceUID != series.study_instance_uid:
+        raise DicomWriteError(f"SEG {seg.SOPInstanceUID} belongs to study {seg.StudyInstanceUID}, "
+                              f"not to the series' study {series.study_instance_uid}")
+    if predecessor is not None and predecessor.get("StudyInstanceUID") != series.study_instance_uid:
+        raise DicomWriteError(f"predecessor SR {predecessor.get('SOPInstanceUID')} belongs to another study")
+
+
+def build_sr(series: CTSeries, seg: Dataset | None, findings: list[VertebraFinding], model: ModelIdentity, *,
+             predecessor: Dataset | None = None, series_number: int = 901) -> hd.sr.Comprehensive3DSR:
+    """The TID 1500 report of ``findings`` (already numbered by ``build_seg``) on ``series`` and its ``seg``.
+
+    With no vertebra found, pass ``seg=None`` and ``findings=[]``: the report then says so
+    (``no_vertebra_group``). Raises DicomWriteError when a finding does not match its SEG
+    segment or the objects belong to different studies.
+    """
+    _check_inputs(series, seg, findings, predecessor)
+    algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version,
+                                              parameters=[f"sha256={model.sha256}"])
+    if seg is None:
+        groups = [no_vertebra_group(algorithm)]
+    else:
+        segments = _segments(seg)
+        ordered = sorted(findings, key=lambda f: f.segment_number)
+        groups = [measurement_group(f, _check_finding(f, segments, seg), seg, series, algorithm) for f in ordered]
+    report = hd.sr.MeasurementReport(
+        observation_context=observation_context(model),
+        procedure_reported=CT_PROCEDURE,
+        imaging_measurements=groups,
+        title=codes.cid7021.ImagingMeasurementReport,
+    )
+    return hd.sr.Comprehensive3DSR(
+        evidence=[*reference_headers(series), *([seg] if seg is not None else [])],
+        content=report,
+        series_instance_uid=hd.UID(),
+        series_number=series_number,
+        sop_instance_uid=hd.UID(),
+        instance_number=1,
+        manufacturer=MANUFACTURER,
+        is_complete=True,
+        previous_versions=[predecessor] if predecessor is not None else None,
+        series_description="Vertebral metastasis report (spine-node)",
+        coding_schemes=[coding_scheme_identification()],
+        **character_set(series),
+    )
