@@ -1,15 +1,15 @@
 """``spine-node process``: the pipeline on DICOM files and folders, outputs written to a folder.
 
-For each CT series found: ``OUT/<key>/seg.dcm``, ``sr.dcm`` and ``summary.json``; a series
-the pipeline refuses gets ``OUT/<key>/rejected.json`` with the reason instead. ``<key>``
-is the SeriesInstanceUID (or the loader's derived key when the series has none). A
-series folder appears complete or not at all: it is written under a temporary name and
-renamed into place, replacing an earlier result of the same series.
+For each CT series found (``pipelines.run.image_groups``): ``OUT/<key>/seg.dcm``,
+``sr.dcm`` and ``summary.json``; a series the pipeline refuses gets ``OUT/<key>/rejected.json``
+with the reason instead. ``<key>`` is the SeriesInstanceUID (or the loader's derived key
+when the series has none). A series folder appears complete or not at all: its files are
+written and fsynced under a temporary folder, which is renamed into place (replacing an
+earlier result of the same series) and the rename made durable.
 """
 from __future__ import annotations
 
-import json
-import logging
+import os
 import shutil
 import tempfile
 import time
@@ -17,11 +17,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
-from pipelines.errors import PipelineError, SeriesRejected
-from pipelines.process import PipelineOptions, analyse, build_outputs
-from pipelines.series.loader import SeriesFiles, SeriesRules, discover_series, load_series
+from pipelines.options import PipelineOptions
+from pipelines.run import Outcome, add_write_time, encode, image_groups, run_series
+from pipelines.series import SeriesFiles
 
-log = logging.getLogger(__name__)
+STAGES = ("load", "analyse", "write")
 
 
 @dataclass
@@ -38,66 +38,35 @@ def process_inputs(inputs: Sequence[Path | str], out_dir: Path, options: Pipelin
                    progress: Callable[[str, int], object] | None = None) -> list[SeriesResult]:
     """Run the pipeline on every series under ``inputs``; one result per series, in discovery order."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    results = []
-    for files in discover_series([Path(p) for p in inputs]):
-        if files.modality in NOT_IMAGES:
-            log.info("series %s: skipped, a %s is not an image series", files.key, files.modality)
-            continue
-        results.append(process_series(files, out_dir, options, progress))
-    return results
-
-
-NOT_IMAGES = frozenset({"SEG", "SR", "PR", "KO", "REG", "RTSTRUCT", "DOC"})
-"""Modalities of derived objects (such as our own outputs) that ``process`` passes over silently."""
-
-
-STAGES = ("load", "analyse", "outputs", "write")
+    return [process_series(files, out_dir, options, progress) for files in image_groups([Path(p) for p in inputs])]
 
 
 def process_series(files: SeriesFiles, out_dir: Path, options: PipelineOptions,
                    progress: Callable[[str, int], object] | None = None) -> SeriesResult:
-    """Load, analyse and write one series; a refusal or failure becomes ``rejected.json``."""
+    """Run one series and publish its folder: outputs and summary, or ``rejected.json``."""
     bar = progress(files.key, len(STAGES)) if progress else None
-    staging = Path(tempfile.mkdtemp(prefix=f".{files.key[:40]}.", dir=out_dir))
     try:
-        result = _run(files, staging, options, bar)
-    except SeriesRejected as exc:
-        _write_json(staging / "rejected.json", _rejection(files, exc.code, str(exc)))
-        result = SeriesResult(files.key, "rejected", out_dir / files.key, str(exc))
-    except PipelineError as exc:
-        _write_json(staging / "rejected.json", _rejection(files, "pipeline_error", str(exc)))
-        result = SeriesResult(files.key, "failed", out_dir / files.key, str(exc))
-    except Exception as exc:  # a bug of ours must not stop the other series; the traceback goes to the log
-        log.exception("series %s: internal error", files.key)
-        reason = f"internal error ({type(exc).__name__}: {exc})"
-        _write_json(staging / "rejected.json", _rejection(files, "internal_error", reason))
-        result = SeriesResult(files.key, "failed", out_dir / files.key, reason)
+        outcome = run_series(files, options, on_loaded=lambda _: _step(bar, "analyse"))
+        _step(bar, "write")
+        staging = Path(tempfile.mkdtemp(prefix=f".{files.key[:40]}.", dir=out_dir))
+        _write_outcome(outcome, staging)
+        _step(bar, None)
     finally:
         if bar is not None:
             bar.close()
-    _publish(staging, out_dir / files.key)
-    result.folder = out_dir / files.key
-    return result
+    final = out_dir / files.key
+    _publish(staging, final)
+    return SeriesResult(files.key, outcome.status, final, outcome.reason)
 
 
-def _run(files: SeriesFiles, staging: Path, options: PipelineOptions, bar) -> SeriesResult:
+def _write_outcome(outcome: Outcome, staging: Path) -> None:
     t0 = time.perf_counter()
-    series = load_series(files, SeriesRules(min_slices=options.min_slices))
-    load_s = time.perf_counter() - t0
-    _step(bar, "analyse")
-    analysis = analyse(series.hu, series.geometry, options)
-    _step(bar, "outputs")
-    outputs = build_outputs(series, analysis, options)
-    _step(bar, "write")
-    t0 = time.perf_counter()
-    if outputs.seg is not None:
-        outputs.seg.save_as(staging / "seg.dcm", enforce_file_format=True)
-    outputs.sr.save_as(staging / "sr.dcm", enforce_file_format=True)
-    outputs.summary["timings_s"] = {"load": round(load_s, 3), **outputs.summary["timings_s"],
-                                    "write": round(time.perf_counter() - t0, 3)}
-    _write_json(staging / "summary.json", outputs.summary)
-    _step(bar, None)
-    return SeriesResult(files.key, "done", staging)
+    for _, name, ds in outcome.datasets():
+        _write_durably(staging / name, encode(ds))
+    add_write_time(outcome, time.perf_counter() - t0)
+    name, data = outcome.summary_document()
+    _write_durably(staging / name, data)
+    _fsync(staging)
 
 
 def _step(bar, stage: str | None) -> None:
@@ -107,14 +76,19 @@ def _step(bar, stage: str | None) -> None:
             bar.set_postfix_str(stage)
 
 
-def _rejection(files: SeriesFiles, code: str, reason: str) -> dict:
-    study = str(getattr(files.instances[0].header, "StudyInstanceUID", "")) if files.instances else ""
-    return {"series_instance_uid": files.series_instance_uid, "study_instance_uid": study,
-            "key": files.key, "modality": files.modality, "files": len(files.paths), "code": code, "reason": reason}
+def _write_durably(path: Path, data: bytes) -> None:
+    with open(path, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
 
 
-def _write_json(path: Path, content: dict) -> None:
-    path.write_text(json.dumps(content, indent=1, default=str) + "\n")
+def _fsync(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _publish(staging: Path, final: Path) -> None:
@@ -126,5 +100,6 @@ def _publish(staging: Path, final: Path) -> None:
             shutil.rmtree(old)
         final.rename(old)
     staging.rename(final)
+    _fsync(final.parent)
     if old is not None:
         shutil.rmtree(old)

@@ -1,12 +1,29 @@
 """Errors of the pipelines package, each with a message a person can act on.
 
 Every error names *what* went wrong and *where* (a path, a level, a label), in one line,
-so that the CLI can print it as is and the node can record it in SQL.
+so that the CLI can print it as is and the node can record it in SQL. The tree::
+
+    PipelineError                 anything pipelines refuses or cannot do
+    ├── PipelineOptionError       an option out of range (PipelineOptions checks itself)
+    ├── LesionConfigError         lesion classifier thresholds unknown or out of range
+    ├── ModelBundleError          a bundle missing, incomplete, corrupt or inconsistent
+    │   ├── ChecksumMismatch      a checkpoint's sha256 differs from its manifest
+    │   └── UnknownLevelError     a label map names a level spine-node does not know
+    ├── SeriesRejected            the input series is refused (``code`` + reason)
+    ├── DicomWriteError           a SEG or SR cannot be built from what was given
+    └── EvaluationError           a research evaluation case cannot be scored
+
+``SeriesRejected`` is the input's fault (a 'rejected' outcome); every other one is ours
+or the configuration's (a 'failed' outcome). See docs/ARCHITECTURE.md.
 """
 
 
 class PipelineError(Exception):
     """Base class of every error raised by ``pipelines``."""
+
+
+class PipelineOptionError(PipelineError):
+    """A pipeline option (model, device, step size, SEG type, min slices) is out of range."""
 
 
 class ModelBundleError(PipelineError):

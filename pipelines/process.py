@@ -8,13 +8,14 @@ Two halves, so that the heavy one can run on another machine:
 * ``build_outputs(series, analysis, options)`` turns that into the DICOM SEG, the
   TID 1500 SR and ``summary.json``'s content, next to the source headers.
 
-Neither touches files, SQL or the network; ``offline.py`` and the node do the I/O.
+Neither touches files, SQL or the network; ``pipelines.run`` orchestrates them for ``process``
+and the node alike, which do the I/O (docs/ARCHITECTURE.md).
 """
 from __future__ import annotations
 
 import functools
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from importlib import metadata
 
 import numpy as np
@@ -25,23 +26,7 @@ from pipelines.records import CTSeries, Geometry, ModelIdentity, VertebraFinding
 from pipelines.levels import LEVELS
 from pipelines.lesions import ThresholdClassifier
 from pipelines.model.orientation import lps_reorientation
-
-
-@dataclass(frozen=True)
-class PipelineOptions:
-    """Everything a worker needs to analyse a series; picklable, recorded in the provenance."""
-
-    model: str = "spine-phantom-demo"  # bundle name or folder
-    device: str = "auto"               # auto | cpu | cuda | cuda:N
-    step_size: float = 0.5             # sliding-window step (fraction of the patch)
-    mirroring: bool = False            # test-time mirroring (slower; the demo model is trained without it)
-    seg_type: str = "binary"           # binary | labelmap
-    min_slices: int = 20
-    lesion_thresholds: dict | None = None
-
-    def parameters(self) -> dict:
-        """The options as the provenance records them."""
-        return asdict(self)
+from pipelines.options import PipelineOptions
 
 
 @dataclass
@@ -66,18 +51,22 @@ class Outputs:
     timings_s: dict[str, float] = field(default_factory=dict)
 
 
-@functools.lru_cache(maxsize=2)
-def load_segmenter(model: str, device: str, step_size: float, mirroring: bool):
-    """The loaded model of this process, created once and reused for every series (per option set)."""
-    from pipelines.model.segmenter import Segmenter
-    from pipelines.model.bundles import find_bundle
+def load_segmenter(options: PipelineOptions):
+    """The loaded model of this process for ``options``, created once and reused for every series."""
+    return _segmenter(options.model, options.device, options.step_size, options.mirroring, options.models_dir)
 
-    return Segmenter(find_bundle(model), device=device, step_size=step_size, mirroring=mirroring)
+
+@functools.lru_cache(maxsize=2)
+def _segmenter(model: str, device: str, step_size: float, mirroring: bool, models_dir: str | None):
+    from pipelines.model.bundles import find_bundle
+    from pipelines.model.segmenter import Segmenter
+
+    return Segmenter(find_bundle(model, models_dir), device=device, step_size=step_size, mirroring=mirroring)
 
 
 def analyse(hu: np.ndarray, geometry: Geometry, options: PipelineOptions) -> Analysis:
     """Segment, label and classify one CT volume (slices, rows, columns in HU) on its own grid."""
-    segmenter = load_segmenter(options.model, options.device, options.step_size, options.mirroring)
+    segmenter = load_segmenter(options)
     bundle = segmenter.bundle
     reorient = lps_reorientation(geometry)
     segmentation = segmenter.segment(reorient.to_lps(hu), reorient.spacing(geometry.spacing))
@@ -147,7 +136,7 @@ def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions
 
 
 def make_summary(series: CTSeries, analysis: Analysis, seg: Dataset | None, sr: Dataset, timings: dict) -> dict:
-    """``summary.json`` as DESIGN.md describes it, plus what explains each number."""
+    """``summary.json`` as docs/ARCHITECTURE.md describes it, plus what explains each number."""
     return {
         "study_instance_uid": series.study_instance_uid,
         "series_instance_uid": series.series_instance_uid,

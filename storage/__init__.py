@@ -9,7 +9,7 @@
 * ``Store(db)`` records instances, associations, series, jobs and their append-only
   events, outputs and their deliveries, one short transaction per call.
 
-This package never imports ``dicom_node`` or ``pipelines``.
+This package never imports ``dicom_node``, ``pipelines`` or ``research`` (docs/ARCHITECTURE.md).
 """
 from .database import Database, open_database
 from .errors import NotFoundError, StateError, StorageError

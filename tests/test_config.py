@@ -165,3 +165,40 @@ def test_every_setting_is_documented_in_the_module():
 
     for setting in SETTINGS:
         assert setting.variable in module.__doc__, setting.variable
+
+
+def test_installed_models_are_looked_up_in_the_data_dir_of_the_file(tmp_path):
+    config_file = tmp_path / "node.toml"
+    config_file.write_text('data_dir = "state"\ndestinations = ["PACS@127.0.0.1:104"]\n')
+    options = load_config(config_file, {}).pipeline_options()
+    assert Path(options.models_dir) == tmp_path / "state" / "models"
+    moved = load_config(config_file, {"SPINE_NODE_MODELS_DIR": str(tmp_path / "elsewhere")}).pipeline_options()
+    assert Path(moved.models_dir) == tmp_path / "elsewhere"
+
+
+def test_lesion_thresholds_come_from_a_table_or_a_json_variable(tmp_path):
+    config_file = tmp_path / "node.toml"
+    config_file.write_text('destinations = ["PACS@127.0.0.1:104"]\n[lesion_thresholds]\nmin_focus_mm3 = 40.0\n')
+    assert load_config(config_file, {}).pipeline_options().lesion_thresholds == {"min_focus_mm3": 40.0}
+    from_variable = load_config(config_file, {"SPINE_NODE_LESION_THRESHOLDS": '{"min_focus_mm3": 55}'})
+    assert from_variable.pipeline_options().lesion_thresholds == {"min_focus_mm3": 55}
+    json_file = tmp_path / "thresholds.json"
+    json_file.write_text('{"min_focus_mm3": 70}')
+    from_path = load_config(None, {"SPINE_NODE_LESION_THRESHOLDS": str(json_file)})
+    assert from_path.pipeline_options().lesion_thresholds == {"min_focus_mm3": 70}
+
+
+def test_unknown_lesion_threshold_is_a_one_line_mistake():
+    (line,) = mistakes({"SPINE_NODE_LESION_THRESHOLDS": '{"min_focus": 5}'})
+    assert line.startswith("SPINE_NODE_LESION_THRESHOLDS:") and "min_focus" in line and "\n" not in line
+
+
+def test_node_and_process_take_their_pipeline_defaults_from_one_place():
+    from pipelines.options import PipelineOptions
+    from dicom_node.cli.main import build_parser
+
+    node = load_config(None, {}).pipeline_options()
+    args = build_parser().parse_args(["process", "in", "--out", "out"])
+    cli = PipelineOptions(model=args.model, device=args.device, step_size=args.step_size, mirroring=args.mirroring,
+                          seg_type=args.seg_type, min_slices=args.min_slices)
+    assert node.parameters() == cli.parameters() == PipelineOptions().parameters()

@@ -11,7 +11,7 @@ from pipelines.model.segmenter import Segmenter, _decide, body_box, upsample_lab
 from pipelines.levels import PAPER
 from pipelines.model.bundles import find_bundle
 from research.phantoms.generator import make_phantom
-from pipelines.model.postprocess import remove_fragments, vertebra_stats
+from pipelines.model.postprocess import remove_fragments
 
 
 def test_slab_upsampling_places_the_boundary_like_whole_volume_interpolation():
@@ -54,14 +54,6 @@ def test_small_fragments_are_removed_but_large_pieces_kept():
     remove_fragments(labels, (1, 1, 1))
     assert labels[31, 31, 31] == 0
     assert labels[10, 10, 10] == 3 and labels[30, 8, 8] == 3
-
-
-def test_vertebra_stats_report_volume_and_mean_hu():
-    labels = np.zeros((10, 10, 10), np.uint8)
-    labels[:5] = 13
-    hu = np.where(labels > 0, 250.0, 0.0)
-    (row,) = vertebra_stats(labels, hu, (2.0, 1.0, 1.0), PAPER)
-    assert row == {"level": "L1", "label": 13, "voxels": 500, "volume_ml": 1.0, "mean_hu": 250.0}
 
 
 @pytest.fixture(scope="module")

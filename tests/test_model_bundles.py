@@ -387,25 +387,22 @@ def test_install_refuses_a_missing_source(tmp_path):
 def test_find_bundle_by_name_through_models_dir(make_bundle, tmp_path, monkeypatch):
     models = tmp_path / "models"
     install_bundle(make_bundle("spine-found"), models)
-    monkeypatch.setenv("SPINE_NODE_MODELS_DIR", str(models))
     monkeypatch.chdir(tmp_path)
-    bundle = find_bundle("spine-found")
+    bundle = find_bundle("spine-found", models)
     assert bundle.path == models / "spine-found"
     assert bundle.label_map[1] == "T1"
 
 
-def test_find_bundle_by_path(make_bundle, tmp_path, monkeypatch):
-    monkeypatch.setenv("SPINE_NODE_MODELS_DIR", str(tmp_path / "empty-models"))
+def test_find_bundle_by_path(make_bundle, tmp_path):
     folder = make_bundle("spine-by-path")
-    assert find_bundle(str(folder)).path == folder
+    assert find_bundle(str(folder), tmp_path / "empty-models").path == folder
 
 
 def test_find_bundle_with_unknown_name_says_what_was_searched(tmp_path, monkeypatch):
     models = tmp_path / "models"
-    monkeypatch.setenv("SPINE_NODE_MODELS_DIR", str(models))
     monkeypatch.chdir(tmp_path)
     with pytest.raises(ModelBundleError) as caught:
-        find_bundle("no-such-model-xyz")
+        find_bundle("no-such-model-xyz", models)
     message = str(caught.value)
     assert "no-such-model-xyz" in message and "not found" in message
     assert str(models) in message
@@ -418,8 +415,7 @@ def test_list_bundles_reports_good_and_bad_bundles(make_bundle, tmp_path, monkey
     bad = make_bundle("spine-broken", where=models)
     (bad / CHECKPOINT).unlink()
     (models / ".install-leftover").mkdir()
-    monkeypatch.setenv("SPINE_NODE_MODELS_DIR", str(models))
-    found = {path.name: (manifest, reason) for path, manifest, reason in list_bundles()
+    found = {path.name: (manifest, reason) for path, manifest, reason in list_bundles(models)
              if path.parent == models}
     assert set(found) == {"spine-good", "spine-broken"}
     assert found["spine-good"][1] == "ok" and found["spine-good"][0]["name"] == "spine-good"
@@ -492,3 +488,11 @@ def test_install_names_the_users_file_not_the_staging_copy_on_a_bad_checksum(tmp
     message = str(caught.value)
     assert str(copy) in message and ".install-" not in message
     assert not (tmp_path / "models" / "spine-phantom-demo").exists()
+
+
+def test_bundle_lookup_reads_no_environment_variable(make_bundle, tmp_path, monkeypatch):
+    models = tmp_path / "models"
+    install_bundle(make_bundle("spine-env-only"), models)
+    monkeypatch.setenv("SPINE_NODE_MODELS_DIR", str(models))
+    with pytest.raises(ModelBundleError):
+        find_bundle("spine-env-only")  # the caller (the node's configuration) says where installed bundles are

@@ -23,6 +23,7 @@ import tempfile
 from pathlib import Path
 
 from pipelines.errors import PipelineError
+from storage.errors import StorageError
 
 from dicom_node.cli import jobs as cli_jobs, process as cli_process, serve as cli_serve
 from dicom_node.errors import NodeError
@@ -37,7 +38,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         return args.handler(args)
-    except (PipelineError, NodeError) as exc:
+    except (PipelineError, NodeError, StorageError) as exc:
         print(f"spine-node: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -136,7 +137,7 @@ def _models_parser(sub) -> None:
 def cmd_models_list(args) -> int:
     from pipelines.model.bundles import list_bundles
 
-    bundles = list_bundles()
+    bundles = list_bundles(installed_models_dir())
     if not bundles:
         print("no model bundles found")
     for path, manifest, status in bundles:
@@ -150,7 +151,7 @@ def cmd_models_list(args) -> int:
 def cmd_models_verify(args) -> int:
     from pipelines.model.bundles import find_bundle
 
-    bundle = find_bundle(args.bundle)
+    bundle = find_bundle(args.bundle, installed_models_dir())
     levels = sorted(bundle.label_map.items())
     print(f"{bundle.name} {bundle.version}: OK ({bundle.path})")
     print(f"  sha256 {bundle.sha256}")
@@ -162,9 +163,18 @@ def cmd_models_verify(args) -> int:
 def cmd_models_install(args) -> int:
     from pipelines.model.bundles import install_bundle
 
-    bundle = install_bundle(args.source, args.into)
+    bundle = install_bundle(args.source, args.into or installed_models_dir())
     print(f"installed {bundle.name} {bundle.version} at {bundle.path}")
     return 0
+
+
+def installed_models_dir() -> Path:
+    """Installed bundles: ``$SPINE_NODE_MODELS_DIR``, else ``DATA_DIR/models`` (the node's ``data_dir``)."""
+    import os
+
+    from dicom_node.config.settings import models_dir
+
+    return models_dir(os.environ)
 
 
 # --- train-demo ----------------------------------------------------------------------------------------
@@ -224,7 +234,7 @@ def cmd_evaluate(args) -> int:
     from pipelines.model.bundles import find_bundle
 
     cases = _cases_to_evaluate(args)
-    bundle = find_bundle(args.model)
+    bundle = find_bundle(args.model, installed_models_dir())
     segmenter = Segmenter(bundle, device=args.device, step_size=args.step_size, relabel=not args.no_relabel)
     classifier = ThresholdClassifier()
     results = []

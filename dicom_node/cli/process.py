@@ -10,7 +10,8 @@ import json
 import sys
 from pathlib import Path
 
-from pipelines.process import PipelineOptions
+from pipelines import options as defaults
+from pipelines.options import PipelineOptions
 
 from dicom_node.errors import NodeError
 
@@ -19,12 +20,13 @@ def add_parser(sub) -> None:
     p = sub.add_parser("process", help="segment and classify the CT series in DICOM files or folders")
     p.add_argument("inputs", nargs="+", type=Path, help="DICOM files or folders (searched recursively)")
     p.add_argument("--out", required=True, type=Path, help="output folder: one sub-folder per series")
-    p.add_argument("--model", default=PipelineOptions.model, help="model bundle name or folder")
-    p.add_argument("--device", default="auto", help="auto (CUDA when present), cpu, cuda or cuda:N")
-    p.add_argument("--step-size", type=float, default=0.5, help="sliding-window step, fraction of the patch")
+    p.add_argument("--model", default=defaults.DEFAULT_MODEL, help="model bundle name or folder")
+    p.add_argument("--device", default=defaults.DEFAULT_DEVICE, help="auto (CUDA when present), cpu, cuda or cuda:N")
+    p.add_argument("--step-size", type=float, default=defaults.DEFAULT_STEP_SIZE,
+                   help="sliding-window step, fraction of the patch")
     p.add_argument("--mirroring", action="store_true", help="test-time mirroring (slower)")
-    p.add_argument("--seg-type", choices=("binary", "labelmap"), default="binary", help="DICOM SEG type")
-    p.add_argument("--min-slices", type=int, default=PipelineOptions.min_slices,
+    p.add_argument("--seg-type", choices=defaults.SEG_TYPES, default=defaults.DEFAULT_SEG_TYPE, help="DICOM SEG type")
+    p.add_argument("--min-slices", type=int, default=defaults.DEFAULT_MIN_SLICES,
                    help="refuse series with fewer slices")
     p.add_argument("--lesion-thresholds", type=Path, help="JSON file of lesion classifier thresholds")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
@@ -43,12 +45,12 @@ def run(args: argparse.Namespace) -> int:
             thresholds = json.loads(args.lesion_thresholds.read_text())
         except (OSError, ValueError) as exc:
             raise NodeError(f"{args.lesion_thresholds}: not a readable JSON file ({exc})") from None
-        from pipelines.lesions import ThresholdClassifier
+    from dicom_node.cli.main import installed_models_dir
 
-        ThresholdClassifier(thresholds)  # refuse unknown or out-of-range thresholds before any work
+    # PipelineOptions refuses unknown or out-of-range values (thresholds included) before any work
     options = PipelineOptions(model=str(args.model), device=args.device, step_size=args.step_size,
-                              mirroring=args.mirroring, seg_type=args.seg_type,
-                              min_slices=args.min_slices, lesion_thresholds=thresholds)
+                              mirroring=args.mirroring, seg_type=args.seg_type, min_slices=args.min_slices,
+                              lesion_thresholds=thresholds, models_dir=str(installed_models_dir()))
     results = process_inputs(args.inputs, args.out, options, None if args.no_progress else _bar)
     if not results:
         raise NodeError(f"no DICOM series found in {', '.join(map(str, args.inputs))}")

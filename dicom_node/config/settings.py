@@ -28,6 +28,9 @@ SPINE_NODE_DEVICE          device                 auto, cpu, cuda or cuda:N (aut
 SPINE_NODE_STEP_SIZE       step_size              sliding-window step, fraction of the patch, (0, 1] (0.5)
 SPINE_NODE_MIRRORING       mirroring              test-time mirroring, slower (false)
 SPINE_NODE_SEG_TYPE        seg_type               binary or labelmap DICOM SEG (binary)
+SPINE_NODE_LESION_THRESHOLDS [lesion_thresholds]  overrides of the lesion classifier's numbers: a TOML
+                                                  table, or in the variable a JSON object or the path
+                                                  of a JSON file (the classifier's defaults)
 SPINE_NODE_DASK_SCHEDULER  dask_scheduler         tcp://host:port of a Dask scheduler; empty: embedded (empty)
 SPINE_NODE_WORKERS         workers                embedded workers (1)
 SPINE_NODE_RETRY_MAX_S     retry_max_s            longest wait between two delivery attempts, seconds (300)
@@ -35,6 +38,10 @@ SPINE_NODE_TLS_CERT        tls_cert               PEM certificate: DICOM over TL
 SPINE_NODE_TLS_KEY         tls_key                its PEM private key (with tls_cert)
 SPINE_NODE_TLS_CA          tls_ca                 PEM CA bundle: clients must present a certificate it signed
 =========================  =====================  ========================================================
+
+Installed model bundles are looked up in ``SPINE_NODE_MODELS_DIR`` (not a file key), else
+in ``DATA_DIR/models``, then among the bundled ones. Pipeline defaults (model, device, step
+size, mirroring, SEG type, min slices) are those of ``pipelines.options``.
 
 Lists are comma-separated in variables and TOML arrays (or comma-separated strings) in the
 file. Relative paths in the file are relative to the file's folder; in variables, to the
@@ -62,6 +69,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
 
+from pipelines.errors import PipelineError
+from pipelines.options import (DEFAULT_DATA_DIR, DEFAULT_DEVICE, DEFAULT_MIN_SLICES, DEFAULT_MIRRORING, DEFAULT_MODEL,
+                               DEFAULT_SEG_TYPE, DEFAULT_STEP_SIZE, SEG_TYPES, PipelineOptions, default_models_dir)
+
 from dicom_node.config import values as v
 from dicom_node.config.values import DimsePeer, Invalid, StowDestination
 from dicom_node.errors import ConfigError
@@ -69,9 +80,9 @@ from dicom_node.errors import ConfigError
 PREFIX = "SPINE_NODE_"
 CONFIG_VARIABLE = "SPINE_NODE_CONFIG"
 # Variables read elsewhere (not settings of NodeConfig): never reported as unknown.
-OTHER_VARIABLES = frozenset({CONFIG_VARIABLE, "SPINE_NODE_MODELS_DIR", "SPINE_NODE_TEST_PG"})
+MODELS_DIR_VARIABLE = "SPINE_NODE_MODELS_DIR"
+OTHER_VARIABLES = frozenset({CONFIG_VARIABLE, MODELS_DIR_VARIABLE, "SPINE_NODE_TEST_PG"})
 DATABASE_FILE = "spine-node.db"
-DEFAULT_DATA_DIR = "spine-node-data"
 
 Destination = DimsePeer | StowDestination
 
@@ -89,12 +100,14 @@ class NodeConfig:
     destinations: tuple[Destination, ...] = ()
     peers: Mapping[str, DimsePeer] = field(default_factory=lambda: MappingProxyType({}))
     stable_age: float = 30.0
-    min_slices: int = 20
-    model: str = "spine-phantom-demo"
-    device: str = "auto"
-    step_size: float = 0.5
-    mirroring: bool = False
-    seg_type: str = "binary"
+    min_slices: int = DEFAULT_MIN_SLICES
+    model: str = DEFAULT_MODEL
+    device: str = DEFAULT_DEVICE
+    step_size: float = DEFAULT_STEP_SIZE
+    mirroring: bool = DEFAULT_MIRRORING
+    seg_type: str = DEFAULT_SEG_TYPE
+    lesion_thresholds: Mapping | None = None
+    models_dir: Path | None = None           # installed bundles; None: DATA_DIR/models
     dask_scheduler: str | None = None
     workers: int = 1
     retry_max_s: float = 300.0
@@ -115,6 +128,18 @@ class NodeConfig:
         peer = self.peers.get((calling_ae or "").strip())
         return [str(peer)] if peer else []
 
+    def pipeline_options(self) -> PipelineOptions:
+        """The pipeline options the configuration asks for (recorded with every job)."""
+        return PipelineOptions(model=self.model, device=self.device, step_size=self.step_size,
+                               mirroring=self.mirroring, seg_type=self.seg_type, min_slices=self.min_slices,
+                               lesion_thresholds=dict(self.lesion_thresholds) if self.lesion_thresholds else None,
+                               models_dir=str(self.installed_models_dir))
+
+    @property
+    def installed_models_dir(self) -> Path:
+        """Where installed model bundles are looked up first."""
+        return self.models_dir or default_models_dir(self.data_dir)
+
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None
@@ -130,7 +155,8 @@ class NodeConfig:
                 f"destinations: {', '.join(map(str, self.destinations)) or 'back to the calling AE'}",
                 f"peers: {', '.join(map(str, self.peers.values())) or 'none'}",
                 f"model {self.model} on {self.device}, step {self.step_size:g}, mirroring {self.mirroring}, "
-                f"SEG {self.seg_type}",
+                f"SEG {self.seg_type}, models dir {self.installed_models_dir}",
+                f"lesion thresholds: {dict(self.lesion_thresholds) if self.lesion_thresholds else 'defaults'}",
                 f"stable age {self.stable_age:g} s, min slices {self.min_slices}, retry cap {self.retry_max_s:g} s",
                 f"workers: {self.dask_scheduler or f'embedded x{self.workers}'}"]
 
@@ -177,7 +203,8 @@ SETTINGS = (
     _Setting("device", lambda raw, _: v.device(raw)),
     _Setting("step_size", _positive("a step size in (0, 1]", maximum=1.0)),
     _Setting("mirroring", lambda raw, _: v.boolean(raw)),
-    _Setting("seg_type", lambda raw, _: v.choice(raw, ("binary", "labelmap"))),
+    _Setting("seg_type", lambda raw, _: v.choice(raw, SEG_TYPES)),
+    _Setting("lesion_thresholds", lambda raw, base: v.lesion_thresholds(raw, base), empty_means_default=True),
     _Setting("dask_scheduler", lambda raw, _: v.dask_scheduler(raw)),
     _Setting("workers", lambda raw, _: v.integer(raw, 1, 64, "a number of workers (1-64)")),
     _Setting("retry_max_s", _positive("a number of seconds above 0")),
@@ -213,6 +240,8 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> NodeConfig:
         raise ConfigError(mistakes)
     data_dir = values.setdefault("data_dir", Path.cwd() / DEFAULT_DATA_DIR)
     values.setdefault("database_url", f"sqlite:///{data_dir / DATABASE_FILE}")
+    if environ.get(MODELS_DIR_VARIABLE, "").strip():
+        values["models_dir"] = Path(os.path.abspath(Path(environ[MODELS_DIR_VARIABLE].strip()).expanduser()))
     values["peers"] = MappingProxyType(dict(values.get("peers", {})))
     return NodeConfig(**values, source=path, warnings=tuple(warnings))
 
@@ -269,6 +298,7 @@ def _check_together(values: dict, mistakes: list[str], warnings: list[str]) -> N
         mistakes.append(f"{_BY_NAME['data_dir'].variable}: {str(data_dir)!r} exists and is not a folder")
     elif data_dir is not None and data_dir.is_dir() and not os.access(data_dir, os.W_OK | os.X_OK):
         mistakes.append(f"{_BY_NAME['data_dir'].variable}: {str(data_dir)!r} is not writable")
+    _check_pipeline(values, mistakes)
     if ("tls_cert" in values) != ("tls_key" in values):
         mistakes.append("SPINE_NODE_TLS_CERT and SPINE_NODE_TLS_KEY go together: give both or neither")
     if "tls_ca" in values and "tls_cert" not in values:
@@ -285,6 +315,27 @@ def _check_together(values: dict, mistakes: list[str], warnings: list[str]) -> N
     elif not allowed and not peers:
         warnings.append("no SPINE_NODE_DESTINATIONS and no SPINE_NODE_PEERS: results can go back to no one "
                         "and will wait in the outbox")
+
+
+def _check_pipeline(values: dict, mistakes: list[str]) -> None:
+    """The pipeline options checked by their own constructor, so that the node refuses them at start."""
+    names = ("model", "device", "step_size", "mirroring", "seg_type", "min_slices", "lesion_thresholds")
+    try:
+        PipelineOptions(**{name: values[name] for name in names if name in values})
+    except PipelineError as exc:
+        mistakes.append(f"pipeline options: {exc}")
+
+
+def models_dir(environ: Mapping[str, str], data_dir: Path | str | None = None) -> Path:
+    """The installed-bundles folder for commands that read no configuration file (``models``, ``process``).
+
+    ``SPINE_NODE_MODELS_DIR``, else ``<data_dir>/models`` with ``data_dir`` from the argument,
+    ``SPINE_NODE_DATA_DIR`` or the default.
+    """
+    if environ.get(MODELS_DIR_VARIABLE, "").strip():
+        return Path(environ[MODELS_DIR_VARIABLE].strip()).expanduser()
+    data = data_dir or environ.get(_BY_NAME["data_dir"].variable, "").strip() or DEFAULT_DATA_DIR
+    return default_models_dir(data)
 
 
 def _did_you_mean(word: str, options: list[str]) -> str:

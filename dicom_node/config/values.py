@@ -231,3 +231,32 @@ def dask_scheduler(value) -> str | None:
 def _hide(value) -> str:
     """A URL with any password replaced, for messages."""
     return re.sub(r"(://[^:/@]+:)[^@/]*@", r"\1***@", str(value))
+
+
+def lesion_thresholds(value, base) -> dict:
+    """A table of lesion thresholds: a TOML table, or a JSON object (text, or the path of a JSON file)."""
+    import json
+    from pathlib import Path
+
+    from pipelines.errors import LesionConfigError
+    from pipelines.lesions import LesionThresholds
+
+    if isinstance(value, str):
+        text = value.strip()
+        if not text.startswith("{"):
+            path = Path(base) / Path(text).expanduser()
+            try:
+                text = path.read_text()
+            except OSError as exc:
+                raise Invalid(f"{str(path)!r} cannot be read ({exc.strerror})") from None
+        try:
+            value = json.loads(text)
+        except ValueError as exc:
+            raise Invalid(f"not a JSON object of lesion thresholds ({exc})") from None
+    if not isinstance(value, dict):
+        raise Invalid(f"{value!r} is not a table of lesion thresholds")
+    try:
+        LesionThresholds.from_dict(value)
+    except LesionConfigError as exc:
+        raise Invalid(str(exc)) from None
+    return dict(value)

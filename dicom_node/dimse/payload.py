@@ -16,7 +16,6 @@ import io
 import re
 import warnings
 from dataclasses import dataclass
-from enum import IntEnum
 
 from pydicom import dcmread
 from pydicom.dataelem import RawDataElement
@@ -25,6 +24,9 @@ from pydicom.uid import generate_uid
 
 from pipelines.series.loader import derived_series_uid, derived_study_uid
 
+from dicom_node.dimse.status import StoreStatus
+from dicom_node.errors import NodeError
+
 # Encapsulated pixel data ends with a Sequence Delimitation Item (FFFE,E0DD) of length 0.
 _SEQUENCE_DELIMITER = b"\xfe\xff\xdd\xe0\x00\x00\x00\x00"
 _UNDEFINED_LENGTH = 0xFFFFFFFF
@@ -32,17 +34,7 @@ _PIXEL_DATA = 0x7FE00010
 _PLAIN_UID = re.compile(r"[0-9]+(\.[0-9]+)*")
 
 
-class StoreStatus(IntEnum):
-    """C-STORE response statuses the node answers (PS3.4 B.2.3; Cxxx values are 'cannot understand')."""
-
-    SUCCESS = 0x0000
-    OUT_OF_RESOURCES = 0xA700
-    DATASET_DOES_NOT_MATCH_SOP_CLASS = 0xA900
-    CANNOT_UNDERSTAND = 0xC000
-    TRUNCATED = 0xC001
-
-
-class PayloadError(Exception):
+class PayloadError(NodeError):
     """A payload the node refuses: its DIMSE status and a one-line reason."""
 
     def __init__(self, status: StoreStatus, reason: str):

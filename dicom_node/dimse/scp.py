@@ -33,12 +33,13 @@ from pydicom.uid import (
 )
 from pynetdicom import AE, evt
 from pynetdicom.presentation import StoragePresentationContexts
-from pynetdicom.sop_class import CTImageStorage, EnhancedCTImageStorage, Verification
+from pynetdicom.sop_class import Verification
 from pynetdicom.transport import ThreadedAssociationServer
 
 from storage import IncomingInstance, InstanceFiles, Store, StorageError
 
-from dicom_node.dimse.payload import InstanceHeader, PayloadError, StoreStatus, inspect_payload
+from dicom_node.dimse.payload import InstanceHeader, PayloadError, inspect_payload
+from dicom_node.dimse.status import StoreStatus
 
 log = logging.getLogger(__name__)
 
@@ -48,8 +49,6 @@ ACCEPTED_TRANSFER_SYNTAXES = [
     JPEGBaseline8Bit, JPEGExtended12Bit, JPEGLossless, JPEGLosslessSV1,
     JPEGLSLossless, JPEGLSNearLossless, JPEG2000Lossless, JPEG2000, RLELossless,
 ]
-# The SOP classes the pipeline processes; every other storage class is stored, not processed.
-PROCESSED_SOP_CLASSES = (str(CTImageStorage), str(EnhancedCTImageStorage))
 _COMMENT_MAX = 64  # ErrorComment is LO
 READER_THREADS = 16  # threads reading headers while association threads write (one per association at a time)
 

@@ -23,12 +23,11 @@ from pynetdicom.sop_class import Verification
 
 from dicom_node.config import values as config_values
 from dicom_node.config.values import DimsePeer, StowDestination
+from dicom_node.dimse.status import is_stored, meaning
 from dicom_node.errors import NodeError
 
 log = logging.getLogger(__name__)
 
-# C-STORE statuses that mean 'stored' (0x0000 and the warnings: coercion, elements discarded, ...).
-_STORED = {0x0000, 0xB000, 0xB006, 0xB007}
 
 
 class DestinationUnreachable(NodeError):
@@ -86,10 +85,10 @@ def _store_one(assoc, path: Path) -> str | None:
     if not response or "Status" not in response:
         return "no C-STORE response (timeout or association aborted)"
     status = int(response.Status)
-    if status in _STORED:
+    if is_stored(status):
         return None
     comment = str(response.get("ErrorComment", "") or "")
-    return f"destination answered 0x{status:04X}" + (f" ({comment})" if comment else "")
+    return f"destination answered 0x{status:04X}, {meaning(status)}" + (f" ({comment})" if comment else "")
 
 
 def stow_rs(base_url: str, paths: list[Path], timeout_s: float = 30.0) -> dict[Path, str | None]:

@@ -21,7 +21,6 @@ node stopping is left 'running' and is queued again at the next start.
 """
 from __future__ import annotations
 
-import io
 import json
 import logging
 import multiprocessing
@@ -36,10 +35,11 @@ from pydicom import dcmread
 from pydicom.dataset import Dataset
 
 from pipelines.errors import PipelineError, SeriesRejected
-from pipelines.process import PipelineOptions, analyse, build_outputs, load_segmenter, software_versions
+from pipelines.options import PipelineOptions
+from pipelines.process import analyse, load_segmenter, software_versions
+from pipelines.run import Outcome, add_write_time, encode, image_groups, run_series
 from storage import InstanceFiles, JobRow, Store, StorageError
 
-from dicom_node.dimse.scp import PROCESSED_SOP_CLASSES
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +50,7 @@ class JobInterrupted(Exception):
 
 def load_model(options: PipelineOptions) -> None:
     """Worker-side warm-up: load (and cache in this process) the model ``analyse`` will use."""
-    load_segmenter(options.model, options.device, options.step_size, options.mirroring)
+    load_segmenter(options)
 
 
 # --- executors -----------------------------------------------------------------------------------------
@@ -205,59 +205,57 @@ class Dispatcher:
         log.info("job %d %s%s", job.id, state, f": {error}" if error else "")
         return state
 
-    def _process(self, job: JobRow) -> tuple[str, dict, dict, None]:
-        timings: dict[str, float] = {}
-        t0 = time.perf_counter()
-        series = self._load(job)
-        timings["load"] = time.perf_counter() - t0
-        self.store.add_event(job.id, "loaded", f"{len(series.source_images)} source image(s), "
-                                               f"{series.hu.shape[0]} slices" +
-                             (f"; repairs: {'; '.join(series.repairs)}" if series.repairs else ""))
-        t0 = time.perf_counter()
-        analysis, worker = self._analyse(job, series)
-        timings["analyse_wall"] = time.perf_counter() - t0
-        self.store.set_job_running(job.id, worker=worker, device=analysis.device, model_name=analysis.model.name,
-                                   model_version=analysis.model.version, model_sha256=analysis.model.sha256,
-                                   parameters=analysis.parameters, software=software_versions())
-        t0 = time.perf_counter()
-        outputs = build_outputs(series, analysis, self.options, self._predecessor_sr(job))
-        timings["build_outputs"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        self._write_outputs(job, outputs)
-        timings["write"] = time.perf_counter() - t0
-        timings = {**{k: round(v, 3) for k, v in outputs.summary.get("timings_s", {}).items()},
-                   **{k: round(v, 3) for k, v in timings.items()}}
-        outputs.summary["timings_s"] = timings
-        return "done", timings, outputs.summary, None
+    def _process(self, job: JobRow) -> tuple[str, dict | None, dict | None, str | None]:
+        """Run every image series group stored under the job's series (``pipelines.run``) and record each."""
+        groups = self._groups(job)
+        predecessor = self._predecessor_sr(job)
+        outcomes = []
+        for index, files in enumerate(groups):
+            outcome = run_series(files, self.options, analyser=lambda hu, geometry, _: self._analyse(job, hu, geometry),
+                                 predecessor_sr=predecessor, on_loaded=lambda series: self._loaded(job, series),
+                                 passthrough=(JobInterrupted, StorageError))
+            if len(groups) > 1:
+                self.store.add_event(job.id, "series-group", f"{files.key}: {outcome.status}"
+                                     + (f" ({outcome.reason})" if outcome.reason else ""))
+            if outcome.status == "done":
+                self._write_outputs(job, outcome, suffix=f"-{index}" if index else "")
+            outcomes.append(outcome)
+        return _job_result(outcomes)
 
-    def _load(self, job: JobRow):
-        from pipelines.series.loader import SeriesRules, discover_series, load_series
-
+    def _groups(self, job: JobRow) -> list:
+        """The image series groups of the stored instances; none at all is a refusal of the whole series."""
         instances = self.store.series_instances(job.series_key)
-        images = [i for i in instances if i.sop_class_uid in PROCESSED_SOP_CLASSES]
-        if not images:
+        groups = image_groups([i.path for i in instances])
+        if not groups:
             classes = sorted({i.sop_class_uid for i in instances})
             raise SeriesRejected("not_ct", job.series_instance_uid,
                                  f"no CT image in the series (SOP classes {', '.join(classes)}): stored, not processed")
-        groups = discover_series([i.path for i in images])
-        if not groups:
-            raise SeriesRejected("not_ct", job.series_instance_uid, "no readable CT image among the stored instances")
-        files = max(groups, key=lambda g: len(g.paths))
         if len(groups) > 1:
-            log.warning("job %d: the instances form %d series by their headers; processing the largest (%d files)",
-                        job.id, len(groups), len(files.paths))
-        return load_series(files, SeriesRules(min_slices=self.options.min_slices))
+            log.warning("job %d: the instances form %d series by their headers; each is processed", job.id, len(groups))
+        return sorted(groups, key=lambda g: len(g.paths), reverse=True)
 
-    def _analyse(self, job: JobRow, series):
+    def _loaded(self, job: JobRow, series) -> None:
+        self.store.add_event(job.id, "loaded", f"{len(series.source_images)} source image(s), "
+                                               f"{series.hu.shape[0]} slices" +
+                             (f"; repairs: {'; '.join(series.repairs)}" if series.repairs else ""))
+
+    def _analyse(self, job: JobRow, hu, geometry):
         """Run the pure-compute task on a worker; wait for it, or stop waiting when the node stops."""
         self.store.add_event(job.id, "submitted", f"to the {self.executor.name} executor")
-        future = self.executor.submit(series.hu, series.geometry, self.options)
+        future = self.executor.submit(hu, geometry, self.options)
+        analysis = self._wait(future)
+        self.store.set_job_running(job.id, worker=self.executor.worker_of(future), device=analysis.device,
+                                   model_name=analysis.model.name, model_version=analysis.model.version,
+                                   model_sha256=analysis.model.sha256, parameters=analysis.parameters,
+                                   software=software_versions())
+        return analysis
+
+    def _wait(self, future):
         while True:
             if self.stopping.is_set():
                 raise JobInterrupted()
             try:
-                analysis = future.result(timeout=0.5)
-                return analysis, self.executor.worker_of(future)
+                return future.result(timeout=0.5)
             except (TimeoutError, _DaskTimeout):
                 continue
             except (BrokenExecutor, CancelledError) as exc:
@@ -270,28 +268,25 @@ class Dispatcher:
         """The SR of the latest earlier 'done' job of this series (a re-opened series references it)."""
         if job.series_version <= 1:
             return None
-        earlier = [j for j in self.store.list_jobs()
-                   if j["series_instance_uid"] == job.series_instance_uid and j["id"] < job.id and j["state"] == "done"]
-        for previous in sorted(earlier, key=lambda j: j["id"], reverse=True):
-            for output in previous["outputs"]:
-                if output["kind"] == "sr":
-                    try:
-                        return dcmread(output["path"])
-                    except (OSError, ValueError) as exc:
-                        log.warning("job %d: predecessor SR %s unreadable: %s", job.id, output["sop_instance_uid"], exc)
+        for output in self.store.earlier_outputs(job.id, kind="sr"):
+            try:
+                return dcmread(output.path)
+            except (OSError, ValueError) as exc:
+                log.warning("job %d: predecessor SR %s unreadable: %s", job.id, output.sop_instance_uid, exc)
         return None
 
-    def _write_outputs(self, job: JobRow, outputs) -> None:
+    def _write_outputs(self, job: JobRow, outcome: Outcome, suffix: str = "") -> None:
         destinations = self.destinations_for(job)
-        if not destinations:
+        if not destinations and not suffix:
             self.store.add_event(job.id, "no-destination",
                                  f"no destination configured and calling AE {job.calling_ae} has no known address; "
                                  "outputs kept on disk")
-        items = [("seg", "seg.dcm", outputs.seg), ("sr", "sr.dcm", outputs.sr)]
-        written = [(kind, ds, self.files.write_output(job.id, name, _encode(ds)))
-                   for kind, name, ds in items if ds is not None]
-        self.files.write_output(job.id, "summary.json",
-                                json.dumps(outputs.summary, indent=1, default=str).encode())
+        t0 = time.perf_counter()
+        written = [(kind, ds, self.files.write_output(job.id, _named(name, suffix), encode(ds)))
+                   for kind, name, ds in outcome.datasets()]
+        add_write_time(outcome, time.perf_counter() - t0)
+        name, data = outcome.summary_document()
+        self.files.write_output(job.id, _named(name, suffix), data)
         for kind, ds, path in written:
             self.store.record_output(job.id, kind=kind, sop_instance_uid=str(ds.SOPInstanceUID),
                                      sop_class_uid=str(ds.SOPClassUID), series_instance_uid=str(ds.SeriesInstanceUID),
@@ -309,10 +304,30 @@ class Dispatcher:
             thread.join(max(0.0, deadline - time.monotonic()))
 
 
-def _encode(ds: Dataset) -> bytes:
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True)
-    return buffer.getvalue()
+def _named(name: str, suffix: str) -> str:
+    """``seg.dcm`` for a job's first series group, ``seg-1.dcm`` for the second, and so on."""
+    stem, dot, extension = name.partition(".")
+    return f"{stem}{suffix}{dot}{extension}"
+
+
+def _job_result(outcomes: list[Outcome]) -> tuple[str, dict | None, dict | None, str | None]:
+    """The job's state, timings, summary and error from its groups' outcomes (largest group first).
+
+    'done' when any group was processed: the summary is the first processed group's, with
+    ``series_groups`` listing every group when there were several; otherwise the largest
+    group's refusal or failure.
+    """
+    done = [o for o in outcomes if o.status == "done"]
+    if not done:
+        first = outcomes[0]
+        if first.status == "rejected":
+            return "rejected", None, None, f"{first.code}: {first.reason}"
+        return "failed", None, None, first.reason
+    summary = done[0].outputs.summary
+    if len(outcomes) > 1:
+        summary["series_groups"] = [{"key": o.key, "files": len(o.files.paths), "status": o.status,
+                                     "code": o.code, "reason": o.reason} for o in outcomes]
+    return "done", summary["timings_s"], summary, None
 
 
 try:  # distributed raises its own TimeoutError subclass on Future.result(timeout)

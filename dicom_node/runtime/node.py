@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from pipelines.process import PipelineOptions
+from pipelines.options import PipelineOptions
 from storage import InstanceFiles, Store, open_database
 
 from dicom_node.runtime.completion import complete_series
@@ -69,21 +69,17 @@ class Loop:
             self._thread.join(timeout_s)
 
 
-def pipeline_options(config: NodeConfig) -> PipelineOptions:
-    """The pipeline options the configuration asks for (recorded with every job)."""
-    return PipelineOptions(model=config.model, device=config.device, step_size=config.step_size,
-                           mirroring=config.mirroring, seg_type=config.seg_type, min_slices=config.min_slices)
-
-
-def check_model(name: str) -> None:
+def check_model(options: PipelineOptions) -> None:
     """Refuse to start with a model bundle that is missing or broken (weights are loaded by the workers)."""
-    from pipelines.model.bundles import models_dirs, verify_bundle
+    from pipelines.model.bundles import verify_bundle
 
+    name = options.model
     candidate = Path(name)
-    folders = [candidate] if candidate.is_dir() else [root / name for root in models_dirs() if (root / name).is_dir()]
+    roots = options.models_dirs()
+    folders = [candidate] if candidate.is_dir() else [root / name for root in roots if (root / name).is_dir()]
     if not folders:
         raise NodeError(f"SPINE_NODE_MODEL: model {name!r} not found "
-                        f"(searched {', '.join(str(p) for p in models_dirs())})")
+                        f"(searched {', '.join(str(p) for p in roots)})")
     verify_bundle(folders[0], load_weights=False)
 
 
@@ -141,7 +137,7 @@ class Node:
         for warning in config.warnings:
             log.warning("configuration: %s", warning)
         if not config.dask_scheduler:
-            check_model(config.model)
+            check_model(config.pipeline_options())
             check_device(config.device)
         config.data_dir.mkdir(parents=True, exist_ok=True)
         self._lock = lock_data_dir(config.data_dir)  # before anything touches the jobs of this folder
@@ -154,11 +150,11 @@ class Node:
             self.executor = DaskExecutor(config.dask_scheduler)
         else:
             self.executor = LocalExecutor(config.workers)
-            self.executor.warm_up(pipeline_options(config))
+            self.executor.warm_up(config.pipeline_options())
         completion = Loop("completion", lambda: complete_series(self.store, config.stable_age))
         dispatch = Loop("dispatch", self._dispatch_step)
         delivery_loop = Loop("delivery", Deliverer(self.store, config.ae_title, config.retry_max_s).run_once)
-        self.dispatcher = Dispatcher(self.store, self.files, self.executor, pipeline_options(config),
+        self.dispatcher = Dispatcher(self.store, self.files, self.executor, config.pipeline_options(),
                                      lambda job: config.destinations_for(job.calling_ae), self.name,
                                      parallel=self._parallel(), on_outputs=delivery_loop.wake.set,
                                      on_finished=dispatch.wake.set)

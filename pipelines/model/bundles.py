@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import tempfile
 import zipfile
@@ -183,17 +182,19 @@ def _load_checkpoint(path: Path) -> dict:
     return checkpoint
 
 
-def models_dirs() -> list[Path]:
-    """Where bundles are looked up: the installed ones first, then those shipped with spine-node."""
-    data = Path(os.environ.get("SPINE_NODE_DATA_DIR", "spine-node-data"))
-    installed = Path(os.environ.get("SPINE_NODE_MODELS_DIR", data / "models"))
-    return [installed, BUNDLED_DIR]
+def models_dirs(installed: Path | str | None = None) -> list[Path]:
+    """Where bundles are looked up: the folder of installed ones (if given) first, then those shipped.
+
+    The caller decides where installed bundles live (the node's ``models_dir`` setting);
+    this package reads no environment variable.
+    """
+    return ([Path(installed)] if installed is not None else []) + [BUNDLED_DIR]
 
 
-def list_bundles() -> list[tuple[Path, dict | None, str]]:
+def list_bundles(installed: Path | str | None = None) -> list[tuple[Path, dict | None, str]]:
     """Every bundle folder found: (path, manifest or None, 'ok' or the reason it is unusable)."""
     found = []
-    for root in models_dirs():
+    for root in models_dirs(installed):
         if not root.is_dir():
             continue
         for folder in sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith(".")):
@@ -204,26 +205,26 @@ def list_bundles() -> list[tuple[Path, dict | None, str]]:
     return found
 
 
-def find_bundle(name_or_path: str) -> ModelBundle:
-    """A verified bundle by folder path, or by name among the installed and bundled ones."""
+def find_bundle(name_or_path: str, installed: Path | str | None = None) -> ModelBundle:
+    """A verified bundle by folder path, or by name among the installed (``installed``) and bundled ones."""
     candidate = Path(name_or_path)
     if candidate.is_dir():
         return verify_bundle(candidate)
-    for root in models_dirs():
+    for root in models_dirs(installed):
         if (root / name_or_path).is_dir():
             return verify_bundle(root / name_or_path)
-    searched = ", ".join(str(p) for p in models_dirs())
+    searched = ", ".join(str(p) for p in models_dirs(installed))
     raise ModelBundleError(f"model {name_or_path!r} not found (searched {searched})")
 
 
-def install_bundle(source: Path | str, target_root: Path | None = None) -> ModelBundle:
+def install_bundle(source: Path | str, target_root: Path | str) -> ModelBundle:
     """Verify a bundle (folder or .zip) and install it under ``target_root`` as ``<name>/``.
 
     The copy is made in a temporary folder beside the target and renamed into place only
     once verified; an existing bundle of the same name is replaced the same way.
     """
     source = Path(source)
-    target_root = Path(target_root or models_dirs()[0])
+    target_root = Path(target_root)
     if not source.exists():
         raise ModelBundleError(f"cannot install {source}: no such file or folder")
     target_root.mkdir(parents=True, exist_ok=True)

@@ -57,21 +57,6 @@ def remove_fragments(labels: np.ndarray, spacing, min_fraction: float = MIN_FRAC
     return labels
 
 
-def vertebra_stats(labels: np.ndarray, hu: np.ndarray, spacing, label_map: dict[int, str]) -> list[dict]:
-    """Per label present: level, voxels, volume (ml) and mean HU, cranial to caudal by label order."""
-    voxel_ml = float(np.prod(spacing)) / 1000.0
-    counts = np.bincount(labels.ravel(), minlength=256)
-    sums = np.bincount(labels.ravel(), weights=hu.ravel().astype(np.float64), minlength=256)
-    out = []
-    for label, level in sorted(label_map.items()):
-        n = int(counts[label]) if label < len(counts) else 0
-        if n == 0:
-            continue
-        out.append({"level": level, "label": label, "voxels": n, "volume_ml": round(n * voxel_ml, 2),
-                    "mean_hu": round(float(sums[label] / n), 1)})
-    return out
-
-
 @dataclass
 class _Piece:
     centre: float   # along the superior axis, in voxels

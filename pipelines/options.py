@@ -1,0 +1,100 @@
+"""The pipeline's options and their defaults: the one place where each default is decided.
+
+``PipelineOptions`` is what a worker needs to analyse a series and what the provenance
+records. It checks itself on construction (an object that exists is valid), in the manner
+of highdicom's constructors, and raises ``PipelineOptionError`` with a sentence that names
+the option. The node's configuration (``dicom_node.config``) and every CLI flag take their
+defaults from the constants below, so that ``process`` and ``serve`` cannot drift apart.
+
+Nothing here reads the environment: where installed model bundles live is an option
+(``models_dir``), set by the caller from ``SPINE_NODE_MODELS_DIR`` / ``data_dir``.
+"""
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from pipelines.errors import LesionConfigError, PipelineOptionError
+
+DEFAULT_MODEL = "spine-phantom-demo"
+DEFAULT_DEVICE = "auto"
+DEVICE_CHOICES = ("auto", "cpu", "cuda", "cuda:N")
+DEFAULT_STEP_SIZE = 0.5
+DEFAULT_MIRRORING = False
+SEG_TYPES = ("binary", "labelmap")
+DEFAULT_SEG_TYPE = "binary"
+DEFAULT_MIN_SLICES = 20
+DEFAULT_DATA_DIR = "spine-node-data"
+MODELS_SUBDIR = "models"
+
+_DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,2})?")
+
+
+def default_models_dir(data_dir: Path | str = DEFAULT_DATA_DIR) -> Path:
+    """Where installed bundles live when nothing else says: ``<data_dir>/models``."""
+    return Path(data_dir) / MODELS_SUBDIR
+
+
+@dataclass(frozen=True)
+class PipelineOptions:
+    """Everything a worker needs to analyse a series; picklable, recorded in the provenance.
+
+    * ``model``: bundle name (looked up in ``models_dir``, then among the bundled ones) or folder.
+    * ``device``: ``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``.
+    * ``step_size``: sliding-window step as a fraction of the patch, in (0, 1].
+    * ``mirroring``: test-time mirroring (8x slower; the demo model is trained without it).
+    * ``seg_type``: ``binary`` (widest viewer support) or ``labelmap`` DICOM SEG.
+    * ``min_slices``: a series with fewer distinct slices is refused.
+    * ``lesion_thresholds``: overrides of the lesion classifier's numbers (checked here).
+    * ``models_dir``: the folder of installed bundles (``None``: only the bundled ones).
+    """
+
+    model: str = DEFAULT_MODEL
+    device: str = DEFAULT_DEVICE
+    step_size: float = DEFAULT_STEP_SIZE
+    mirroring: bool = DEFAULT_MIRRORING
+    seg_type: str = DEFAULT_SEG_TYPE
+    min_slices: int = DEFAULT_MIN_SLICES
+    lesion_thresholds: dict | None = None
+    models_dir: str | None = field(default=None, compare=False)
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.model, str) or not self.model.strip():
+            raise PipelineOptionError(f"model must be a bundle name or folder, got {self.model!r}")
+        if not isinstance(self.device, str) or not _DEVICE.fullmatch(self.device):
+            raise PipelineOptionError(f"device {self.device!r} is not one of {', '.join(DEVICE_CHOICES)}")
+        if (isinstance(self.step_size, bool) or not isinstance(self.step_size, (int, float))
+                or not math.isfinite(self.step_size) or not 0 < self.step_size <= 1):
+            raise PipelineOptionError(f"step_size must be in (0, 1], got {self.step_size!r}")
+        if not isinstance(self.mirroring, bool):
+            raise PipelineOptionError(f"mirroring must be true or false, got {self.mirroring!r}")
+        if self.seg_type not in SEG_TYPES:
+            raise PipelineOptionError(f"seg_type {self.seg_type!r} is not one of {', '.join(SEG_TYPES)}")
+        if isinstance(self.min_slices, bool) or not isinstance(self.min_slices, int) or self.min_slices < 2:
+            raise PipelineOptionError(f"min_slices must be a whole number of at least 2, got {self.min_slices!r}")
+        self._check_thresholds()
+
+    def _check_thresholds(self) -> None:
+        if self.lesion_thresholds is None:
+            return
+        if not isinstance(self.lesion_thresholds, Mapping):
+            raise LesionConfigError("lesion thresholds must map names to numbers, "
+                                    f"got {type(self.lesion_thresholds).__name__}")
+        from pipelines.lesions import LesionThresholds
+
+        LesionThresholds.from_dict(self.lesion_thresholds)  # unknown names and bad values: one sentence
+
+    def parameters(self) -> dict:
+        """The options as the provenance records them (where bundles are looked up is not a parameter)."""
+        recorded = asdict(self)
+        recorded.pop("models_dir")
+        return recorded
+
+    def models_dirs(self) -> list[Path]:
+        """The folders searched for ``model``, installed bundles first."""
+        from pipelines.model.bundles import BUNDLED_DIR
+
+        return ([Path(self.models_dir)] if self.models_dir else []) + [BUNDLED_DIR]
