@@ -2,7 +2,13 @@
 
 Lower libraries' errors (SQLAlchemy, Alembic, ``OSError``) are translated where they
 leave this package (``raise StorageError(...) from exc``), so that the node catches one
-hierarchy and can put the message into a DIMSE status comment or a log line.
+hierarchy and can put the message into a DIMSE status comment or a log line. The tree::
+
+    StorageError        a file or a row that must outlive the process cannot be read or written
+    ├── NotFoundError   a job, series or delivery asked for by id or key does not exist
+    └── StateError      a transition the state machine does not allow
+
+See docs/ARCHITECTURE.md.
 """
 
 
