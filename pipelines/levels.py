@@ -28,7 +28,9 @@ VERSE: dict[int, str] = {
     28: "T13",
 }
 
-# TotalSegmentator v2 "total": sacrum 25, S1 26, L5 27 ... L1 31, T12 32 ... T1 43, C7 44 ... C1 50.
+# TotalSegmentator v2, the *merged* output of its ``total`` task (one label map for 117 structures):
+# sacrum 25, S1 26, L5 27 ... L1 31, T12 32 ... T1 43, C7 44 ... C1 50 (map_to_binary.py, class_map["total"]).
+# These are the ids of the files TotalSegmentator writes, not of any one of its nnU-Net models.
 TOTALSEGMENTATOR: dict[int, str] = {
     25: "sacrum",
     26: "S1",
@@ -37,15 +39,30 @@ TOTALSEGMENTATOR: dict[int, str] = {
     **{44 + i: f"C{7 - i}" for i in range(7)},
 }
 
+# TotalSegmentator's vertebrae model itself, Dataset292_TotalSegmentator_part2_vertebrae_1532subj
+# (map_to_binary.py, class_map_5_parts["class_map_part_vertebrae"], task 292): sacrum 1, S1 2,
+# L5 3 ... L1 7, T12 8 ... T1 19, C7 20 ... C1 26. A bundle made from those weights needs this map;
+# the "totalsegmentator" one above would name every vertebra wrongly.
+TOTALSEGMENTATOR_VERTEBRAE: dict[int, str] = {
+    1: "sacrum",
+    2: "S1",
+    **{3 + i: f"L{5 - i}" for i in range(5)},
+    **{8 + i: f"T{12 - i}" for i in range(12)},
+    **{20 + i: f"C{7 - i}" for i in range(7)},
+}
+
 PRESETS: dict[str, dict[int, str]] = {
     "paper": PAPER,
     "verse": VERSE,
     "totalsegmentator": TOTALSEGMENTATOR,
+    "totalsegmentator-vertebrae": TOTALSEGMENTATOR_VERTEBRAE,
 }
+"""Label-map presets by name. ``totalsegmentator`` is for label maps in the ids of TotalSegmentator's
+merged ``total`` output; ``totalsegmentator-vertebrae`` is for its Dataset292 vertebrae model's own ids."""
 
 
 def preset(name: str) -> dict[int, str]:
-    """Return a copy of the label map called ``name`` (paper, verse, totalsegmentator)."""
+    """Return a copy of the label map called ``name`` (one of PRESETS' keys)."""
     try:
         return dict(PRESETS[name])
     except KeyError:
@@ -90,3 +107,23 @@ def level_index(level: str) -> int:
     """Position of a level in the craniocaudal order of KNOWN_LEVELS' main column (C1=0 ... S1)."""
     order = [f"C{i}" for i in range(1, 8)] + THORACIC + ["T13"] + LUMBAR + ["L6", "S1", "sacrum"]
     return order.index(level)
+
+
+def level_of_label_name(name: str) -> str | None:
+    """The level a label name denotes, or None: ``vertebrae_T1``, ``T1``, ``T1 vertebra``, ``sacrum``, ``S1``.
+
+    Trained-model folders (nnU-Net's ``dataset.json``, TotalSegmentator's class maps) name
+    their labels rather than number them by any convention spine-node knows; reading the
+    names is how a label map is derived from such a folder instead of being guessed.
+    """
+    text = name.strip().lower().replace("-", "_")
+    for prefix in ("vertebrae_", "vertebra_"):
+        if text.startswith(prefix):
+            text = text[len(prefix):]
+    for suffix in (" vertebra", "_vertebra"):
+        if text.endswith(suffix):
+            text = text[: -len(suffix)]
+    if text == "sacrum":
+        return "sacrum"
+    candidate = text.upper()
+    return candidate if candidate in KNOWN_LEVELS else None

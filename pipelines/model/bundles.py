@@ -8,7 +8,9 @@ Layout of a bundle folder::
     <name>/nnunet/fold_<f>/checkpoint_final.pth
 
 The manifest's ``label_map`` maps nnU-Net label ids to vertebra levels (``"1": "T1"``);
-instead a bundle may name a ``label_preset`` (``paper`` or ``totalsegmentator``).
+instead a bundle may name a ``label_preset`` of ``pipelines.levels.PRESETS`` (``paper``;
+``totalsegmentator-vertebrae`` for TotalSegmentator's Dataset292 vertebrae weights, ids 1..26;
+``totalsegmentator`` only for label maps in the ids of its merged ``total`` output, 25..50).
 A bundle is verified before it is used or installed: a checkpoint whose sha256 differs
 from the manifest, or a label map naming an unknown level, is refused with a one-line
 reason. Installation unpacks into a temporary folder beside the target and renames it
