@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from pipelines.options import PipelineOptions
-from pipelines.run import Outcome, add_write_time, encode, image_groups, run_series
+from pipelines.process import analyse
+from pipelines.run import Analyser, Outcome, add_write_time, encode, image_groups, run_series
 from pipelines.series import SeriesFiles
 
 STAGES = ("load", "analyse", "write")
@@ -35,18 +36,21 @@ class SeriesResult:
 
 
 def process_inputs(inputs: Sequence[Path | str], out_dir: Path, options: PipelineOptions,
-                   progress: Callable[[str, int], object] | None = None) -> list[SeriesResult]:
+                   progress: Callable[[str, int], object] | None = None,
+                   analyser: Analyser = analyse) -> list[SeriesResult]:
     """Run the pipeline on every series under ``inputs``; one result per series, in discovery order."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return [process_series(files, out_dir, options, progress) for files in image_groups([Path(p) for p in inputs])]
+    return [process_series(files, out_dir, options, progress, analyser)
+            for files in image_groups([Path(p) for p in inputs])]
 
 
 def process_series(files: SeriesFiles, out_dir: Path, options: PipelineOptions,
-                   progress: Callable[[str, int], object] | None = None) -> SeriesResult:
+                   progress: Callable[[str, int], object] | None = None,
+                   analyser: Analyser = analyse) -> SeriesResult:
     """Run one series and publish its folder: outputs and summary, or ``rejected.json``."""
     bar = progress(files.key, len(STAGES)) if progress else None
     try:
-        outcome = run_series(files, options, on_loaded=lambda _: _step(bar, "analyse"))
+        outcome = run_series(files, options, analyser, on_loaded=lambda _: _step(bar, "analyse"))
         _step(bar, "write")
         staging = Path(tempfile.mkdtemp(prefix=f".{files.key[:40]}.", dir=out_dir))
         _write_outcome(outcome, staging)
