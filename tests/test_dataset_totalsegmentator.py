@@ -6,6 +6,7 @@ Dataset292_TotalSegmentator_part2_vertebrae_1532subj numbers them 1..26.
 """
 from __future__ import annotations
 
+import numpy as np
 import pytest
 
 from pipelines.levels import LEVELS, check_label_map, level_of_label_name, preset
@@ -58,3 +59,70 @@ def test_both_totalsegmentator_presets_give_each_reported_level_one_id():
                                          ("spinal_cord", None)])
 def test_label_names_of_trained_model_folders_map_to_levels_or_to_none(name, level):
     assert level_of_label_name(name) == level
+
+
+# --- import of TotalSegmentator-convention folders (research/datasets/totalseg.py) -------------------------
+
+def _ts_case(root, name, array, masks=None, label_file="labels.nii.gz"):
+    import SimpleITK as sitk
+
+    folder = root / name
+    (folder / "segmentations").mkdir(parents=True) if masks else folder.mkdir(parents=True)
+    image = sitk.GetImageFromArray(np.zeros(array.shape, np.int16))
+    sitk.WriteImage(image, str(folder / "ct.nii.gz"))
+    if masks:
+        for structure, mask in masks.items():
+            sitk.WriteImage(sitk.GetImageFromArray(mask.astype(np.uint8)),
+                            str(folder / "segmentations" / f"{structure}.nii.gz"))
+    else:
+        sitk.WriteImage(sitk.GetImageFromArray(array.astype(np.uint8)), str(folder / label_file))
+
+
+def _paper_labels(out, name):
+    import SimpleITK as sitk
+
+    return sitk.GetArrayFromImage(sitk.ReadImage(str(out / "labelsTr" / f"{name}.nii.gz")))
+
+
+def test_a_label_map_in_dataset292_ids_imports_to_the_papers_ids(tmp_path):
+    from research.datasets.totalseg import import_totalseg
+
+    array = np.zeros((6, 4, 4), np.uint8)
+    array[0], array[2], array[4] = 19, 8, 3  # T1, T12, L5 in Dataset292's ids
+    _ts_case(tmp_path / "in", "case1", array)
+    import_totalseg(tmp_path / "in", tmp_path / "out", "totalsegmentator-vertebrae", log=lambda *_: None)
+    labels = _paper_labels(tmp_path / "out", "case1")
+    assert labels[0].max() == 1 and labels[2].max() == 12 and labels[4].max() == 17
+
+
+def test_one_binary_mask_per_vertebra_imports_and_overlapping_masks_are_refused(tmp_path):
+    from research.datasets.totalseg import import_totalseg
+
+    a = np.zeros((6, 4, 4), bool)
+    a[0] = True
+    b = np.zeros((6, 4, 4), bool)
+    b[1] = True
+    _ts_case(tmp_path / "in", "good", a, {"vertebrae_T7": a, "vertebrae_T8": b, "liver": ~a})
+    _ts_case(tmp_path / "in", "overlap", a, {"vertebrae_T7": a, "vertebrae_T8": a | b})
+    report = import_totalseg(tmp_path / "in", tmp_path / "out", log=lambda *_: None)
+    assert {r["case"]: r["code"] for r in report["refused"]} == {"overlap": "overlapping_segments"}
+    labels = _paper_labels(tmp_path / "out", "good")
+    assert labels[0].max() == 7 and labels[1].max() == 8 and labels[2:].max() == 0
+
+
+@pytest.mark.real_data
+def test_the_real_totalsegmentator_labels_on_the_real_dicom_ct_import_as_t11_and_t12(tmp_path):
+    from research.datasets.totalseg import import_totalseg
+    from research.volume_io import read_volume
+    from support.paths import shared
+    import SimpleITK as sitk
+
+    ct = read_volume(shared("real-ct-dicom-t11-t12"))
+    labels = sitk.DICOMOrient(sitk.ReadImage(str(shared("real-ct-dicom-t11-t12-totalseg-labels.nii.gz"))), "LPS")
+    folder = tmp_path / "in" / "real"
+    folder.mkdir(parents=True)
+    sitk.WriteImage(ct.image, str(folder / "ct.nii.gz"))
+    sitk.WriteImage(labels, str(folder / "labels.nii.gz"))
+    report = import_totalseg(tmp_path / "in", tmp_path / "out", "totalsegmentator", log=lambda *_: None)
+    assert report["refused"] == []
+    assert [lv for lv, n in report["per_level"].items() if n] == ["T11", "T12"]
