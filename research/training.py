@@ -55,7 +55,9 @@ class DemoRecipe:
     initial_lr: float = 1e-3
     batch_dice: bool = True
     seed_offset: int = 0
-    warm_start: str | None = None  # a checkpoint whose network weights start the training
+    warm_start: str | None = None  # a checkpoint whose network weights start the training ("git:REV:PATH" works)
+    generator: str = "v1"  # "v1": research.phantoms.generator; "v2": research.phantoms.v2 (real shapes, aux labels)
+    render_processes: int = 1  # phantoms rendered in parallel (v2)
     extra: dict = field(default_factory=dict)
 
 
@@ -75,6 +77,9 @@ def write_training_set(raw_root: Path, recipe: DemoRecipe) -> Path:
     raw = raw_root / DATASET_NAME
     if raw.exists():
         shutil.rmtree(raw)
+    if recipe.generator == "v2":
+        from research.training_v2 import write_training_set_v2
+        return write_training_set_v2(raw, recipe)
     spacing = (recipe.spacing_mm,) * 3
     for i in range(recipe.n_cases):
         seed = recipe.seed_offset + i
@@ -142,11 +147,25 @@ def train(recipe: DemoRecipe, device_name: str = "cpu") -> Path:
     trainer.initial_lr = recipe.initial_lr
     if recipe.optimizer == "adamw":
         use_adamw(trainer)
-    trainer.save_every = max(recipe.epochs // 4, 1)
+    trainer.save_every = max(recipe.epochs // 4, 1) if recipe.generator == "v1" else 5  # v2: a checkpoint every 5 epochs
     if recipe.warm_start:
-        warm_start(trainer, Path(recipe.warm_start))
+        warm_start(trainer, resolve_checkpoint(recipe.warm_start, Path(nnUNet_preprocessed).parent))
     trainer.run_training()
     return Path(trainer.output_folder_base)  # the trained-model folder (dataset.json, plans.json, fold_*)
+
+
+def resolve_checkpoint(spec: str, workdir: Path) -> Path:
+    """A checkpoint path, or ``git:REV:PATH`` (a file of this repository's history) copied into ``workdir``."""
+    if not spec.startswith("git:"):
+        return Path(spec)
+    import subprocess
+
+    _, rev, path = spec.split(":", 2)
+    repo = Path(__file__).resolve().parents[1]
+    out = workdir / f"warm_start_{rev}.pth"
+    blob = subprocess.run(["git", "-C", str(repo), "show", f"{rev}:{path}"], capture_output=True, check=True).stdout
+    out.write_bytes(blob)
+    return out
 
 
 def warm_start(trainer, checkpoint: Path) -> None:
@@ -154,12 +173,23 @@ def warm_start(trainer, checkpoint: Path) -> None:
 
     nnU-Net's own ``load_pretrained_weights`` skips the output layer because it is meant
     for transfer to new labels; continuing the demo model's training keeps the labels.
+    When the new network has more output classes (v2's auxiliary labels), the old classes'
+    output weights are copied and the new ones keep their random start.
     """
     import torch
 
     trainer.initialize()
     weights = torch.load(checkpoint, map_location="cpu", weights_only=False)["network_weights"]
-    getattr(trainer.network, "_orig_mod", trainer.network).load_state_dict(weights)
+    network = getattr(trainer.network, "_orig_mod", trainer.network)
+    own = network.state_dict()
+    for key, value in weights.items():
+        if key not in own:
+            continue
+        if own[key].shape == value.shape:
+            own[key] = value
+        elif own[key].ndim == value.ndim and own[key].shape[1:] == value.shape[1:] and own[key].shape[0] > value.shape[0]:
+            own[key][: value.shape[0]] = value  # output layer: the old classes keep their weights
+    network.load_state_dict(own)
 
 
 def use_adamw(trainer) -> None:
@@ -199,7 +229,11 @@ def train_demo(workdir: Path, bundle_dir: Path, recipe: DemoRecipe | None = None
     output = train(recipe, device_name)
     minutes = (time.time() - started) / 60
     log(f"trained in {minutes:.1f} min; writing the bundle to {bundle_dir}")
-    return write_bundle(output, bundle_dir, demo_manifest(recipe, minutes), FOLD)
+    fields = demo_manifest(recipe, minutes)
+    if recipe.generator == "v2":
+        from research.training_v2 import manifest_v2
+        fields = manifest_v2(recipe, minutes)
+    return write_bundle(output, bundle_dir, fields, FOLD)
 
 
 def torch_threads(device_name: str) -> None:

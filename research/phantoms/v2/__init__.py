@@ -1,0 +1,1 @@
+"""Phantoms v2: real VerSe vertebra shapes, ribs, organs and scanner effects (issue 12)."""
