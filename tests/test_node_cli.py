@@ -1,16 +1,18 @@
 """`spine-node serve` refuses to start with one line that says what is wrong; `spine-node echo` checks a peer."""
 from __future__ import annotations
 
-import os
 import socket
 import subprocess
 
-from node_support import LOOPBACK, SPINE_NODE, StoreScp, free_port
+import pytest
+
+from support.dimse import LOOPBACK, StoreScp, free_port
+from support.node_process import node_environment
+from support.paths import SPINE_NODE
 
 
 def _serve(tmp_path, **env) -> subprocess.CompletedProcess:
-    environ = {**{k: v for k, v in os.environ.items() if not k.startswith("SPINE_NODE_")},
-               "SPINE_NODE_DATA_DIR": str(tmp_path / "data"), "SPINE_NODE_HOST": LOOPBACK, **env}
+    environ = node_environment(SPINE_NODE_DATA_DIR=str(tmp_path / "data"), SPINE_NODE_HOST=LOOPBACK, **env)
     return subprocess.run([str(SPINE_NODE), "serve"], env=environ, capture_output=True, text=True, timeout=120)
 
 
@@ -35,6 +37,7 @@ def test_serve_with_a_bad_variable_lists_the_mistake(tmp_path):
     assert "SPINE_NODE_PORT" in result.stderr and "Traceback" not in result.stderr
 
 
+@pytest.mark.peer
 def test_echo_answers_zero_for_a_live_peer_and_one_for_a_dead_one(tmp_path):
     peer = StoreScp(tmp_path / "received").start()
     try:

@@ -10,12 +10,14 @@ import subprocess
 import pydicom
 import pytest
 
-from node_support import (LOOPBACK, NodeProcess, StoreScp, acknowledged_uids, phantom_series, require,
-                          wait_until)
 from storage import Store, open_database
 from storage.errors import NotFoundError
+from support.dimse import StoreScp, acknowledged_uids, storescu_command
+from support.node_process import NodeProcess
+from support.series_files import phantom_series
+from support.waiting import wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.peer]
 
 
 def _instances(store: Store, series_uid: str) -> list:
@@ -34,7 +36,6 @@ def _job_in_worker(store: Store):
 
 
 def test_sigkill_while_receiving_and_while_processing_loses_nothing_acknowledged(tmp_path):
-    require("storescu")
     files = phantom_series(tmp_path / "phantom", seed=100002)
     series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
     destination = StoreScp(tmp_path / "received").start()
@@ -45,8 +46,8 @@ def test_sigkill_while_receiving_and_while_processing_loses_nothing_acknowledged
     store = Store(open_database(f"sqlite:///{data / 'spine-node.db'}"))
     try:
         # 1. killed while receiving
-        sender = subprocess.Popen(["storescu", "-v", "-aet", "SENDER", "-aec", "SPINENODE", LOOPBACK, str(node.port),
-                                   *map(str, files)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        sender = subprocess.Popen(storescu_command(node.port, files, verbose=True), stdout=subprocess.PIPE,
+                                  stderr=subprocess.STDOUT, text=True)
         wait_until(lambda: len(_instances(store, series_uid)) >= 30, 120, "30 instances received", interval=0.02)
         node.kill()
         output, _ = sender.communicate(timeout=120)

@@ -16,10 +16,13 @@ from pathlib import Path
 import pydicom
 import pytest
 
-from node_support import LOOPBACK, NodeProcess, StoreScp, free_port, phantom_series, require, wait_until
 from storage import Store, open_database
+from support.dimse import LOOPBACK, StoreScp, free_port, storescu_command
+from support.node_process import NodeProcess
+from support.series_files import phantom_series
+from support.waiting import wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.peer]
 DASK = Path(sys.executable).parent / "dask"
 
 
@@ -58,7 +61,6 @@ def dask_cluster(tmp_path):
 
 
 def test_a_dask_scheduler_and_two_workers_run_the_jobs_of_series_sent_at_once(tmp_path, dask_cluster):
-    require("storescu")
     series = [phantom_series(tmp_path / f"phantom{seed}", seed=seed) for seed in (100003, 100004, 100005)]
     uids = {str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID) for files in series}
     destination = StoreScp(tmp_path / "received").start()
@@ -67,8 +69,7 @@ def test_a_dask_scheduler_and_two_workers_run_the_jobs_of_series_sent_at_once(tm
                               "SPINE_NODE_DESTINATIONS": destination.address}).start()
     store = Store(open_database(f"sqlite:///{data / 'spine-node.db'}"))
     try:
-        senders = [subprocess.Popen(["storescu", "-aet", "SENDER", "-aec", "SPINENODE", LOOPBACK, str(node.port),
-                                     *map(str, files)]) for files in series]
+        senders = [subprocess.Popen(storescu_command(node.port, files)) for files in series]
         assert [s.wait(300) for s in senders] == [0, 0, 0]
 
         jobs = wait_until(lambda: (lambda js: js if len(js) == 3 and all(j["state"] != "queued" and

@@ -14,17 +14,16 @@ from pathlib import Path
 
 import pydicom
 import pytest
-from pynetdicom import AE, _config
-from pynetdicom.sop_class import CTImageStorage
+from pynetdicom import _config
 from sqlalchemy import delete
 
 from dicom_node.runtime.completion import complete_series
 from dicom_node.runtime.reconcile import reconcile_instances
 from dicom_node.dimse.scp import Receiver, ScpSettings, start_scp
-from node_support import LOOPBACK, free_port, non_dicom_payload
-from series_factory import ct_datasets, save, volume
 from storage import InstanceFiles, Store, open_database
 from storage.models import Instance
+from support.dimse import LOOPBACK, free_port, non_dicom_payload, send_c_store as send
+from support.synthetic_ct import ct_datasets, save, volume
 
 
 @pytest.fixture
@@ -44,19 +43,6 @@ def scp(tmp_path):
 @pytest.fixture
 def series(tmp_path) -> list[Path]:
     return save(ct_datasets(volume(slices=6), name="durability"), tmp_path / "series")
-
-
-def send(port: int, paths: list[Path]) -> list[int]:
-    """C-STORE each file's bytes as stored; the statuses."""
-    ae = AE(ae_title="SENDER")
-    for syntax in {str(pydicom.filereader.read_file_meta_info(p).TransferSyntaxUID) for p in paths}:
-        ae.add_requested_context(CTImageStorage, [syntax])
-    assoc = ae.associate(LOOPBACK, port, ae_title="SPINENODE")
-    assert assoc.is_established
-    try:
-        return [int(assoc.send_c_store(p).Status) for p in paths]
-    finally:
-        assoc.release()
 
 
 def series_uid(paths: list[Path]) -> str:

@@ -11,11 +11,14 @@ import pytest
 from pydicom.uid import JPEG2000Lossless
 from sqlalchemy import select
 
-from node_support import NodeProcess, StoreScp, echo_ok, phantom_series, sendable_real_series, storescu, wait_until
 from storage import Store, open_database
 from storage.models import Association, Instance
+from support.dimse import StoreScp, echo_ok, storescu
+from support.node_process import NodeProcess
+from support.series_files import phantom_series, real_series_with_uids
+from support.waiting import wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.peer, pytest.mark.real_data]
 
 
 @pytest.fixture(scope="module")
@@ -25,7 +28,7 @@ def phantom_files(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def real_files(tmp_path_factory):
-    return sendable_real_series(tmp_path_factory.mktemp("real"))
+    return real_series_with_uids(tmp_path_factory.mktemp("real"))
 
 
 def _jobs_finished(store: Store, count: int) -> list[dict] | None:

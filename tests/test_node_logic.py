@@ -11,8 +11,6 @@ import threading
 import time
 from concurrent.futures import Future
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
-
 import numpy as np
 import pydicom
 import pytest
@@ -24,13 +22,14 @@ from dicom_node.runtime.completion import complete_series, contiguity, judge
 from dicom_node.runtime.delivery import Deliverer
 from dicom_node.runtime.dispatch import Dispatcher
 from dicom_node.dimse.scp import Receiver, ScpSettings, start_scp
-from node_support import LOOPBACK, StoreScp, free_port, wait_until
 from pipelines.records import ModelIdentity
 from pipelines.process import Analysis, PipelineOptions, vertebra_findings
-from series_factory import ct_datasets, save, volume
 from storage import InstanceFiles, Store, open_database
+from support.dimse import LOOPBACK, StoreScp, free_port, send_c_store as send
+from support.paths import shared
+from support.synthetic_ct import ct_datasets, save, volume
+from support.waiting import wait_until
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
 
 
@@ -130,18 +129,6 @@ def ct_series(name: str, slices: int, size: int = 16) -> list[pydicom.Dataset]:
     return datasets
 
 
-def send(port: int, paths: list[Path], calling: str = "SENDER") -> list[int]:
-    ae = AE(ae_title=calling)
-    for sop_class in sorted({str(pydicom.dcmread(p, stop_before_pixels=True).SOPClassUID) for p in paths}):
-        ae.add_requested_context(sop_class)
-    assoc = ae.associate(LOOPBACK, port, ae_title="SPINENODE")
-    assert assoc.is_established
-    try:
-        return [int(assoc.send_c_store(p).Status) for p in paths]
-    finally:
-        assoc.release()
-
-
 def run_completed_jobs(node, stable_age: float = 30.0) -> list[dict]:
     """One completion pass, then every queued job run to its end; their details."""
     wait_until(lambda: not node["store"].receiving_series() or all(s.released_at for s in node["store"].receiving_series()),
@@ -183,10 +170,9 @@ def test_a_series_the_pipeline_refuses_is_rejected_with_its_reason(node, tmp_pat
     assert job["instances"] == 3  # nothing acknowledged is lost: the instances stay recorded
 
 
+@pytest.mark.real_data
 def test_a_series_of_another_storage_class_is_stored_not_processed(node):
-    sr = SHARED / "reference-objects" / "highdicom" / "sr_document.dcm"
-    if not sr.is_file():
-        pytest.skip("shared reference objects absent")
+    sr = shared("reference-objects", "highdicom", "sr_document.dcm")
     assert send(node["port"], [sr]) == [0]
     [job] = run_completed_jobs(node, stable_age=0.01)
     assert job["state"] == "rejected" and job["error"].startswith("not_ct") and "stored, not processed" in job["error"]
@@ -244,6 +230,7 @@ def test_a_destination_that_refuses_is_recorded_with_its_status_and_retried(node
         refuser.server.shutdown()
 
 
+@pytest.mark.peer
 def test_outputs_wait_in_the_outbox_until_the_destination_is_up(node, tmp_path):
     destination = StoreScp(tmp_path / "received")
     node["destinations"].append(destination.address)
@@ -264,6 +251,7 @@ def test_outputs_wait_in_the_outbox_until_the_destination_is_up(node, tmp_path):
         destination.stop()
 
 
+@pytest.mark.peer
 def test_stow_rs_delivers_to_a_dicomweb_server(node, tmp_path, orthanc_factory):
     orthanc = orthanc_factory(stable_age=60)
     node["destinations"].append(f"stow:{orthanc.dicomweb_url}")
@@ -274,9 +262,6 @@ def test_stow_rs_delivers_to_a_dicomweb_server(node, tmp_path, orthanc_factory):
     for uid in job["output_uids"]:
         found = requests.post(f"{orthanc.url}/tools/lookup", data=uid, timeout=10).json()
         assert [item["Type"] for item in found] == ["Instance"]
-
-
-from orthanc_fixture import orthanc_factory  # noqa: E402,F401 - the fixture, used by name above
 
 
 def test_completion_does_not_read_a_series_that_is_neither_released_nor_quiet(tmp_path, monkeypatch):

@@ -1,12 +1,10 @@
-"""The node's SCP in-process on a free loopback port, against real SCUs (DCMTK storescu/echoscu, pynetdicom).
+"""The node's SCP in-process on a free loopback port, against real SCUs (DCMTK storescu, pynetdicom).
 
 Each refusal must give the peer the right answer (A-ASSOCIATE-RJ, a rejected presentation
 context, a failure status) and leave a recorded reason; the SCP keeps serving, and what
 it acknowledged stays on disk and in SQL.
 """
 from __future__ import annotations
-
-from pathlib import Path
 
 import pydicom
 import pytest
@@ -15,14 +13,15 @@ from pynetdicom import AE, _config
 from pynetdicom.sop_class import CTImageStorage, Verification
 from sqlalchemy import select
 
-from dicom_node.dimse.payload import StoreStatus
+from dicom_node.dimse.status import StoreStatus
 from dicom_node.dimse.scp import Receiver, ScpSettings, start_scp
-from node_support import LOOPBACK, echo_ok, free_port, non_dicom_payload, require, storescu, wait_until
-from series_factory import ct_datasets, save, volume
 from storage import InstanceFiles, Store, open_database
 from storage.models import Association, RejectedInstance
+from support.dimse import LOOPBACK, echo_ok, free_port, non_dicom_payload, send_c_store, storescu
+from support.paths import REAL_CT, shared
+from support.synthetic_ct import ct_datasets, save, volume
+from support.waiting import wait_until
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 ALLOWED = ("SENDER", "ECHOSCU", "PYSCU")
 
 
@@ -51,21 +50,8 @@ def _rows(store: Store, model) -> list:
         return list(session.scalars(select(model).order_by(model.id)))
 
 
-def _pyscu_send(port: int, path: Path, sop_class=CTImageStorage, syntax=None) -> int:
-    """Send one file's bytes as they are on disk (no re-encoding); return the C-STORE status."""
-    ae = AE(ae_title="PYSCU")
-    meta = pydicom.filereader.read_file_meta_info(path)
-    ae.add_requested_context(sop_class, [syntax or meta.TransferSyntaxUID])
-    assoc = ae.associate(LOOPBACK, port, ae_title="SPINENODE")
-    assert assoc.is_established
-    try:
-        return int(assoc.send_c_store(path).Status)
-    finally:
-        assoc.release()
-
-
+@pytest.mark.peer
 def test_stored_instances_are_on_disk_as_sent_and_in_sql(node, small_series):
-    require("storescu")
     storescu(node["port"], small_series)
     store = node["store"]
     series_uid = str(pydicom.dcmread(small_series[0]).SeriesInstanceUID)
@@ -83,8 +69,8 @@ def test_stored_instances_are_on_disk_as_sent_and_in_sql(node, small_series):
     assert [series_uid] in node["released"]
 
 
+@pytest.mark.peer
 def test_jpeg2000_is_stored_without_decoding(node, tmp_path):
-    require("storescu")
     ds = ct_datasets(volume(slices=2, rows=64, columns=64), name="scp-j2k")[0]
     ds.compress(JPEG2000Lossless)
     path = save([ds], tmp_path)[0]
@@ -100,7 +86,7 @@ def test_series_without_uids_gets_a_derived_key(node, tmp_path):
     for ds in datasets:
         ds.StudyInstanceUID = ds.SeriesInstanceUID = ""
     paths = save(datasets, tmp_path)
-    statuses = [_pyscu_send(node["port"], p) for p in paths]
+    statuses = send_c_store(node["port"], paths, calling="PYSCU")
     assert statuses == [0, 0, 0]
     series = [s for s in node["store"].receiving_series() if s.instance_count == 3 and s.study_instance_uid is None]
     assert len(series) == 1
@@ -141,19 +127,21 @@ def chunked_send(monkeypatch):
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)
 
 
-def test_truncated_payload_gets_failure_status_and_recorded_reason(node, small_series, tmp_path, chunked_send):
+def test_truncated_payload_gets_failure_status_and_recorded_reason(node, tmp_path, chunked_send):
+    series = save(ct_datasets(volume(slices=6), name="scp-truncated"), tmp_path / "series")
+    assert send_c_store(node["port"], series, calling="PYSCU") == [0] * len(series)
     broken = tmp_path / "truncated.dcm"
-    data = small_series[0].read_bytes()
+    data = series[0].read_bytes()
     broken.write_bytes(data[: len(data) - 100])
-    uid = str(pydicom.dcmread(small_series[0]).SOPInstanceUID)
-    before = node["store"].series_instances(str(pydicom.dcmread(small_series[0]).SeriesInstanceUID))
+    uid = str(pydicom.dcmread(series[0]).SOPInstanceUID)
+    before = node["store"].series_instances(str(pydicom.dcmread(series[0]).SeriesInstanceUID))
 
-    status = _pyscu_send(node["port"], broken)
+    [status] = send_c_store(node["port"], [broken], calling="PYSCU")
 
     assert status == StoreStatus.TRUNCATED
     reasons = [r for r in _rows(node["store"], RejectedInstance) if r.sop_instance_uid == uid]
     assert reasons and "truncated" in reasons[-1].reason
-    after = node["store"].series_instances(str(pydicom.dcmread(small_series[0]).SeriesInstanceUID))
+    after = node["store"].series_instances(str(pydicom.dcmread(series[0]).SeriesInstanceUID))
     assert [(r.sop_instance_uid, r.path, r.path.read_bytes()) for r in after] == \
            [(r.sop_instance_uid, r.path, r.path.read_bytes()) for r in before]  # the acknowledged copy is intact
     assert echo_ok(node["port"])
@@ -162,19 +150,18 @@ def test_truncated_payload_gets_failure_status_and_recorded_reason(node, small_s
 def test_non_dicom_payload_gets_cannot_understand(node, tmp_path, chunked_send):
     garbage = non_dicom_payload(tmp_path / "garbage.dcm")
 
-    status = _pyscu_send(node["port"], garbage)
+    [status] = send_c_store(node["port"], [garbage], calling="PYSCU")
 
     assert 0xC000 <= status <= 0xCFFF
     assert any(r.sop_instance_uid == "1.2.3.999.1" for r in _rows(node["store"], RejectedInstance))
     assert echo_ok(node["port"])
 
 
+@pytest.mark.real_data
 def test_other_storage_classes_are_stored(node):
-    sr = SHARED / "reference-objects" / "highdicom" / "sr_document.dcm"
-    if not sr.is_file():
-        pytest.skip("shared reference objects absent")
+    sr = shared("reference-objects", "highdicom", "sr_document.dcm")
     ds = pydicom.dcmread(sr)
-    status = _pyscu_send(node["port"], sr, sop_class=ds.SOPClassUID)
+    [status] = send_c_store(node["port"], [sr], calling="PYSCU")
     assert status == 0
     rows = node["store"].series_instances(str(ds.SeriesInstanceUID))
     assert [r.sop_class_uid for r in rows] == [ds.SOPClassUID]
@@ -189,7 +176,7 @@ def test_disk_failure_answers_out_of_resources(tmp_path, small_series):
     server = start_scp(ScpSettings("SPINENODE", LOOPBACK, port, ()),
                        Receiver(store, InstanceFiles(blocker / "data")))
     try:
-        status = _pyscu_send(port, small_series[0])
+        [status] = send_c_store(port, [small_series[0]], calling="PYSCU")
         assert status == StoreStatus.OUT_OF_RESOURCES
         assert "cannot write" in _rows(store, RejectedInstance)[-1].reason
         assert store.receiving_series() == []
@@ -230,15 +217,13 @@ def test_tls_scp_serves_tls_peers_and_refuses_plain_ones(tmp_path):
         store.db.close()
 
 
+@pytest.mark.real_data
 def test_real_series_as_found_is_stored_as_one_series_named_as_the_pipeline_names_it(node, chunked_send):
     """The real JPEG 2000 files lack SOP Class/Instance UIDs in their data sets and Study/Series UIDs entirely."""
     from pipelines.series.loader import discover_series
 
-    real = SHARED / "real-ct-dicom-t11-t12"
-    if not real.is_dir():
-        pytest.skip("real data absent")
-    files = sorted(real.iterdir())
-    assert [_pyscu_send(node["port"], f, syntax=JPEG2000Lossless) for f in files] == [0] * len(files)
-    [expected] = discover_series([real])
+    files = sorted(REAL_CT.iterdir())
+    assert send_c_store(node["port"], files, calling="PYSCU", syntax=JPEG2000Lossless) == [0] * len(files)
+    [expected] = discover_series([REAL_CT])
     rows = node["store"].series_instances(expected.key)
     assert len(rows) == len(files) and {r.transfer_syntax_uid for r in rows} == {JPEG2000Lossless}

@@ -41,27 +41,28 @@ from orthanc_api_client.exceptions import HttpError
 from pydicom.uid import JPEG2000Lossless, generate_uid
 from sqlalchemy import select
 
-from node_support import NodeProcess, echo_ok, free_port
-from orthanc_fixture import (json_value, local_orthanc, log_lines, orthanc_factory, qido,  # noqa: F401
-                             wado_rs_instance, wait_until)
 from pipelines.outputs.codes import ATTENUATION, LESION_CODES, VOLUME, vertebra_code
 from pipelines.levels import LEVELS
 from research.phantoms.generator import make_phantom
 from research.phantoms.dicom import write_dicom_series
 from storage import open_database
 from storage.models import Delivery, Instance, Job, Output, Series
+from support.dimse import LOOPBACK, free_port
+from support.node_process import NodeProcess
+from support.orthanc import json_value, local_orthanc, log_lines, qido, wado_rs_instance
+from support.paths import REAL_CT
+from support.series_files import real_series_with_uids
+from support.waiting import wait_until
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.peer]
 
-REAL_J2K = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct-dicom-t11-t12"
-LOOPBACK = "127.0.0.1"
 NODE_AET = "SPINENODE"
 SEG_STORAGE = "1.2.840.10008.5.1.4.1.1.66.4"
 COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 VERTEBRA_CODES = {vertebra_code(level).value for level in LEVELS}
 SMALL_CT = dict(fov="lumbar", spacing=(3.0, 1.5, 1.5), matrix=192)  # 74 slices of 192x192
 RESULT_TIMEOUT = 600  # s: routing, then two inferences one after the other on a shared 2-core CPU
-CASES = ("phantom", "real-jpeg2000")
+CASES = ("phantom", pytest.param("real-jpeg2000", marks=pytest.mark.real_data))
 
 
 @dataclass
@@ -86,19 +87,6 @@ class Returned:
     sr: pydicom.Dataset
 
 
-class OrthancFedNode(NodeProcess):
-    """The node that accepts Orthanc only: it is up once it answers a C-ECHO from Orthanc's AE title."""
-
-    def __init__(self, *args, calling_ae: str, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.calling_ae = calling_ae
-
-    def _up(self) -> bool:
-        if self.process.poll() is not None:
-            pytest.fail(f"spine-node serve exited {self.process.returncode}: {self.log()[-2000:]}")
-        return echo_ok(self.port, NODE_AET, calling=self.calling_ae)
-
-
 # ------------------------------------------------------------------ peers
 
 @pytest.fixture(scope="module")
@@ -107,13 +95,13 @@ def node_port() -> int:
 
 
 @pytest.fixture(scope="module")
-def orthanc(orthanc_factory, node_port):  # noqa: F811
+def orthanc(orthanc_factory, node_port):
     """The Orthanc that routes to the node and receives its outputs by C-STORE."""
     return orthanc_factory(stable_age=2, node=local_orthanc.Modality(NODE_AET, LOOPBACK, node_port))
 
 
 @pytest.fixture(scope="module")
-def stow_orthanc(orthanc_factory):  # noqa: F811
+def stow_orthanc(orthanc_factory):
     """A second Orthanc that receives the node's outputs by STOW-RS only."""
     return orthanc_factory(aet="STOWSINK")
 
@@ -124,7 +112,7 @@ def node(tmp_path_factory, orthanc, stow_orthanc, node_port):
     dimse = f"{orthanc.aet}@{LOOPBACK}:{orthanc.dicom_port}"
     stow = f"stow:{stow_orthanc.dicomweb_url}"
     database_url = f"sqlite:///{folder / 'spine-node.db'}"
-    node = OrthancFedNode(folder / "data", {
+    node = NodeProcess(folder / "data", {  # it accepts Orthanc only: up once it answers Orthanc's C-ECHO
         "SPINE_NODE_DATABASE_URL": database_url, "SPINE_NODE_AE_TITLE": NODE_AET,
         "SPINE_NODE_ALLOWED_AES": orthanc.aet, "SPINE_NODE_DESTINATIONS": f"{dimse},{stow}",
         "SPINE_NODE_RETRY_MAX_S": "2",
@@ -153,11 +141,11 @@ def client(orthanc) -> OrthancApiClient:
 @pytest.fixture(scope="module")
 def raw_refusal(orthanc, client) -> dict | None:
     """The real series uploaded as found, before anything else: HTTP statuses and instance counts."""
-    if not REAL_J2K.is_dir():
+    if not REAL_CT.is_dir():
         return None
     before = len(client.instances.get_all_ids())
     statuses = []
-    for path in sorted(REAL_J2K.iterdir()):
+    for path in sorted(REAL_CT.iterdir()):
         try:
             client.upload_file(str(path))
             statuses.append(200)
@@ -169,23 +157,6 @@ def raw_refusal(orthanc, client) -> dict | None:
 
 def _phantom(folder: Path) -> list[Path]:
     return write_dicom_series(make_phantom(100101, **SMALL_CT), folder)
-
-
-def _real_with_uids_filled_in(folder: Path) -> list[Path]:
-    """The real series with SOP Class/Instance UIDs from the file meta and made-up Study/Series UIDs."""
-    folder.mkdir(parents=True)
-    study_uid = generate_uid(entropy_srcs=["orthanc e2e", "real-ct-dicom-t11-t12", "study"])
-    series_uid = generate_uid(entropy_srcs=["orthanc e2e", "real-ct-dicom-t11-t12", "series"])
-    paths = []
-    for path in sorted(REAL_J2K.iterdir()):
-        ds = pydicom.dcmread(path)
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        assert ds.file_meta.TransferSyntaxUID == JPEG2000Lossless  # written back as read: still JPEG 2000
-        paths.append(folder / f"{path.name}.dcm")
-        ds.save_as(paths[-1], enforce_file_format=True)
-    return paths
 
 
 def _upload(client: OrthancApiClient, name: str, paths: list[Path]) -> Source:
@@ -201,8 +172,11 @@ def _upload(client: OrthancApiClient, name: str, paths: list[Path]) -> Source:
 def uploads(client, node, raw_refusal, tmp_path_factory) -> dict[str, Source]:
     """Both series uploaded at once (after the refused raw upload), so they are analysed back to back."""
     uploaded = {"phantom": _upload(client, "phantom", _phantom(tmp_path_factory.mktemp("phantom")))}
-    if REAL_J2K.is_dir():
-        real = _real_with_uids_filled_in(tmp_path_factory.mktemp("real") / "dicom")
+    if REAL_CT.is_dir():  # the made-up Study/Series UIDs that Orthanc needs
+        real = real_series_with_uids(
+            tmp_path_factory.mktemp("real") / "dicom",
+            generate_uid(entropy_srcs=["orthanc e2e", "real-ct-dicom-t11-t12", "study"]),
+            generate_uid(entropy_srcs=["orthanc e2e", "real-ct-dicom-t11-t12", "series"]))
         uploaded["real-jpeg2000"] = _upload(client, "real-jpeg2000", real)
     return uploaded
 
@@ -229,8 +203,6 @@ def _read(client: OrthancApiClient, instance_id: str) -> pydicom.Dataset:
 @pytest.fixture(scope="module", params=CASES)
 def returned(request, uploads, client, node) -> Returned:
     """A case's SEG and SR, once Orthanc stores both under the source study."""
-    if request.param not in uploads:
-        pytest.skip(f"shared real CT series not present ({REAL_J2K})")
     source = uploads[request.param]
     ids = wait_until(lambda: _study_outputs(client, node, source), RESULT_TIMEOUT,
                      f"the SEG and SR of the {request.param} series in its study in Orthanc", interval=1.0)
@@ -320,7 +292,7 @@ def check_sr(sr: pydicom.Dataset, seg: pydicom.Dataset, source: Source) -> None:
 
 # ------------------------------------------------------------------ tests
 
-@pytest.mark.skipif(not REAL_J2K.is_dir(), reason="shared real CT series not present")
+@pytest.mark.real_data
 def test_real_series_as_found_is_refused_by_orthanc_1_10(raw_refusal, orthanc):
     """Its Study/Series UIDs are empty: Orthanc 1.10.1 answers 400 to each file and stores nothing.
 

@@ -25,14 +25,18 @@ from orthanc_api_client import OrthancApiClient
 from orthanc_api_client.exceptions import HttpError
 from pydicom.uid import JPEG2000Lossless, MRImageStorage, generate_uid
 
-from orthanc_fixture import local_orthanc, log_lines, orthanc_factory, storescp_factory, wait_until  # noqa: F401
 from research.phantoms.generator import make_phantom
 from research.phantoms.dicom import write_dicom_series
+from support.dimse import storescu_command
+from support.orthanc import local_orthanc, log_lines
+from support.paths import REAL_CT, REPO, SHARED_DATA
+from support.programs import require
+from support.series_files import real_series_with_uids
+from support.waiting import wait_until
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_J2K = DATA / "real-ct-dicom-t11-t12"
-REFERENCE_SEG = DATA / "reference-objects" / "highdicom" / "seg_image_ct_binary.dcm"
-REFERENCE_SR = DATA / "reference-objects" / "dcmqi-tid1500" / "sr.dcm"
+pytestmark = pytest.mark.peer
+REFERENCE_SEG = SHARED_DATA / "reference-objects" / "highdicom" / "seg_image_ct_binary.dcm"
+REFERENCE_SR = SHARED_DATA / "reference-objects" / "dcmqi-tid1500" / "sr.dcm"
 
 STABLE_AGE = 2  # seconds; Orthanc's default is 60
 # Small enough for a small phantom, strict enough that each negative case fails one rule.
@@ -42,13 +46,13 @@ DECISION_TIMEOUT = 90  # s: StableAge plus Orthanc's stability scan, on a loaded
 
 
 @pytest.fixture(scope="module")
-def node(storescp_factory):  # noqa: F811
+def node(storescp_factory):
     """storescp as the spine-node modality."""
     return storescp_factory(aet="SPINENODE")
 
 
 @pytest.fixture(scope="module")
-def orthanc(orthanc_factory, node):  # noqa: F811
+def orthanc(orthanc_factory, node):
     return orthanc_factory(stable_age=STABLE_AGE, node=node.modality, routing=RULES)
 
 
@@ -155,6 +159,7 @@ NEGATIVE_CASES = {
     "excluded_description": _scout,
     "excluded_body_part": _head,
 }
+SHARED_CASES = {"seg_from_the_node", "sr_from_the_node"}  # reference objects of the shared data
 
 
 @pytest.fixture(scope="module")
@@ -169,7 +174,8 @@ def negative_uploads(client, tmp_path_factory) -> dict:
     return uploads
 
 
-@pytest.mark.parametrize("case", sorted(NEGATIVE_CASES))
+@pytest.mark.parametrize("case", [pytest.param(case, marks=pytest.mark.real_data) if case in SHARED_CASES else case
+                                  for case in sorted(NEGATIVE_CASES)])
 def test_series_failing_a_rule_is_not_routed_and_the_log_says_why(case, orthanc, node, negative_uploads):
     if case not in negative_uploads:
         pytest.skip(f"shared data for case {case} not present")
@@ -183,8 +189,8 @@ def test_series_failing_a_rule_is_not_routed_and_the_log_says_why(case, orthanc,
 
 def test_ct_sent_by_the_node_itself_is_never_routed_back(orthanc, node, tmp_path):
     series_uid, paths = phantom_series(17, tmp_path)
-    subprocess.run(["storescu", "--aetitle", "SPINENODE", "--call", orthanc.aet, "127.0.0.1",
-                    str(orthanc.dicom_port), *map(str, paths)], check=True, capture_output=True, timeout=120)
+    subprocess.run(storescu_command(orthanc.dicom_port, paths, calling="SPINENODE", called=orthanc.aet), check=True,
+                   capture_output=True, timeout=120)
 
     line = decision(orthanc, series_uid)
     assert "not routed: sent by SPINENODE, listed in ExcludeSourceAets" in line, line
@@ -201,10 +207,10 @@ def test_decision_lines_name_series_by_uid_only(orthanc, client, tmp_path):
         assert not [line for line in routing_lines if forbidden in line]
 
 
-@pytest.mark.skipif(not REAL_J2K.is_dir(), reason="shared real CT series not present")
+@pytest.mark.real_data
 def test_real_series_with_empty_uids_is_refused_by_orthanc(orthanc, client):
     before = set(client.instances.get_all_ids())
-    for path in sorted(REAL_J2K.iterdir()):
+    for path in sorted(REAL_CT.iterdir()):
         with pytest.raises(HttpError) as refused:
             client.upload_file(str(path))
         assert refused.value.http_status_code == 400
@@ -212,26 +218,13 @@ def test_real_series_with_empty_uids_is_refused_by_orthanc(orthanc, client):
     assert log_lines(orthanc, "missing StudyInstanceUID, SeriesInstanceUID or SOPInstanceUID")
 
 
-def _with_uids_filled_in(folder: Path) -> tuple[str, dict[str, bytes]]:
-    """The real series with SOP Class/Instance UIDs from the file meta and made-up Study/Series UIDs."""
-    folder.mkdir()
-    study_uid = generate_uid(entropy_srcs=["real-ct-dicom-t11-t12 study"])
-    series_uid = generate_uid(entropy_srcs=["real-ct-dicom-t11-t12 series"])
-    pixels = {}
-    for path in sorted(REAL_J2K.iterdir()):
-        ds = pydicom.dcmread(path)
-        ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID
-        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID
-        ds.StudyInstanceUID, ds.SeriesInstanceUID = study_uid, series_uid
-        ds.save_as(folder / path.name, enforce_file_format=True)
-        pixels[ds.SOPInstanceUID] = ds.PixelData
-    return series_uid, pixels
-
-
-@pytest.mark.skipif(not REAL_J2K.is_dir(), reason="shared real CT series not present")
+@pytest.mark.real_data
 def test_real_jpeg2000_series_with_uids_filled_in_reaches_the_node_unchanged(orthanc, client, node, tmp_path):
-    series_uid, pixels = _with_uids_filled_in(tmp_path / "fixed")
-    upload(client, sorted((tmp_path / "fixed").iterdir()))
+    series_uid = generate_uid(entropy_srcs=["real-ct-dicom-t11-t12 series"])
+    paths = real_series_with_uids(tmp_path / "fixed", generate_uid(entropy_srcs=["real-ct-dicom-t11-t12 study"]),
+                                  series_uid)
+    pixels = {ds.SOPInstanceUID: ds.PixelData for ds in map(pydicom.dcmread, paths)}
+    upload(client, paths)
 
     line = decision(orthanc, series_uid)
     assert "routed to spine-node" in line and "not routed" not in line, line
@@ -270,9 +263,9 @@ def test_dicomweb_stow_rs_stores_an_instance_that_qido_rs_then_finds(orthanc, tm
     assert [item["00080018"]["Value"][0] for item in found.json()] == [ds.SOPInstanceUID]
 
 
-@pytest.mark.skipif(not Path(local_orthanc.ORTHANC_BINARY).is_file(), reason="Orthanc not installed")
 def test_local_orthanc_by_hand_prints_its_ports_and_stops_on_sigterm():
-    script = Path(__file__).resolve().parents[1] / "orthanc" / "local_orthanc.py"
+    require(local_orthanc.ORTHANC_BINARY, "orthanc")
+    script = REPO / "orthanc" / "local_orthanc.py"
     process = subprocess.Popen([sys.executable, str(script), "--stable-age", "3", "--rule", "MinInstances=5"],
                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     orthanc_pid = None

@@ -17,11 +17,12 @@ import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
-from orthanc_fixture import local_orthanc, orthanc_factory  # noqa: F401
 from research.phantoms.generator import make_phantom
 from research.phantoms.dicom import write_dicom_series
+from support.dimse import LOOPBACK, free_port
+from support.paths import REPO
 
-UPLOAD_PATH = Path(__file__).resolve().parents[1] / "orthanc" / "upload.py"
+UPLOAD_PATH = REPO / "orthanc" / "upload.py"
 
 
 def _load_upload():
@@ -36,7 +37,7 @@ upload = _load_upload()
 
 
 @pytest.fixture(scope="module")
-def orthanc(orthanc_factory):  # noqa: F811
+def orthanc(orthanc_factory):
     # A very long StableAge: nothing is routed anywhere while these tests run.
     return orthanc_factory(stable_age=3600)
 
@@ -63,6 +64,7 @@ def _copy_as(source: Path, target: Path, modality: str) -> Path:
     return target
 
 
+@pytest.mark.peer
 def test_upload_stores_every_dicom_file_of_a_folder_and_names_the_study(orthanc, series, capsys):
     expected = sorted((series / "dicom").glob("*.dcm"))
 
@@ -78,6 +80,7 @@ def test_upload_stores_every_dicom_file_of_a_folder_and_names_the_study(orthanc,
     assert len(upload._request(f"{orthanc.url}/studies/{study_id}/instances")) == len(expected)
 
 
+@pytest.mark.peer
 def test_a_file_orthanc_refuses_is_one_line_naming_it_and_exit_status_1(orthanc, series, tmp_path, capsys):
     ds = pydicom.dcmread(sorted((series / "dicom").glob("*.dcm"))[0])
     ds.SeriesInstanceUID = ""
@@ -95,7 +98,7 @@ def test_a_file_orthanc_refuses_is_one_line_naming_it_and_exit_status_1(orthanc,
 
 
 def test_an_orthanc_that_is_not_running_is_one_line_and_exit_status_1(series, capsys):
-    url = f"http://127.0.0.1:{local_orthanc.free_port()}"
+    url = f"http://{LOOPBACK}:{free_port()}"
 
     status = upload.main([str(series), "--url", url])
 
@@ -111,6 +114,7 @@ def test_no_dicom_file_is_exit_status_2(tmp_path, capsys):
     assert "no DICOM file" in capsys.readouterr().err
 
 
+@pytest.mark.peer
 def test_wait_reports_the_seg_and_sr_series_as_they_arrive(orthanc, series, tmp_path, capsys):
     first = sorted((series / "dicom").glob("*.dcm"))[0]
     seg = _copy_as(first, tmp_path / "seg.dcm", "SEG")
@@ -129,6 +133,7 @@ def test_wait_reports_the_seg_and_sr_series_as_they_arrive(orthanc, series, tmp_
     assert any(line.strip().startswith("+ SR") for line in out.splitlines())
 
 
+@pytest.mark.peer
 def test_wait_gives_up_with_exit_status_1_when_no_results_come(orthanc, tmp_path, capsys):
     case = tmp_path / "other"
     write_dicom_series(make_phantom(100002, fov="lumbar", spacing=(8.0, 6.0, 6.0), matrix=48), case)

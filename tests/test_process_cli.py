@@ -21,9 +21,8 @@ import pytest
 from dicom_node.cli.main import main
 from research.phantoms.generator import make_phantom
 from research.phantoms.dicom import write_dicom_series
-from seg_sr_support import dciodvfy_messages, tool
-
-REAL_CT = Path(__file__).resolve().parents[2] / "shared" / "data" / "real-ct-dicom-t11-t12"
+from support.paths import REAL_CT
+from support.programs import dciodvfy_messages, tool
 
 pytestmark = pytest.mark.slow
 
@@ -85,6 +84,7 @@ def test_a_phantom_series_gets_a_seg_an_sr_and_a_summary_that_agree(run):
     assert {"load", "network", "lesions", "seg", "sr"} <= set(summary["timings_s"])
 
 
+@pytest.mark.peer
 def test_the_outputs_of_process_pass_dciodvfy_and_dsrdump(run):
     folder = _phantom_folder(run)
     for name in ("seg.dcm", "sr.dcm"):
@@ -106,7 +106,7 @@ def test_seg_frames_lie_on_the_source_frames(run):
     assert frames and frames <= source_positions
 
 
-@pytest.mark.skipif(not REAL_CT.is_dir(), reason="shared/data is not present")
+@pytest.mark.real_data
 def test_the_real_series_without_uids_is_processed_with_the_repair_recorded(run):
     _, out, _, _ = run
     summaries = [json.loads(p.read_text()) for p in out.glob("*/summary.json")]

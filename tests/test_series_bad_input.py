@@ -27,7 +27,7 @@ from pydicom.uid import (
 from pipelines.errors import SeriesRejected
 from pipelines.series.loader import SeriesRules, load_series, scan_inputs
 from pipelines.series.checks import REJECTION_CODES
-from series_factory import ct_datasets, enhanced_ct, save, volume
+from support.synthetic_ct import ct_datasets, enhanced_ct, save, volume
 
 BASE = volume(24, 12, 10)
 SPACING = (2.0, 0.8, 0.6)

@@ -1,7 +1,6 @@
 """The DICOM CT series loader: discovery, exact voxels and geometry, every transfer syntax, Enhanced CT."""
 from __future__ import annotations
 
-import shutil
 import subprocess
 import tracemalloc
 from pathlib import Path
@@ -33,11 +32,10 @@ from pipelines.records import CTSeries
 from research.phantoms.generator import make_phantom
 from research.phantoms.dicom import ORIENTATIONS, write_dicom_series
 from pipelines.series.loader import SeriesRules, discover_series, load_series, scan_inputs
-from series_factory import ct_datasets, enhanced_ct, save, volume
+from support.paths import REAL_CT, shared
+from support.programs import require
+from support.synthetic_ct import ct_datasets, enhanced_ct, save, volume
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-REAL_CT = DATA / "real-ct-dicom-t11-t12"
-needs_real_ct = pytest.mark.skipif(not REAL_CT.is_dir(), reason="shared data (real-ct-dicom-t11-t12) not present")
 # Non-square pixels, a non-square matrix fitted to the trunk, coarse slices: small and swap-proof.
 PHANTOM_GRID = dict(fov="lumbar", spacing=(6.0, 4.0, 3.5), matrix=None)
 
@@ -129,7 +127,7 @@ def test_dicomdir_is_skipped_with_a_reason(tmp_path):
     assert len(found.series) == 1 and np.array_equal(load_series(found.series[0]).hu, volume(20))
 
 
-@needs_real_ct
+@pytest.mark.real_data
 def test_real_jpeg2000_series_without_uids_loads_with_derived_uids():
     series = discover_series([REAL_CT])
     assert len(series) == 1 and series[0].series_instance_uid == ""
@@ -155,8 +153,6 @@ def test_real_jpeg2000_series_without_uids_loads_with_derived_uids():
 @pytest.fixture(scope="module")
 def real_native(tmp_path_factory):
     """The real series decoded once to Explicit VR Little Endian files, and its HU as loaded from J2K."""
-    if not REAL_CT.is_dir():
-        pytest.skip("shared data (real-ct-dicom-t11-t12) not present")
     folder = tmp_path_factory.mktemp("native")
     for path in sorted(REAL_CT.iterdir()):
         ds = pydicom.dcmread(path)
@@ -178,9 +174,8 @@ def _pydicom_encode(uid: str, **options):
 
 def _dcmtk(tool: str, *options: str):
     def encode(src: Path, dst: Path) -> None:
-        if shutil.which(tool) is None:
-            pytest.skip(f"DCMTK {tool} not installed")
-        subprocess.run([tool, *options, str(src), str(dst)], check=True, capture_output=True)
+        subprocess.run([require(tool), *options, str(src), str(dst)], check=True, capture_output=True)
+    encode.dcmtk = True
     return encode
 
 
@@ -210,7 +205,9 @@ SYNTAXES = {
 }
 
 
-@pytest.mark.parametrize("name", list(SYNTAXES))
+@pytest.mark.real_data
+@pytest.mark.parametrize("name", [pytest.param(name, marks=pytest.mark.peer) if getattr(encode, "dcmtk", False)
+                                  else name for name, (_, encode, _) in SYNTAXES.items()])
 def test_real_series_reencoded_in_each_transfer_syntax_gives_the_same_hu(real_native, name, tmp_path):
     native, expected = real_native
     uid, encode, max_error = SYNTAXES[name]
@@ -226,6 +223,8 @@ def test_real_series_reencoded_in_each_transfer_syntax_gives_the_same_hu(real_na
         assert difference.max() <= max_error and difference.mean() < 5, (difference.max(), difference.mean())
 
 
+@pytest.mark.real_data
+@pytest.mark.peer
 def test_lossy_jpeg_extended_12bit_decodes_as_dcmtk_decodes_it(real_native, tmp_path):
     """DCMTK's lossy JPEG encoder rewrites a CT's pixel range, so the reference is DCMTK's own decoder."""
     native, _ = real_native
@@ -283,10 +282,9 @@ def test_per_frame_rescale_is_honoured(tmp_path):
     assert np.array_equal(only_series([tmp_path / "enhanced"]).hu, hu)
 
 
+@pytest.mark.real_data
 def test_implicit_vr_real_ge_series_loads_when_few_slices_are_allowed():
-    folder = DATA / "reference-objects" / "dcmqi-ct-3slice"
-    if not folder.is_dir():
-        pytest.skip("shared data (dcmqi-ct-3slice) not present")
+    folder = shared("reference-objects", "dcmqi-ct-3slice")
     ct_files = [s for s in discover_series([folder]) if s.modality == "CT"]
     ct = load_series(ct_files[0], SeriesRules(min_slices=3))
     assert ct.hu.shape == (3, 512, 512) and ct.repairs == []

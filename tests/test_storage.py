@@ -24,8 +24,8 @@ from storage.database import current_revision, head_revision
 from storage.incoming import NAME_DURABLE_WITH_FILE, filesystem_type
 from storage.models import Association, Base, RejectedInstance, SeriesEvent, utcnow
 from storage.store import backoff_delay
+from support.paths import REPO
 
-REPO = Path(__file__).resolve().parents[1]
 CT = "1.2.840.10008.5.1.4.1.1.2"
 EXPLICIT_LE = "1.2.840.10008.1.2.1"
 SEG = "1.2.840.10008.5.1.4.1.1.66.4"

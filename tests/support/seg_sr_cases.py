@@ -1,5 +1,5 @@
-"""Shared helpers of test_seg.py and test_sr.py: CT series built from DICOM files, reference
-label maps carried between grids through patient coordinates, and the external checkers.
+"""Cases of test_seg.py and test_sr.py: CT series built from DICOM files, and reference
+label maps carried between grids through patient coordinates.
 
 ``load_ct_series`` is a deliberately small stand-in for the node's series loader: it reads
 the headers, sorts the frames along the slice normal and builds a ``CTSeries`` whose
@@ -11,10 +11,6 @@ columns or an off-by-one slice anywhere shows as a Dice below 1.
 """
 from __future__ import annotations
 
-import os
-import shutil
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,8 +21,8 @@ from pydicom.dataset import Dataset
 from pipelines.records import CTSeries, Geometry, ModelIdentity, VertebraFinding
 from pipelines.outputs.codes import vertebra_code
 from pipelines.levels import LEVELS
+from support.paths import REAL_CT, SHARED_DATA
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 MODEL = ModelIdentity(name="spine-demo", version="0.3.1", sha256="ab" * 32)
 LEVEL_OF_CODE = {vertebra_code(level).value: level for level in LEVELS}
 
@@ -49,12 +45,6 @@ SOURCE_STUDY_WARNINGS = {
         "Retired Person Name form",
     ],
 }
-
-
-def tool(name: str) -> str | None:
-    """An executable on PATH or next to this interpreter (the venv's dciodvfy, segimage2itkimage)."""
-    path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
-    return shutil.which(name, path=path)
 
 
 @dataclass
@@ -183,12 +173,6 @@ def dice_per_level(truth: np.ndarray, result: np.ndarray) -> dict[str, float]:
     return out
 
 
-def dciodvfy_messages(path: Path) -> list[str]:
-    """dciodvfy's Error and Warning lines for a file (its first line names the IOD)."""
-    run = subprocess.run([tool("dciodvfy"), str(path)], capture_output=True, text=True, timeout=120)
-    return [line for line in (run.stdout + run.stderr).splitlines() if line.startswith(("Error", "Warning"))]
-
-
 # ----------------------------------------------------------------------------- cases
 @dataclass
 class Case:
@@ -281,12 +265,12 @@ def real_ct_case() -> Case:
     """The real JPEG 2000 CT with EMPTY Study/Series UIDs, given derived ones; TotalSegmentator's T11/T12."""
     import nibabel as nib
     from pydicom.uid import generate_uid
-    folder = DATA / "real-ct-dicom-t11-t12"
+    folder = REAL_CT
     paths = sorted(folder.iterdir())
     series = load_ct_series(paths, study_uid=generate_uid(entropy_srcs=["test study", folder.name]),
                             series_uid=generate_uid(entropy_srcs=["test series", folder.name]))
     series.repairs.append("empty Study/Series Instance UIDs: derived UIDs given")
-    image = nib.load(DATA / "real-ct-dicom-t11-t12-totalseg-labels.nii.gz")
+    image = nib.load(SHARED_DATA / "real-ct-dicom-t11-t12-totalseg-labels.nii.gz")
     ras_to_lps = np.diag([-1.0, -1.0, 1.0])
     data = np.asarray(image.dataobj).transpose(2, 1, 0)  # (i, j, k) -> (k, j, i)
     grid = grid_from_lps(ras_to_lps @ image.affine[:3, 3], ras_to_lps @ image.affine[:3, :3], data.shape)
@@ -302,7 +286,7 @@ def real_ct_case() -> Case:
 def dcmqi_case() -> Case:
     """dcmqi's 3-slice GE CT (implicit VR), with its spine mask (Thoracic spine) standing in for T10."""
     import SimpleITK as sitk
-    folder = DATA / "reference-objects" / "dcmqi-ct-3slice"
+    folder = SHARED_DATA / "reference-objects" / "dcmqi-ct-3slice"
     series = load_ct_series(sorted(folder.glob("0*.dcm")))
     mask = sitk.ReadImage(str(folder / "spine_seg.nrrd"))
     grid = grid_of_itk(mask)
@@ -313,7 +297,7 @@ def dcmqi_case() -> Case:
 
 def pydicom_ct2_case() -> Case:
     """pydicom's 16x16 CT2 series: its three contiguous slices (the fourth lies 200 mm away), two boxes."""
-    folder = DATA / "reference-objects" / "pydicom-ct2"
+    folder = SHARED_DATA / "reference-objects" / "pydicom-ct2"
     paths = [p for p in sorted(folder.iterdir())
              if float(pydicom.dcmread(p, stop_before_pixels=True).ImagePositionPatient[2]) > 0]
     series = load_ct_series(paths)
@@ -376,3 +360,10 @@ def resampled_case(phantom, folder: Path) -> Case:
                       repairs=["gantry tilt: resampled onto an axial grid"])
     labels = phantom.labels.copy()
     return Case("resampled", series, labels, findings_for(labels, PAPER, series), phantom.labels.copy(), grid)
+
+
+def save_dataset(ds, path: Path) -> Path:
+    """Write a SEG or SR as a DICOM file for the validators and readers (folders created); return the path."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ds.save_as(path, enforce_file_format=True)
+    return path

@@ -1,27 +1,21 @@
-"""Real peers for Orthanc tests: a local Orthanc (orthanc/local_orthanc.py) and a DCMTK storescp.
+"""Orthanc for the tests: orthanc/local_orthanc.py loaded as a module, Orthanc's log, its DICOMweb plugin.
 
-Import the fixtures into a test module (``from orthanc_fixture import orthanc_factory,
-storescp_factory``). Both factories start real processes on free loopback ports and stop
-them by their own PIDs at the end of the module; tests skip when Orthanc or DCMTK is not
-installed (``make system-deps`` installs them). ``qido`` and ``wado_rs_instance`` read
-Orthanc's DICOMweb plugin (QIDO-RS, WADO-RS).
+The fixtures that start Orthancs and storescp peers (``orthanc_factory``, ``storescp_factory``)
+are in conftest.py; they stop them by their own PIDs at the end of the module. ``qido`` and
+``wado_rs_instance`` read Orthanc's DICOMweb plugin (QIDO-RS, WADO-RS).
 """
 from __future__ import annotations
 
 import importlib.util
 import io
 import re
-import shutil
 import sys
-import time
-from pathlib import Path
 
 import pydicom
-import pytest
 import requests
-from node_support import StoreScp
 
-REPO = Path(__file__).resolve().parents[1]
+from support.paths import REPO
+
 LOCAL_ORTHANC_PATH = REPO / "orthanc" / "local_orthanc.py"
 
 
@@ -37,71 +31,9 @@ def _load_local_orthanc():
 local_orthanc = _load_local_orthanc()
 
 
-def wait_until(predicate, timeout: float, what: str, interval: float = 0.25):
-    """Poll ``predicate`` until it returns something truthy; fail the test after ``timeout`` s."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            pytest.fail(f"timed out after {timeout:.0f} s waiting for {what}")
-        time.sleep(interval)
-
-
 def log_lines(orthanc, needle: str) -> list[str]:
     """Lines of Orthanc's log that contain ``needle``."""
     return [line for line in orthanc.log_text().splitlines() if needle in line]
-
-
-class StoreSCP(StoreScp):
-    """node_support's storescp peer, also seen as an Orthanc modality."""
-
-    @property
-    def modality(self):
-        """This peer as an Orthanc modality (AET@127.0.0.1:port)."""
-        return local_orthanc.Modality(self.aet, local_orthanc.LOOPBACK, self.port)
-
-
-def _require(binary: str, package: str) -> None:
-    if shutil.which(binary) is None and not Path(binary).is_file():
-        pytest.skip(f"{binary} not installed (Debian package {package}; `make system-deps`)")
-
-
-@pytest.fixture(scope="module")
-def storescp_factory(tmp_path_factory):
-    """Start storescp peers: ``storescp_factory(aet="SPINENODE")``; all stopped at module end."""
-    _require("storescp", "dcmtk")
-    started: list[StoreSCP] = []
-
-    def start(aet: str = "SPINENODE") -> StoreSCP:
-        scp = StoreSCP(tmp_path_factory.mktemp("storescp") / "received", aet).start()
-        started.append(scp)
-        return scp
-
-    yield start
-    for scp in started:
-        scp.stop()
-
-
-@pytest.fixture(scope="module")
-def orthanc_factory():
-    """Start local Orthancs: ``orthanc_factory(stable_age=2, node=..., routing={...})``.
-
-    Keyword arguments are those of ``LocalOrthanc``; each is stopped by its PID and its
-    throw-away folder removed at module end.
-    """
-    _require(local_orthanc.ORTHANC_BINARY, "orthanc")
-    started = []
-
-    def start(**kwargs):
-        orthanc = local_orthanc.LocalOrthanc(**kwargs)
-        started.append(orthanc)
-        return orthanc.start()
-
-    yield start
-    for orthanc in started:
-        orthanc.cleanup()
 
 
 # --- DICOMweb (the plugin at /dicom-web) -----------------------------------------------------------
