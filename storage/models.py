@@ -14,6 +14,10 @@ Tables, and what each row means:
 * ``job_events``         append-only story of a job (queued, running, resumed, output, delivered, failed...)
 * ``outputs``            SEG, SR... written by a job: UIDs and file path
 * ``deliveries``         the outbox: one row per output and destination, attempts, next attempt, last error
+* ``paused_destinations`` destinations an operator paused: their deliveries wait until resumed (revision 0002)
+
+``series.purged_at`` and ``outputs.purged_at`` (revision 0002) say when retention removed
+the instance files of a series, or an output's file; the rows themselves are never deleted.
 """
 from __future__ import annotations
 
@@ -97,6 +101,7 @@ class Series(Base):
     first_received_at: Mapped[datetime]
     last_received_at: Mapped[datetime]
     released_at: Mapped[datetime | None]
+    purged_at: Mapped[datetime | None]  # retention removed its instance files (the rows stay)
     __table_args__ = (_states("state", SERIES_STATES, "ck_series_state"),)
 
 
@@ -180,6 +185,7 @@ class Output(Base):
     series_instance_uid: Mapped[str] = mapped_column(UID)
     path: Mapped[str] = mapped_column(Text)
     created_at: Mapped[datetime]
+    purged_at: Mapped[datetime | None]  # retention removed its file (the row stays)
 
 
 class Delivery(Base):
@@ -197,3 +203,12 @@ class Delivery(Base):
     __table_args__ = (UniqueConstraint("output_id", "destination", name="uq_deliveries_output_destination"),
                       _states("state", DELIVERY_STATES, "ck_deliveries_state"),
                       Index("ix_deliveries_state_next", "state", "next_attempt_at"))
+
+
+class PausedDestination(Base):
+    """A destination an operator paused: its pending deliveries are not attempted until it is resumed."""
+
+    __tablename__ = "paused_destinations"
+    destination: Mapped[str] = mapped_column(String(512), primary_key=True)
+    paused_at: Mapped[datetime]
+    reason: Mapped[str] = mapped_column(Text, default="")

@@ -13,9 +13,10 @@ from sqlalchemy.orm import Session
 from .models import Delivery, Instance, Job, JobEvent, Output, Series
 
 
-def list_jobs(session: Session) -> list[dict]:
-    """Every job, newest first, with its series UIDs, timings and output UIDs."""
-    rows = session.execute(select(Job, Series).join(Series, Job.series_id == Series.id).order_by(Job.id.desc()))
+def list_jobs(session: Session, limit: int | None = None) -> list[dict]:
+    """Every job (or the ``limit`` newest), newest first, with its series UIDs, timings and output UIDs."""
+    rows = session.execute(select(Job, Series).join(Series, Job.series_id == Series.id).order_by(Job.id.desc())
+                           .limit(limit))
     jobs = [(job, series) for job, series in rows]
     outputs: dict[int, list[dict]] = {}
     if jobs:

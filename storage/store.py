@@ -30,8 +30,8 @@ from sqlalchemy.orm import Session
 from . import report
 from .database import Database
 from .errors import NotFoundError, StateError, StorageError
-from .models import (FINAL_JOB_STATES, Association, Delivery, Instance, Job, JobEvent, Output, RejectedInstance,
-                     Series, SeriesEvent, UTCDateTime, utcnow)
+from .models import (FINAL_JOB_STATES, Association, Delivery, Instance, Job, JobEvent, Output, PausedDestination,
+                     RejectedInstance, Series, SeriesEvent, UTCDateTime, utcnow)
 from .rows import DeliveryRow, InstanceRow, JobRow, OutputRow, SeriesRow
 
 MAX_DETAIL = 2000  # characters of an error kept in an event (the job row keeps the whole text)
@@ -330,11 +330,15 @@ class Store:
                                                              .order_by(Output.id))]
 
     def due_deliveries(self, now: datetime | None = None, limit: int = 50) -> list[DeliveryRow]:
-        """Pending deliveries whose next attempt is due (``next_attempt_at <= now``), most overdue first."""
+        """Pending deliveries whose next attempt is due (``next_attempt_at <= now``), most overdue first.
+
+        Deliveries to a destination an operator paused (``paused_destinations``) are left out.
+        """
         now = now or utcnow()
         with self.db.reading() as session:
             query = (select(Delivery, Output).join(Output, Delivery.output_id == Output.id)
-                     .where(Delivery.state == "pending", Delivery.next_attempt_at <= now)
+                     .where(Delivery.state == "pending", Delivery.next_attempt_at <= now,
+                            Delivery.destination.not_in(select(PausedDestination.destination)))
                      .order_by(Delivery.next_attempt_at, Delivery.id).limit(limit))
             return [DeliveryRow.of(d, o) for d, o in session.execute(query)]
 

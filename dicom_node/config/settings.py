@@ -37,6 +37,22 @@ SPINE_NODE_RETRY_MAX_S     retry_max_s            longest wait between two deliv
 SPINE_NODE_TLS_CERT        tls_cert               PEM certificate: DICOM over TLS (off)
 SPINE_NODE_TLS_KEY         tls_key                its PEM private key (with tls_cert)
 SPINE_NODE_TLS_CA          tls_ca                 PEM CA bundle: clients must present a certificate it signed
+SPINE_NODE_HTTP_PORT       http_port              dashboard, /api/, /healthz, /metrics; 0: off (8011)
+SPINE_NODE_HTTP_HOST       http_host              address the dashboard listens on; any other than a
+                                                  loopback one needs http_token or http_basic_auth (127.0.0.1)
+SPINE_NODE_HTTP_TOKEN      http_token             bearer token the dashboard and API require (none)
+SPINE_NODE_HTTP_BASIC_AUTH http_basic_auth        USER:PASSWORD the dashboard and API accept (none)
+SPINE_NODE_WEB_SHOW_PATIENT web_show_patient      show patient name and ID on the dashboard, read from
+                                                  the instance files (false)
+SPINE_NODE_MIN_FREE_MB     min_free_mb            below this many MB free in the data folder, C-STORE is
+                                                  answered 0xA700 before anything is written (500)
+SPINE_NODE_MIN_FREE_PERCENT min_free_percent      the same as a percentage of the file system; 0: off (0)
+SPINE_NODE_RETENTION_DAYS  retention_days         instance files of finished, fully delivered series are
+                                                  removed after this many days; 0: kept (0)
+SPINE_NODE_OUTPUT_RETENTION_DAYS output_retention_days  output files whose every delivery is confirmed
+                                                  are removed after this many days; 0: kept (0)
+SPINE_NODE_EMERGENCY_CLEAN emergency_clean        below the free-space watermark, remove the oldest
+                                                  finished, fully delivered series' files at once (true)
 =========================  =====================  ========================================================
 
 Installed model bundles are looked up in ``SPINE_NODE_MODELS_DIR`` (not a file key), else
@@ -114,6 +130,16 @@ class NodeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    http_port: int = 8011                    # 0: no dashboard
+    http_host: str = "127.0.0.1"
+    http_token: str | None = None
+    http_basic_auth: str | None = None       # "user:password"
+    web_show_patient: bool = False
+    min_free_mb: float = 500.0
+    min_free_percent: float = 0.0
+    retention_days: float = 0.0              # 0: instance files kept
+    output_retention_days: float = 0.0       # 0: outputs kept
+    emergency_clean: bool = True
     source: Path | None = None               # the file read, if any
     warnings: tuple[str, ...] = ()           # not mistakes, but worth a log line at start
 
@@ -158,7 +184,25 @@ class NodeConfig:
                 f"SEG {self.seg_type}, models dir {self.installed_models_dir}",
                 f"lesion thresholds: {dict(self.lesion_thresholds) if self.lesion_thresholds else 'defaults'}",
                 f"stable age {self.stable_age:g} s, min slices {self.min_slices}, retry cap {self.retry_max_s:g} s",
-                f"workers: {self.dask_scheduler or f'embedded x{self.workers}'}"]
+                f"workers: {self.dask_scheduler or f'embedded x{self.workers}'}",
+                f"dashboard: {f'http://{self.http_host}:{self.http_port}' if self.http_port else 'off'}, "
+                f"access {self.web_access}, patient identity {'shown' if self.web_show_patient else 'hidden'}",
+                f"disk watermark: {self.min_free_mb:g} MB" + (f" or {self.min_free_percent:g} %"
+                                                              if self.min_free_percent else "")
+                + f" free, emergency clean {'on' if self.emergency_clean else 'off'}; retention: instances "
+                f"{_days(self.retention_days)}, outputs {_days(self.output_retention_days)}"]
+
+    @property
+    def web_access(self) -> str:
+        """How the dashboard checks who asks: 'token', 'basic auth', both, or 'open' (loopback only)."""
+        ways = [name for name, value in (("token", self.http_token), ("basic auth", self.http_basic_auth)) if value]
+        return " or ".join(ways) or "open"
+
+
+def _days(days: float) -> str:
+    return f"{days:g} days" if days else "kept"
+
+
 
 
 @dataclass(frozen=True)
@@ -211,7 +255,38 @@ SETTINGS = (
     _Setting("tls_cert", _existing_file, empty_means_default=True),
     _Setting("tls_key", _existing_file, empty_means_default=True),
     _Setting("tls_ca", _existing_file, empty_means_default=True),
+    _Setting("http_port", lambda raw, _: v.integer(raw, 0, 65535, "a port number (1-65535), or 0 for off")),
+    _Setting("http_host", lambda raw, _: v.text(raw, "a host name or address")),
+    _Setting("http_token", lambda raw, _: _secret(raw, "a token of 16 or more characters", 16),
+             empty_means_default=True),
+    _Setting("http_basic_auth", lambda raw, _: _basic_auth(raw), empty_means_default=True),
+    _Setting("web_show_patient", lambda raw, _: v.boolean(raw)),
+    _Setting("min_free_mb", lambda raw, _: v.number(raw, minimum=0.0, inclusive_min=True,
+                                                    what="a number of megabytes (0 or more)")),
+    _Setting("min_free_percent", lambda raw, _: v.number(raw, minimum=0.0, maximum=99.0, inclusive_min=True,
+                                                         what="a percentage in [0, 99]")),
+    _Setting("retention_days", lambda raw, _: v.number(raw, minimum=0.0, inclusive_min=True,
+                                                       what="a number of days (0: keep)")),
+    _Setting("output_retention_days", lambda raw, _: v.number(raw, minimum=0.0, inclusive_min=True,
+                                                              what="a number of days (0: keep)")),
+    _Setting("emergency_clean", lambda raw, _: v.boolean(raw)),
 )
+LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
+
+
+def _secret(raw, what: str, minimum: int) -> str:
+    value = v.text(raw, what)
+    if len(value) < minimum:
+        raise Invalid(f"a {len(value)}-character value is not {what}")
+    return value
+
+
+def _basic_auth(raw) -> str:
+    value = v.text(raw, "USER:PASSWORD")
+    user, _, password = value.partition(":")
+    if not user or len(password) < 8:
+        raise Invalid("the value is not USER:PASSWORD with a password of 8 or more characters")
+    return value
 _BY_NAME = {s.name: s for s in SETTINGS}
 
 
@@ -299,6 +374,7 @@ def _check_together(values: dict, mistakes: list[str], warnings: list[str]) -> N
     elif data_dir is not None and data_dir.is_dir() and not os.access(data_dir, os.W_OK | os.X_OK):
         mistakes.append(f"{_BY_NAME['data_dir'].variable}: {str(data_dir)!r} is not writable")
     _check_pipeline(values, mistakes)
+    _check_web_access(values, mistakes)
     if ("tls_cert" in values) != ("tls_key" in values):
         mistakes.append("SPINE_NODE_TLS_CERT and SPINE_NODE_TLS_KEY go together: give both or neither")
     if "tls_ca" in values and "tls_cert" not in values:
@@ -315,6 +391,15 @@ def _check_together(values: dict, mistakes: list[str], warnings: list[str]) -> N
     elif not allowed and not peers:
         warnings.append("no SPINE_NODE_DESTINATIONS and no SPINE_NODE_PEERS: results can go back to no one "
                         "and will wait in the outbox")
+
+
+def _check_web_access(values: dict, mistakes: list[str]) -> None:
+    """A dashboard reachable from other machines must ask who is there: a token or basic auth, set explicitly."""
+    host = values.get("http_host", "127.0.0.1")
+    if values.get("http_port", 8011) and host not in LOOPBACK_HOSTS \
+            and not (values.get("http_token") or values.get("http_basic_auth")):
+        mistakes.append(f"SPINE_NODE_HTTP_HOST: the dashboard on {host!r} would be open to other machines; set "
+                        "SPINE_NODE_HTTP_TOKEN or SPINE_NODE_HTTP_BASIC_AUTH, or keep it on 127.0.0.1")
 
 
 def _check_pipeline(values: dict, mistakes: list[str]) -> None:

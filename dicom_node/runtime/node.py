@@ -28,6 +28,7 @@ from storage import InstanceFiles, Store, open_database
 from dicom_node.runtime.completion import complete_series
 from dicom_node.config.settings import NodeConfig
 from dicom_node.runtime.delivery import Deliverer
+from dicom_node.runtime.disk import DiskGuard, GuardedReceiver
 from dicom_node.runtime.dispatch import DaskExecutor, Dispatcher, LocalExecutor
 from dicom_node.errors import NodeError
 from dicom_node.runtime.reconcile import reconcile_instances
@@ -159,7 +160,8 @@ class Node:
                                      parallel=self._parallel(), on_outputs=delivery_loop.wake.set,
                                      on_finished=dispatch.wake.set)
         self.loops = [completion, dispatch, delivery_loop]
-        self.receiver = receiver = Receiver(self.store, self.files, on_released=lambda keys: completion.wake.set())
+        self.receiver = receiver = GuardedReceiver(DiskGuard.of(config), self.store, self.files,  # watermark first
+                                                   on_released=lambda keys: completion.wake.set())
         ssl_context = (make_ssl_context(str(config.tls_cert), str(config.tls_key),
                                         str(config.tls_ca) if config.tls_ca else None)
                        if config.tls_enabled else None)
@@ -171,6 +173,7 @@ class Node:
         for loop in self.loops:
             loop.start()
         self._completion_wakes_dispatch(completion, dispatch)
+        self.operations_parts = _start_operations(self)  # dashboard and retention (dicom_node.web, runtime.retention)
         log.info("node %s started", self.name)
         return self
 
@@ -200,6 +203,8 @@ class Node:
     def stop(self) -> None:
         """Stop accepting, let associations in progress finish, stop loops and workers."""
         log.info("node %s stopping", self.name)
+        for part in getattr(self, "operations_parts", []):
+            part.stop()
         if self.server is not None:
             self.server.shutdown()
             deadline = time.monotonic() + ASSOCIATION_GRACE_S
@@ -221,6 +226,14 @@ class Node:
             self._lock.close()  # releases the data folder's lock
             self._lock = None
         log.info("node %s stopped", self.name)
+
+
+def _start_operations(node: "Node") -> list:
+    """Start the dashboard server and the retention loop; what is started, to stop first in ``stop``."""
+    from dicom_node.runtime.retention import start_retention
+    from dicom_node.web.server import start_web
+
+    return [part for part in (start_web(node), start_retention(node)) if part is not None]
 
 
 def serve(config: NodeConfig) -> int:
