@@ -10,6 +10,7 @@ import pytest
 
 from dicom_node.cli.main import main
 from pipelines.model.bundles import BUNDLED_DIR
+from research.evaluation import discover_cases
 
 SMALL = ["--spacing", "3", "2", "2", "--matrix", "128"]
 
@@ -57,10 +58,15 @@ def test_models_verify_refuses_a_tampered_checkpoint_in_one_line(tmp_path, capsy
     assert "\n" not in err
 
 
-def test_missing_model_is_a_one_line_error(tmp_path, capsys):
-    assert main(["evaluate", "--model", "no-such-model", "--cases", str(tmp_path)]) == 2
+def test_missing_model_is_a_one_line_error_naming_the_model(tmp_path, capsys):
+    cases = tmp_path / "cases"
+    assert main(["phantom", "--out", str(cases), "--seed", "100105", *SMALL]) == 0
+    assert len(discover_cases(cases)) == 1  # a case evaluate takes: only the model can be missing
+    capsys.readouterr()
+    assert main(["evaluate", "--model", "no-such-model", "--cases", str(cases)]) == 2
     err = capsys.readouterr().err.strip()
-    assert "\n" not in err and ("not found" in err or "no case" in err)
+    assert err.startswith("spine-node: error:") and "\n" not in err
+    assert "model 'no-such-model' not found" in err
 
 
 def test_models_install_from_zip_then_list(tmp_path, monkeypatch, capsys):
