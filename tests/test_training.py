@@ -29,6 +29,7 @@ def test_shrink_plan_sets_the_small_network():
 @pytest.mark.slow
 def test_recipe_at_toy_size_produces_a_verified_bundle_that_segments(tmp_path):
     """Runs `spine-node train-demo` in a child process, as a user would (nnU-Net reads its paths at import)."""
+    from pipelines.levels import LEVELS
     from pipelines.model.segmenter import Segmenter
     from pipelines.model.bundles import verify_bundle
     from research.phantoms.generator import make_phantom
@@ -46,7 +47,12 @@ def test_recipe_at_toy_size_produces_a_verified_bundle_that_segments(tmp_path):
     assert bundle.label_map[17] == "L5"
     phantom = make_phantom(100200, spacing=(5.0, 4.0, 4.0), matrix=None)
     labels = Segmenter(bundle, device="cpu").segment(phantom.image, phantom.grid.spacing).labels
-    assert labels.shape == phantom.image.shape and labels.max() <= 17
+    assert labels.shape == phantom.image.shape
+    found = {int(v) for v in np.unique(labels)} - {0}
+    # It segments: vertebra labels, each an id the bundle names as a level (T1-L5). Two iterations do not
+    # teach it which level is which, so where each level lands is not checked.
+    assert found, "the trained bundle labels no voxel: an all-background output is not a segmentation"
+    assert {bundle.label_map.get(v) for v in found} <= set(LEVELS), {v: bundle.label_map.get(v) for v in found}
 
 
 def test_unknown_recipe_field_is_refused(tmp_path, capsys):
