@@ -40,8 +40,10 @@ orthanc: setup system-deps
 test: setup system-deps
 	$(VENV)/bin/pytest -q
 
+# Pure Python: no nnU-Net run (slow), no Orthanc, DCMTK, dicom3tools, dcmqi, PostgreSQL, Docker or hadolint
+# (peer); SPINE_NODE_TEST_NO_PEERS=1 makes a test that starts one of those without the peer marker fail.
 test-fast: setup
-	$(VENV)/bin/pytest -q -m "not slow"
+	SPINE_NODE_TEST_NO_PEERS=1 $(VENV)/bin/pytest -q -m "not slow and not peer"
 
 # Train the demo model's recipe from scratch on this CPU (30 epochs, under an hour on 2 cores);
 # the shipped weights had 132 epochs in three warm-started steps (README, "The demo model").
