@@ -26,6 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
+from common import ratio_line, verdict
+
 SHAPE = (300, 512, 512)
 SPACING = (1.0, 0.8, 0.8)
 
@@ -101,12 +103,12 @@ def main() -> int:
         ours = run_worker("spine-node", volume, args.model)
         print(f"spine-node : {ours['segment_s']:7.1f} s  peak {ours['peak_rss_gb']:.2f} GB  "
               f"({ours['labels_found']} levels; {ours['timings_s']})")
-        print(f"targets    : <= 30 s, <= 3 GB -> {'met' if ours['segment_s'] <= 30 and ours['peak_rss_gb'] <= 3 else 'NOT met'}")
+        print(f"targets    : <= 30 s, <= 3 GB -> {verdict(ours['segment_s'] <= 30 and ours['peak_rss_gb'] <= 3)}")
         if not args.skip_nnunet:
             peer = run_worker("nnunet", volume, args.model)
             print(f"nnU-Net    : {peer['segment_s']:7.1f} s  peak {peer['peak_rss_gb']:.2f} GB  ({peer['labels_found']} levels)")
-            print(f"ratio spine-node / nnU-Net: time {ours['segment_s'] / peer['segment_s']:.2f}x, "
-                  f"peak memory {ours['peak_rss_gb'] / peer['peak_rss_gb']:.2f}x")
+            print(ratio_line("spine-node", "nnU-Net", (ours["segment_s"], peer["segment_s"]),
+                             (ours["peak_rss_gb"], peer["peak_rss_gb"])))
     return 0
 
 

@@ -44,7 +44,7 @@ from pathlib import Path
 import numpy as np
 from scipy import ndimage
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import common  # noqa: F401,E402 - puts the repository on sys.path
 
 from research.evaluation import MIN_LESION_MM, lesion_confusion  # noqa: E402
 from pipelines.lesions import LESION_CLASSES, LesionThresholds, ThresholdClassifier  # noqa: E402

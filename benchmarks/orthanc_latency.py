@@ -26,9 +26,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import importlib.util
-import json
-import os
 import shutil
 import signal
 import subprocess
@@ -40,59 +37,29 @@ from pathlib import Path
 
 import requests
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
+from common import (PIPELINE_STAGES, echo, local_orthanc as _local_orthanc, lumbar_series, node_environment,
+                    start_node as _serve, stop_group, thoracolumbar_phantom, time_process as _time_process, verdict,
+                    wait_for)
+
 NODE_AET = "SPINENODE"
 SEG_SR_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4": "SEG", "1.2.840.10008.5.1.4.1.1.88.34": "SR"}
-PIPELINE_STAGES = ("load", "preprocess", "network", "postprocess", "resample_back", "measure", "lesions", "seg",
-                   "sr", "write")
-
-
-def _local_orthanc():
-    """orthanc/local_orthanc.py as a module (orthanc/ is a folder of files, not a package)."""
-    spec = importlib.util.spec_from_file_location("spine_node_local_orthanc", REPO / "orthanc" / "local_orthanc.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
 
 local_orthanc = _local_orthanc()
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 # ------------------------------------------------------------------ series
 
 def big_series(folder: Path, slices: int, matrix: int, seed: int = 500001) -> Path:
     """A thoraco-lumbar phantom at 0.8x0.8x1 mm on a ``matrix``-square grid, cut to ``slices`` slices."""
-    from research.phantoms.generator import Grid, make_phantom
     from research.phantoms.dicom import write_dicom_series
 
     pixel = 0.8 * 512 / matrix  # the same field of view whatever the matrix
-    phantom = make_phantom(seed, fov="thoracolumbar", spacing=(1.0, pixel, pixel), matrix=matrix)
-    n = min(slices, phantom.image.shape[0])
-    grid = Grid((n, *phantom.grid.shape[1:]), phantom.grid.spacing, phantom.grid.origin)
-    phantom = dataclasses.replace(phantom, grid=grid, image=phantom.image[:n], labels=phantom.labels[:n],
-                                  lesions=phantom.lesions[:n])
-    write_dicom_series(phantom, folder)
+    write_dicom_series(thoracolumbar_phantom(seed, slices, (1.0, pixel, pixel), matrix), folder)
     return folder
 
 
 def small_series(folder: Path, seed: int = 500002) -> Path:
-    from research.phantoms.generator import make_phantom
-    from research.phantoms.dicom import write_dicom_series
-
-    write_dicom_series(make_phantom(seed, fov="lumbar", spacing=(3.0, 1.5, 1.5), matrix=192), folder)
-    return folder
+    return lumbar_series(folder, seed, matrix=192)
 
 
 def series_files(folder: Path) -> list[Path]:
@@ -102,13 +69,8 @@ def series_files(folder: Path) -> list[Path]:
 # ------------------------------------------------------------------ process
 
 def time_process(series: Path, out: Path, device: str) -> dict:
-    start = time.perf_counter()
-    subprocess.run([str(BIN / "spine-node"), "process", str(series), "--out", str(out), "--device", device,
-                    "--no-progress"], check=True, capture_output=True)
-    wall = time.perf_counter() - start
-    timings = json.loads(next(out.glob("*/summary.json")).read_text())["timings_s"]
-    return {"wall_s": wall, "pipeline_s": sum(timings.get(k, 0.0) for k in PIPELINE_STAGES),
-            "network_s": timings.get("network", 0.0)}
+    timed = _time_process(series, out, device)
+    return {**timed, "network_s": timed["timings_s"].get("network", 0.0)}
 
 
 # ------------------------------------------------------------------ Orthanc side
@@ -188,21 +150,17 @@ def _output_kind(orthanc: Orthanc, instance_id: str, study_id: str) -> str | Non
 # ------------------------------------------------------------------ node
 
 def start_node(work: Path, orthanc, port: int, device: str) -> subprocess.Popen:
-    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SPINE_NODE_")},
-           "SPINE_NODE_DATA_DIR": str(work / "node"), "SPINE_NODE_PORT": str(port),
-           "SPINE_NODE_HOST": local_orthanc.LOOPBACK, "SPINE_NODE_AE_TITLE": NODE_AET,
-           "SPINE_NODE_ALLOWED_AES": orthanc.aet,
-           "SPINE_NODE_DESTINATIONS": f"{orthanc.aet}@{local_orthanc.LOOPBACK}:{orthanc.dicom_port}",
-           "SPINE_NODE_DEVICE": device}
-    with open(work / "node.log", "wb") as log:
-        node = subprocess.Popen([str(BIN / "spine-node"), "serve"], env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
+    env = node_environment(SPINE_NODE_DATA_DIR=str(work / "node"), SPINE_NODE_PORT=str(port),
+                           SPINE_NODE_HOST=local_orthanc.LOOPBACK, SPINE_NODE_AE_TITLE=NODE_AET,
+                           SPINE_NODE_ALLOWED_AES=orthanc.aet,
+                           SPINE_NODE_DESTINATIONS=f"{orthanc.aet}@{local_orthanc.LOOPBACK}:{orthanc.dicom_port}",
+                           SPINE_NODE_DEVICE=device)
+    node = _serve(env, work / "node.log")
 
     def up() -> bool:
         if node.poll() is not None:
             raise SystemExit(f"spine-node serve exited {node.returncode}; see {work / 'node.log'}")
-        return subprocess.run(["echoscu", "-aet", orthanc.aet, "-aec", NODE_AET, local_orthanc.LOOPBACK, str(port)],
-                              capture_output=True).returncode == 0
+        return echo(port, NODE_AET, calling=orthanc.aet)
 
     wait_for(up, 120, "the node to answer C-ECHO", interval=0.5)
     return node
@@ -271,7 +229,7 @@ def report(size: str, process: dict, seen: Seen, node: dict) -> None:
     overhead = latency - base
     ratio = overhead / base
     print(f"overhead vs process wall: {overhead:+.1f} s = {100 * ratio:+.1f} % (target <= +15 %: "
-          f"{'met' if ratio <= 0.15 else 'NOT met'}); vs its pipeline stages: "
+          f"{verdict(ratio <= 0.15)}); vs its pipeline stages: "
           f"{latency - process['pipeline_s']:+.1f} s = {100 * (latency / process['pipeline_s'] - 1):+.1f} %")
 
 
@@ -307,8 +265,7 @@ def main() -> int:
             print("node warmed up by a first series through Orthanc", flush=True)
             seen = through_orthanc(orthanc, files, args.timeout)
         finally:
-            os.killpg(node.pid, signal.SIGTERM)
-            node.wait(60)
+            stop_group(node, signal.SIGTERM, 60)
     import pydicom
 
     series_uid = str(pydicom.dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)

@@ -16,7 +16,6 @@ These machines are noisy: compare the ratio against the peer measured in the sam
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import subprocess
@@ -24,26 +23,20 @@ import sys
 import tempfile
 from pathlib import Path
 
-import numpy as np
+from common import BIN, ratio_line, thoracolumbar_phantom, verdict
 
 SLICES = 300
 SPACING = (1.0, 0.8, 0.8)
 INFERENCE_STAGES = ("preprocess", "network", "postprocess", "resample_back")
-BIN = Path(sys.executable).parent
 
 
 def make_series(folder: Path, nifti: Path, seed: int = 200000) -> None:
     """A thoraco-lumbar phantom cut to 300 slices, as a DICOM series and as NIfTI."""
-    from research.phantoms.generator import Grid, make_phantom
     from research.phantoms.dicom import write_dicom_series
     from research.phantoms.nifti import to_sitk
     import SimpleITK as sitk
 
-    phantom = make_phantom(seed, fov="thoracolumbar", spacing=SPACING, matrix=512)
-    n = min(SLICES, phantom.image.shape[0])
-    grid = Grid((n, *phantom.grid.shape[1:]), phantom.grid.spacing, phantom.grid.origin)
-    phantom = dataclasses.replace(phantom, grid=grid, image=phantom.image[:n], labels=phantom.labels[:n],
-                                  lesions=phantom.lesions[:n])
+    phantom = thoracolumbar_phantom(seed, SLICES, SPACING, matrix=512)
     write_dicom_series(phantom, folder)
     sitk.WriteImage(to_sitk(phantom.image, phantom.grid), str(nifti))
 
@@ -110,15 +103,15 @@ def main() -> int:
         per_series = ours["wall_s"] - ours["inference_s"] - startup
         print(f"overhead per series (load, levels, lesions, SEG, SR, files): {per_series:.1f} s = "
               f"{per_series / ours['inference_s']:.0%} of inference (target <= 25 %: "
-              f"{'met' if per_series <= 0.25 * ours['inference_s'] else 'NOT met'})")
+              f"{verdict(per_series <= 0.25 * ours['inference_s'])})")
         print(f"with the process's start-up (Python imports, model load; once per process, the node pays it once): "
               f"{per_series + startup:.1f} s = {(per_series + startup) / ours['inference_s']:.0%} of inference")
-        print(f"peak memory target <= 3 GB: {'met' if ours['peak_gb'] <= 3 else 'NOT met'}")
+        print(f"peak memory target <= 3 GB: {verdict(ours['peak_gb'] <= 3)}")
         if not args.skip_nnunet:
             peer = run_nnunet(tmp / "ct.nii.gz", tmp / "nnunet_out", args.model)
             print(f"nnUNetv2_predict  : {peer['wall_s']:6.1f} s wall, peak {peer['peak_gb']:.2f} GB")
-            print(f"ratio spine-node process / nnUNetv2_predict: time {ours['wall_s'] / peer['wall_s']:.2f}x, "
-                  f"peak memory {ours['peak_gb'] / peer['peak_gb']:.2f}x")
+            print(ratio_line("spine-node process", "nnUNetv2_predict", (ours["wall_s"], peer["wall_s"]),
+                             (ours["peak_gb"], peer["peak_gb"])))
     return 0
 
 

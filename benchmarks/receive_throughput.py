@@ -30,11 +30,9 @@ Target (issue 4): node >= 0.8x the minimal pynetdicom SCP.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import os
 import shutil
 import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -42,33 +40,17 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-LOOPBACK = "127.0.0.1"
+from common import (LOOPBACK, echo as _echo, free_port, local_orthanc, node_environment, start_node, start_storescp,
+                    stop_group, thoracolumbar_phantom, verdict, wait_for)
+
 SENDER_AE = "BENCHSCU"
 SLICES = 300
 SPACING = (1.0, 0.8, 0.8)
 PG_ADMIN = os.environ.get("SPINE_NODE_TEST_PG", "host=127.0.0.1 port=5432 user=postgres dbname=postgres")
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind((LOOPBACK, 0))
-        return s.getsockname()[1]
-
-
-def wait_for(predicate, timeout: float, what: str, interval: float = 0.2):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        time.sleep(interval)
-    raise SystemExit(f"timed out after {timeout:.0f} s waiting for {what}")
-
-
 def echo(port: int, called: str) -> bool:
-    return subprocess.run(["echoscu", "-aet", SENDER_AE, "-aec", called, LOOPBACK, str(port)],
-                          capture_output=True).returncode == 0
+    return _echo(port, called, calling=SENDER_AE)
 
 
 def group_cpu_s(pgid: int) -> float:
@@ -96,14 +78,6 @@ def settle(pgid: int, timeout: float = 180.0, idle_cpu_s: float = 0.05) -> None:
         last = now
 
 
-def stop_group(process: subprocess.Popen, sig: int = signal.SIGKILL) -> None:
-    try:
-        os.killpg(process.pid, sig)
-    except ProcessLookupError:
-        pass
-    process.wait(30)
-
-
 # --- the series ----------------------------------------------------------------------------------------
 
 def make_series(folder: Path, seed: int = 200000) -> list[Path]:
@@ -111,15 +85,9 @@ def make_series(folder: Path, seed: int = 200000) -> list[Path]:
     existing = sorted(folder.glob("*.dcm")) if folder.is_dir() else []
     if len(existing) == SLICES:
         return existing
-    from research.phantoms.generator import Grid, make_phantom
     from research.phantoms.dicom import write_dicom_series
 
-    phantom = make_phantom(seed, fov="thoracolumbar", spacing=SPACING, matrix=512)
-    n = min(SLICES, phantom.image.shape[0])
-    grid = Grid((n, *phantom.grid.shape[1:]), phantom.grid.spacing, phantom.grid.origin)
-    phantom = dataclasses.replace(phantom, grid=grid, image=phantom.image[:n], labels=phantom.labels[:n],
-                                  lesions=phantom.lesions[:n])
-    return write_dicom_series(phantom, folder)
+    return write_dicom_series(thoracolumbar_phantom(seed, SLICES, SPACING, matrix=512), folder)
 
 
 # --- receivers: start(folder) -> (AE title, port, process group); finish() checks and stops -------------
@@ -135,18 +103,14 @@ class NodeReceiver:
 
     def start(self, folder: Path) -> tuple[str, int, int]:
         port = free_port()
-        env = {**{k: v for k, v in os.environ.items() if not k.startswith("SPINE_NODE_")},
-               "SPINE_NODE_DATA_DIR": str(folder / "data"), "SPINE_NODE_PORT": str(port),
-               "SPINE_NODE_HOST": LOOPBACK, "SPINE_NODE_STABLE_AGE": "3600", "SPINE_NODE_DEVICE": "cpu",
-               "SPINE_NODE_DESTINATIONS": f"NOBODY@{LOOPBACK}:9"}
+        env = node_environment(SPINE_NODE_DATA_DIR=str(folder / "data"), SPINE_NODE_PORT=str(port),
+                               SPINE_NODE_HOST=LOOPBACK, SPINE_NODE_STABLE_AGE="3600", SPINE_NODE_DEVICE="cpu",
+                               SPINE_NODE_DESTINATIONS=f"NOBODY@{LOOPBACK}:9")
         if self.postgres:
             self.database = f"spine_bench_{os.getpid()}_{int(time.time() * 1000) % 10**9}"
             _pg_admin(f'CREATE DATABASE "{self.database}"')
             env["SPINE_NODE_DATABASE_URL"] = f"postgresql://postgres@{LOOPBACK}:5432/{self.database}"
-        with open(folder / "node.log", "wb") as log:
-            self.process = subprocess.Popen([str(BIN / "spine-node"), "serve"], env=env, stdout=log,
-                                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                            start_new_session=True, cwd=folder)
+        self.process = start_node(env, folder / "node.log", cwd=folder)
         wait_for(lambda: self.process.poll() is None and echo(port, "SPINENODE"), 120, "the node")
         return "SPINENODE", port, self.process.pid
 
@@ -182,9 +146,7 @@ class StoreScpReceiver:
     def start(self, folder: Path) -> tuple[str, int, int]:
         port = free_port()
         (folder / "in").mkdir()
-        self.process = subprocess.Popen(["storescp", "--aetitle", "STORESCP", "--output-directory",
-                                         str(folder / "in"), str(port)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL, start_new_session=True)
+        self.process = start_storescp("STORESCP", port, folder / "in")
         wait_for(lambda: echo(port, "STORESCP"), 30, "storescp")
         return "STORESCP", port, self.process.pid
 
@@ -199,11 +161,9 @@ class OrthancReceiver:
     name = "Orthanc"
 
     def start(self, folder: Path) -> tuple[str, int, int]:
-        sys.path.insert(0, str(REPO / "orthanc"))
-        from local_orthanc import LocalOrthanc, Modality
-
-        self.orthanc = LocalOrthanc(stable_age=3600, storage=folder / "storage",
-                                    modalities={"bench": Modality(SENDER_AE, LOOPBACK, 104)}).start()
+        orthanc = local_orthanc()
+        self.orthanc = orthanc.LocalOrthanc(stable_age=3600, storage=folder / "storage",
+                                            modalities={"bench": orthanc.Modality(SENDER_AE, LOOPBACK, 104)}).start()
         return self.orthanc.aet, self.orthanc.dicom_port, os.getpgid(self.orthanc.pid)
 
     def finish(self, folder: Path) -> int:
@@ -352,7 +312,7 @@ def report(times: dict[str, list[float]], contenders: dict, count: int, size_mb:
             if name in medians:
                 ratio = medians["minimal"] / medians[name]
                 print(f"{contenders[name].name} / minimal SCP throughput: {ratio:.2f}x "
-                      f"(target >= 0.8x: {'met' if ratio >= 0.8 else 'NOT met'})")
+                      f"(target >= 0.8x: {verdict(ratio >= 0.8)})")
 
 
 if __name__ == "__main__":
