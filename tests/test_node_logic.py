@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import threading
 import time
-from concurrent.futures import Future
 from datetime import datetime, timedelta, timezone
-import numpy as np
+
 import pydicom
 import pytest
 from pynetdicom import AE, evt
@@ -20,14 +19,12 @@ from pynetdicom.presentation import StoragePresentationContexts
 
 from dicom_node.runtime.completion import complete_series, contiguity, judge
 from dicom_node.runtime.delivery import Deliverer
-from dicom_node.runtime.dispatch import Dispatcher
-from dicom_node.dimse.scp import Receiver, ScpSettings, start_scp
-from pipelines.records import ModelIdentity
-from pipelines.process import Analysis, PipelineOptions, vertebra_findings
-from storage import InstanceFiles, Store, open_database
+from pipelines.options import PipelineOptions
+from storage import Store, open_database
 from support.dimse import LOOPBACK, StoreScp, free_port, send_c_store as send
+from support.inprocess_node import InProcessNode, ct_series
 from support.paths import shared
-from support.synthetic_ct import ct_datasets, save, volume
+from support.synthetic_ct import save
 from support.waiting import wait_until
 
 AXIAL = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0]
@@ -82,73 +79,25 @@ def test_an_instance_after_the_release_waits_for_the_next_release_or_the_quiet_p
 
 # --- a node in-process, with a stub worker -------------------------------------------------------------
 
-class StubExecutor:
-    """Runs a fake 'analyse' in a thread: one vertebra (L1) wherever HU > 0."""
-
-    name = "stub"
-
-    def submit(self, hu, geometry, options) -> Future:
-        future: Future = Future()
-        labels = np.where(hu > np.percentile(hu, 70), 13, 0).astype(np.uint8)
-        findings = vertebra_findings(hu, labels, geometry.spacing, {13: "L1"})
-        future.set_result(Analysis(labels, findings, ModelIdentity("stub-model", "0.0", "0" * 64), "cpu",
-                                   {"network": 0.0}, options.parameters()))
-        return future
-
-    def worker_of(self, future) -> str:
-        return "stub"
-
-    def recover(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass
-
-
 @pytest.fixture
 def node(tmp_path):
-    """Store + SCP + dispatcher (stub worker) + deliverer, driven step by step by the test."""
-    store = Store(open_database(f"sqlite:///{tmp_path / 'node.db'}"))
-    files = InstanceFiles(tmp_path / "data")
-    port = free_port()
-    server = start_scp(ScpSettings("SPINENODE", LOOPBACK, port, ()), Receiver(store, files))
-    destinations: list[str] = []
-    dispatcher = Dispatcher(store, files, StubExecutor(), PipelineOptions(min_slices=5),
-                            lambda job: list(destinations), "test-node")
-    yield {"store": store, "port": port, "dispatcher": dispatcher, "destinations": destinations,
-           "deliverer": Deliverer(store, "SPINENODE", retry_max_s=0.2, timeout_s=10)}
-    server.shutdown()
-    store.db.close()
-
-
-def ct_series(name: str, slices: int, size: int = 16) -> list[pydicom.Dataset]:
-    """A small CT series with the Type 2 patient/study attributes present (empty), as scanners write them."""
-    datasets = ct_datasets(volume(slices=slices, rows=size, columns=size), name=name)
-    for ds in datasets:
-        ds.PatientBirthDate, ds.PatientSex, ds.AccessionNumber, ds.ReferringPhysicianName = "", "", "", ""
-    return datasets
-
-
-def run_completed_jobs(node, stable_age: float = 30.0) -> list[dict]:
-    """One completion pass, then every queued job run to its end; their details."""
-    wait_until(lambda: not node["store"].receiving_series() or all(s.released_at for s in node["store"].receiving_series()),
-               10, "the release to be recorded")
-    created = complete_series(node["store"], stable_age)
-    while (job := node["store"].claim_next_job("test-node")) is not None:
-        node["dispatcher"].run_job(job)
-    return [node["store"].job_detail(job_id) for job_id in created]
+    """The in-process node (stub worker) with a deliverer, driven step by step by the test."""
+    running = InProcessNode(tmp_path, PipelineOptions(min_slices=5))
+    running.deliverer = Deliverer(running.store, "SPINENODE", retry_max_s=0.2, timeout_s=10)
+    yield running
+    running.close()
 
 
 def test_late_instance_reopens_the_series_and_new_outputs_reference_their_predecessor(node, tmp_path):
     datasets = ct_series("reopen", 9)
     paths = save(datasets, tmp_path / "series")
-    assert send(node["port"], paths[:8]) == [0] * 8
-    [first] = run_completed_jobs(node)
+    assert send(node.port, paths[:8]) == [0] * 8
+    [first] = node.run_completed_jobs()
     assert first["state"] == "done", first["error"]
     first_uids = set(first["output_uids"])
 
-    assert send(node["port"], paths[8:]) == [0]  # the late slice: adjacent, so the series is contiguous again
-    [second] = run_completed_jobs(node)
+    assert send(node.port, paths[8:]) == [0]  # the late slice: adjacent, so the series is contiguous again
+    [second] = node.run_completed_jobs()
 
     assert second["state"] == "done", second["error"]
     assert second["series_version"] == 2 and second["instances"] == 9
@@ -162,8 +111,8 @@ def test_late_instance_reopens_the_series_and_new_outputs_reference_their_predec
 
 def test_a_series_the_pipeline_refuses_is_rejected_with_its_reason(node, tmp_path):
     paths = save(ct_series("too-short", 3), tmp_path / "short")
-    assert send(node["port"], paths) == [0, 0, 0]
-    [job] = run_completed_jobs(node)
+    assert send(node.port, paths) == [0, 0, 0]
+    [job] = node.run_completed_jobs()
     assert job["state"] == "rejected"
     assert "too_few_slices" in job["error"] or "slices" in job["error"]
     assert job["outputs"] == []
@@ -173,8 +122,8 @@ def test_a_series_the_pipeline_refuses_is_rejected_with_its_reason(node, tmp_pat
 @pytest.mark.real_data
 def test_a_series_of_another_storage_class_is_stored_not_processed(node):
     sr = shared("reference-objects", "highdicom", "sr_document.dcm")
-    assert send(node["port"], [sr]) == [0]
-    [job] = run_completed_jobs(node, stable_age=0.01)
+    assert send(node.port, [sr]) == [0]
+    [job] = node.run_completed_jobs(stable_age=0.01)
     assert job["state"] == "rejected" and job["error"].startswith("not_ct") and "stored, not processed" in job["error"]
 
 
@@ -182,8 +131,8 @@ def test_a_series_of_another_storage_class_is_stored_not_processed(node):
 
 def _job_with_outputs(node, tmp_path) -> dict:
     paths = save(ct_series(f"out-{tmp_path.name}", 6), tmp_path / "s")
-    send(node["port"], paths)
-    [job] = run_completed_jobs(node)
+    send(node.port, paths)
+    [job] = node.run_completed_jobs()
     assert job["state"] == "done", job["error"]
     return job
 
@@ -213,16 +162,16 @@ class RefusingScp:
 
 def test_a_destination_that_refuses_is_recorded_with_its_status_and_retried(node, tmp_path):
     refuser = RefusingScp(refusals=2)
-    node["destinations"].append(f"REFUSER@{LOOPBACK}:{refuser.port}")
+    node.destinations.append(f"REFUSER@{LOOPBACK}:{refuser.port}")
     try:
         job = _job_with_outputs(node, tmp_path)
-        node["deliverer"].run_once()
-        detail = node["store"].job_detail(job["id"])
+        node.deliverer.run_once()
+        detail = node.store.job_detail(job["id"])
         refused = [d for d in detail["deliveries"] if d["state"] == "pending"]
         assert len(refused) == 2 and all("0xA700" in d["last_error"] for d in refused)
-        wait_until(lambda: node["deliverer"].run_once() or not node["store"].pending_deliveries(), 20,
+        wait_until(lambda: node.deliverer.run_once() or not node.store.pending_deliveries(), 20,
                    "the retried deliveries")
-        detail = node["store"].job_detail(job["id"])
+        detail = node.store.job_detail(job["id"])
         assert all(d["state"] == "delivered" and d["attempts"] == 2 for d in detail["deliveries"])
         assert sorted(refuser.received) == sorted(job["output_uids"])
         assert any(e["state"] == "delivery-failed" and "0xA700" in e["detail"] for e in detail["events"])
@@ -233,17 +182,17 @@ def test_a_destination_that_refuses_is_recorded_with_its_status_and_retried(node
 @pytest.mark.peer
 def test_outputs_wait_in_the_outbox_until_the_destination_is_up(node, tmp_path):
     destination = StoreScp(tmp_path / "received")
-    node["destinations"].append(destination.address)
+    node.destinations.append(destination.address)
     job = _job_with_outputs(node, tmp_path)
     for _ in range(2):
-        node["deliverer"].run_once()
+        node.deliverer.run_once()
         time.sleep(0.3)
-    pending = node["store"].pending_deliveries()
+    pending = node.store.pending_deliveries()
     assert len(pending) == 2 and all(d.attempts >= 1 and "no association" in d.last_error for d in pending)
     assert all(d.path.is_file() for d in pending)  # nothing deleted before delivery
     destination.start()
     try:
-        wait_until(lambda: node["deliverer"].run_once() or not node["store"].pending_deliveries(), 20,
+        wait_until(lambda: node.deliverer.run_once() or not node.store.pending_deliveries(), 20,
                    "delivery once the destination is up")
         received = {str(ds.SOPInstanceUID) for ds in destination.received()}
         assert received == set(job["output_uids"])
@@ -254,9 +203,9 @@ def test_outputs_wait_in_the_outbox_until_the_destination_is_up(node, tmp_path):
 @pytest.mark.peer
 def test_stow_rs_delivers_to_a_dicomweb_server(node, tmp_path, orthanc_factory):
     orthanc = orthanc_factory(stable_age=60)
-    node["destinations"].append(f"stow:{orthanc.dicomweb_url}")
+    node.destinations.append(f"stow:{orthanc.dicomweb_url}")
     job = _job_with_outputs(node, tmp_path)
-    wait_until(lambda: node["deliverer"].run_once() or not node["store"].pending_deliveries(), 30, "STOW-RS delivery")
+    wait_until(lambda: node.deliverer.run_once() or not node.store.pending_deliveries(), 30, "STOW-RS delivery")
     import requests
 
     for uid in job["output_uids"]:
