@@ -8,8 +8,6 @@ gives up, exit status 1, when they do not.
 """
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
 from pathlib import Path
 
@@ -20,20 +18,9 @@ from pydicom.uid import generate_uid
 from research.phantoms.generator import make_phantom
 from research.phantoms.dicom import write_dicom_series
 from support.dimse import LOOPBACK, free_port
-from support.paths import REPO
+from support.orthanc import orthanc_script
 
-UPLOAD_PATH = REPO / "orthanc" / "upload.py"
-
-
-def _load_upload():
-    spec = importlib.util.spec_from_file_location("spine_node_orthanc_upload", UPLOAD_PATH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-upload = _load_upload()
+upload = orthanc_script("upload")
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Orthanc for the tests: orthanc/local_orthanc.py loaded as a module, Orthanc's log, its DICOMweb plugin.
+"""Orthanc for the tests: orthanc/'s scripts loaded as modules, Orthanc's log, its DICOMweb plugin.
 
 The fixtures that start Orthancs and storescp peers (``orthanc_factory``, ``storescp_factory``)
 are in conftest.py; they stop them by their own PIDs at the end of the module. ``qido`` and
@@ -16,19 +16,18 @@ import requests
 
 from support.paths import REPO
 
-LOCAL_ORTHANC_PATH = REPO / "orthanc" / "local_orthanc.py"
 
 
-def _load_local_orthanc():
-    """orthanc/local_orthanc.py as a module: orthanc/ is a folder of files, not an installed package."""
-    spec = importlib.util.spec_from_file_location("spine_node_local_orthanc", LOCAL_ORTHANC_PATH)
+def orthanc_script(name: str):
+    """orthanc/NAME.py as the module ``spine_node_orthanc_NAME``: orthanc/ is a folder of files, not a package."""
+    spec = importlib.util.spec_from_file_location(f"spine_node_orthanc_{name}", REPO / "orthanc" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses need the module registered
     spec.loader.exec_module(module)
     return module
 
 
-local_orthanc = _load_local_orthanc()
+local_orthanc = orthanc_script("local_orthanc")
 
 
 def log_lines(orthanc, needle: str) -> list[str]:
