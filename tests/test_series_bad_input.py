@@ -67,23 +67,24 @@ def not_ct_mr(folder: Path) -> None:
     save(datasets, folder)
 
 
+def _rgb(datasets: list) -> list:
+    """The datasets with 8-bit RGB pixels (black) in place of their CT pixels."""
+    for ds in datasets:
+        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
+        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
+        ds.PixelData = np.zeros((12, 10, 3), np.uint8).tobytes()
+    return datasets
+
+
 def secondary_capture_rgb(folder: Path) -> None:
     datasets = base("sc")
     for ds in datasets:
         ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
-        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.PixelData = np.zeros((12, 10, 3), np.uint8).tobytes()
-    save(datasets, folder)
+    save(_rgb(datasets), folder)
 
 
 def ct_rgb_pixels(folder: Path) -> None:
-    datasets = base("rgb")
-    for ds in datasets:
-        ds.SamplesPerPixel, ds.PhotometricInterpretation, ds.PlanarConfiguration = 3, "RGB", 0
-        ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 8, 8, 7, 0
-        ds.PixelData = np.zeros((12, 10, 3), np.uint8).tobytes()
-    save(datasets, folder)
+    save(_rgb(base("rgb")), folder)
 
 
 def scout_mixed_in(folder: Path) -> None:
