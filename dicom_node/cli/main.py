@@ -26,6 +26,7 @@ from pipelines.errors import PipelineError
 from storage.errors import StorageError
 
 from dicom_node.cli import dataset as cli_dataset, jobs as cli_jobs, process as cli_process, serve as cli_serve
+from dicom_node.cli import operations as cli_operations
 from dicom_node.errors import NodeError
 
 
@@ -56,6 +57,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_process.add_parser(sub)
     cli_jobs.add_parser(sub)
     cli_serve.add_parsers(sub)
+    cli_operations.add_parsers(sub)  # purge, retrieve (issue 17)
     cli_dataset.add_parser(sub)
     return parser
 
