@@ -28,6 +28,9 @@ SEG_TYPES = ("binary", "labelmap")
 DEFAULT_SEG_TYPE = "binary"
 DEFAULT_MIN_SLICES = 20
 DEFAULT_DATA_DIR = "spine-node-data"
+DEFAULT_BONE_DENSITY_THRESHOLD_HU = 104.0
+DEFAULT_BONE_DENSITY_SOURCE = ("L1 trabecular attenuation below 104 HU: 90 % specific for osteoporosis "
+                               "(opportunistic CT screening, Insights into Imaging 2023)")
 MODELS_SUBDIR = "models"
 
 _DEVICE = re.compile(r"auto|cpu|cuda(:\d{1,2})?")
@@ -49,6 +52,8 @@ class PipelineOptions:
     * ``seg_type``: ``binary`` (widest viewer support) or ``labelmap`` DICOM SEG.
     * ``min_slices``: a series with fewer distinct slices is refused.
     * ``lesion_thresholds``: overrides of the lesion classifier's numbers (checked here).
+    * ``bone_density_threshold_hu`` and ``bone_density_source``: the L1 (else L2) trabecular
+      HU below which the report flags low bone density, and where that number comes from.
     * ``models_dir``: the folder of installed bundles (``None``: only the bundled ones).
     """
 
@@ -59,6 +64,8 @@ class PipelineOptions:
     seg_type: str = DEFAULT_SEG_TYPE
     min_slices: int = DEFAULT_MIN_SLICES
     lesion_thresholds: dict | None = None
+    bone_density_threshold_hu: float = DEFAULT_BONE_DENSITY_THRESHOLD_HU
+    bone_density_source: str = DEFAULT_BONE_DENSITY_SOURCE
     models_dir: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -76,6 +83,12 @@ class PipelineOptions:
         if isinstance(self.min_slices, bool) or not isinstance(self.min_slices, int) or self.min_slices < 2:
             raise PipelineOptionError(f"min_slices must be a whole number of at least 2, got {self.min_slices!r}")
         self._check_thresholds()
+        if (isinstance(self.bone_density_threshold_hu, bool) or not isinstance(self.bone_density_threshold_hu, (int, float))
+                or not -200 <= self.bone_density_threshold_hu <= 500):
+            raise PipelineOptionError("bone_density_threshold_hu must be a number of HU in -200..500, "
+                                      f"got {self.bone_density_threshold_hu!r}")
+        if not isinstance(self.bone_density_source, str) or not self.bone_density_source.strip():
+            raise PipelineOptionError("bone_density_source must name where the threshold comes from")
 
     def _check_thresholds(self) -> None:
         if self.lesion_thresholds is None:
@@ -92,6 +105,12 @@ class PipelineOptions:
         recorded = asdict(self)
         recorded.pop("models_dir")
         return recorded
+
+    def density_rule(self):
+        """The bone-density rule of the spine report (``pipelines.measure.density.DensityRule``)."""
+        from pipelines.measure.density import DensityRule
+
+        return DensityRule(float(self.bone_density_threshold_hu), self.bone_density_source)
 
     def models_dirs(self) -> list[Path]:
         """The folders searched for ``model``, installed bundles first."""

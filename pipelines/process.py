@@ -26,6 +26,7 @@ from pipelines.records import CTSeries, Geometry, ModelIdentity, VertebraFinding
 from pipelines.levels import LEVELS
 from pipelines.lesions import ThresholdClassifier
 from pipelines.model.orientation import lps_reorientation
+from pipelines.measure.report import measure_spine, series_report
 from pipelines.options import PipelineOptions
 
 
@@ -78,6 +79,9 @@ def analyse(hu: np.ndarray, geometry: Geometry, options: PipelineOptions) -> Ana
     t0 = time.perf_counter()
     classify_lesions(hu, labels, geometry.spacing, findings, options.lesion_thresholds)
     timings["lesions"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    measure_spine(hu, labels, geometry, findings)
+    timings["report"] = time.perf_counter() - t0
     model = ModelIdentity(bundle.name, bundle.version, bundle.sha256)
     return Analysis(labels, findings, model, str(segmenter.device), timings, options.parameters())
 
@@ -129,13 +133,25 @@ def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions
                         labelmap=options.seg_type == "labelmap")
     timings["seg"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    sr = build_sr(series, seg, analysis.findings, analysis.model, predecessor=predecessor_sr)
+    sr = build_sr(series, seg, analysis.findings, analysis.model, predecessor=predecessor_sr,
+                  outlines=vertebra_outlines(analysis.labels, analysis.findings))
     timings["sr"] = time.perf_counter() - t0
-    summary = make_summary(series, analysis, seg, sr, {**analysis.timings_s, **timings})
+    report = series_report(analysis.findings, series.source_images[0] if series.source_images else None,
+                           options.density_rule())
+    summary = make_summary(series, analysis, seg, sr, {**analysis.timings_s, **timings}, report)
     return Outputs(seg, sr, summary, timings)
 
 
-def make_summary(series: CTSeries, analysis: Analysis, seg: Dataset | None, sr: Dataset, timings: dict) -> dict:
+def vertebra_outlines(labels: np.ndarray, findings: list[VertebraFinding]) -> dict:
+    """Each finding's outline on the slice through its centre (finding label -> ``contours.Outline``), for the SR."""
+    from pipelines.outputs.contours import centre_outline, label_boxes
+
+    boxes = label_boxes(labels)
+    return {f.label: centre_outline(labels, f.label, boxes[f.label]) for f in findings if f.label in boxes}
+
+
+def make_summary(series: CTSeries, analysis: Analysis, seg: Dataset | None, sr: Dataset, timings: dict,
+                 report: dict | None = None) -> dict:
     """``summary.json`` as docs/ARCHITECTURE.md describes it, plus what explains each number."""
     return {
         "study_instance_uid": series.study_instance_uid,
@@ -144,7 +160,8 @@ def make_summary(series: CTSeries, analysis: Analysis, seg: Dataset | None, sr: 
         "device": analysis.device,
         "vertebrae": [{"level": f.level, "segment_number": f.segment_number, "voxels": f.voxels,
                        "volume_ml": f.volume_ml, "mean_hu": f.mean_hu, "lesion": f.lesion,
-                       "lesion_features": f.features} for f in analysis.findings],
+                       "lesion_features": f.features, **f.measurements} for f in analysis.findings],
+        **(report or {}),
         "seg_sop_instance_uid": str(seg.SOPInstanceUID) if seg is not None else None,
         "sr_sop_instance_uid": str(sr.SOPInstanceUID),
         "repairs": list(series.repairs),

@@ -90,3 +90,4 @@ class VertebraFinding:
     lesion: str = "none"       # "none" | "lytic" | "blastic" | "mixed"
     features: dict[str, object] = field(default_factory=dict)  # numbers, the reason, the thresholds used
     segment_number: int = 0    # set by the SEG writer (1-based, in head-to-feet order)
+    measurements: dict[str, object] = field(default_factory=dict)  # the spine report (pipelines.measure)

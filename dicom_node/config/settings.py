@@ -28,6 +28,10 @@ SPINE_NODE_DEVICE          device                 auto, cpu, cuda or cuda:N (aut
 SPINE_NODE_STEP_SIZE       step_size              sliding-window step, fraction of the patch, (0, 1] (0.5)
 SPINE_NODE_MIRRORING       mirroring              test-time mirroring, slower (false)
 SPINE_NODE_SEG_TYPE        seg_type               binary or labelmap DICOM SEG (binary)
+SPINE_NODE_BONE_DENSITY_THRESHOLD_HU  bone_density_threshold_hu   L1 (else L2) trabecular HU below which the
+                                                  report flags low bone density (104)
+SPINE_NODE_BONE_DENSITY_SOURCE  bone_density_source  where that threshold comes from, quoted in every
+                                                  report (opportunistic CT screening, 2023)
 SPINE_NODE_LESION_THRESHOLDS [lesion_thresholds]  overrides of the lesion classifier's numbers: a TOML
                                                   table, or in the variable a JSON object or the path
                                                   of a JSON file (the classifier's defaults)
@@ -36,7 +40,21 @@ SPINE_NODE_WORKERS         workers                embedded workers (1)
 SPINE_NODE_RETRY_MAX_S     retry_max_s            longest wait between two delivery attempts, seconds (300)
 SPINE_NODE_TLS_CERT        tls_cert               PEM certificate: DICOM over TLS (off)
 SPINE_NODE_TLS_KEY         tls_key                its PEM private key (with tls_cert)
-SPINE_NODE_TLS_CA          tls_ca                 PEM CA bundle: clients must present a certificate it signed
+SPINE_NODE_TLS_CA          tls_ca                 PEM CA bundle: clients must present a certificate it signed;
+                                                  also what outgoing TLS (C-STORE, https STOW-RS) trusts
+SPINE_NODE_TLS_OUTGOING    tls_outgoing           C-STORE destinations over TLS with the node's certificate
+                                                  (true when tls_cert is set); a destination written
+                                                  tls:AE@host:port always uses TLS
+SPINE_NODE_MAX_ASSOCIATIONS max_associations      associations at once; connections not yet associated do
+                                                  not count; above: A-ASSOCIATE-RJ, local limit (32)
+SPINE_NODE_MAX_PEER_CONNECTIONS max_peer_connections  connections from one address, associated or not (48)
+SPINE_NODE_MAX_PENDING     max_pending            connections not yet associated (TLS handshake or request
+                                                  under way), in total; over it or the peer cap, the
+                                                  oldest one waiting over 1 s is cut for the new one (64)
+SPINE_NODE_ASSOCIATE_TIMEOUT associate_timeout    seconds from connect to an accepted association, TLS
+                                                  handshake included; then the connection is cut (10)
+SPINE_NODE_CALLED_AES      called_aes             called AE titles answered besides ae_title; "*": any
+                                                  (empty: only ae_title; others get A-ASSOCIATE-RJ)
 SPINE_NODE_HTTP_PORT       http_port              dashboard, /api/, /healthz, /metrics; 0: off (8011)
 SPINE_NODE_HTTP_HOST       http_host              address the dashboard listens on; any other than a
                                                   loopback one needs http_token or http_basic_auth (127.0.0.1)
@@ -86,7 +104,7 @@ from pathlib import Path
 from types import MappingProxyType
 
 from pipelines.errors import PipelineError
-from pipelines.options import (DEFAULT_DATA_DIR, DEFAULT_DEVICE, DEFAULT_MIN_SLICES, DEFAULT_MIRRORING, DEFAULT_MODEL,
+from pipelines.options import (DEFAULT_BONE_DENSITY_SOURCE, DEFAULT_BONE_DENSITY_THRESHOLD_HU, DEFAULT_DATA_DIR, DEFAULT_DEVICE, DEFAULT_MIN_SLICES, DEFAULT_MIRRORING, DEFAULT_MODEL,
                                DEFAULT_SEG_TYPE, DEFAULT_STEP_SIZE, SEG_TYPES, PipelineOptions, default_models_dir)
 
 from dicom_node.config import values as v
@@ -123,6 +141,8 @@ class NodeConfig:
     mirroring: bool = DEFAULT_MIRRORING
     seg_type: str = DEFAULT_SEG_TYPE
     lesion_thresholds: Mapping | None = None
+    bone_density_threshold_hu: float = DEFAULT_BONE_DENSITY_THRESHOLD_HU
+    bone_density_source: str = DEFAULT_BONE_DENSITY_SOURCE
     models_dir: Path | None = None           # installed bundles; None: DATA_DIR/models
     dask_scheduler: str | None = None
     workers: int = 1
@@ -130,6 +150,12 @@ class NodeConfig:
     tls_cert: Path | None = None
     tls_key: Path | None = None
     tls_ca: Path | None = None
+    tls_outgoing: bool | None = None         # None: on when tls_cert is set
+    max_associations: int = 32
+    max_peer_connections: int = 48
+    max_pending: int = 64
+    associate_timeout: float = 10.0
+    called_aes: tuple[str, ...] = ()
     http_port: int = 8011                    # 0: no dashboard
     http_host: str = "127.0.0.1"
     http_token: str | None = None
@@ -159,6 +185,8 @@ class NodeConfig:
         return PipelineOptions(model=self.model, device=self.device, step_size=self.step_size,
                                mirroring=self.mirroring, seg_type=self.seg_type, min_slices=self.min_slices,
                                lesion_thresholds=dict(self.lesion_thresholds) if self.lesion_thresholds else None,
+                               bone_density_threshold_hu=self.bone_density_threshold_hu,
+                               bone_density_source=self.bone_density_source,
                                models_dir=str(self.installed_models_dir))
 
     @property
@@ -169,6 +197,11 @@ class NodeConfig:
     @property
     def tls_enabled(self) -> bool:
         return self.tls_cert is not None
+
+    @property
+    def outgoing_tls(self) -> bool:
+        """Whether C-STORE destinations are reached over TLS (``tls_outgoing``, by default when TLS is on)."""
+        return self.tls_enabled if self.tls_outgoing is None else bool(self.tls_outgoing)
 
     def describe(self) -> list[str]:
         """One line per setting, for the start-up log (the database password is hidden)."""
@@ -185,6 +218,9 @@ class NodeConfig:
                 f"lesion thresholds: {dict(self.lesion_thresholds) if self.lesion_thresholds else 'defaults'}",
                 f"stable age {self.stable_age:g} s, min slices {self.min_slices}, retry cap {self.retry_max_s:g} s",
                 f"workers: {self.dask_scheduler or f'embedded x{self.workers}'}",
+                f"admission: {self.max_associations} associations, {self.max_peer_connections} connections per "
+                f"address, {self.max_pending} waiting, {self.associate_timeout:g} s to associate; called AE titles "
+                f"{', '.join((self.ae_title, *self.called_aes))}; outgoing TLS {'on' if self.outgoing_tls else 'off'}",
                 f"dashboard: {f'http://{self.http_host}:{self.http_port}' if self.http_port else 'off'}, "
                 f"access {self.web_access}, patient identity {'shown' if self.web_show_patient else 'hidden'}",
                 f"disk watermark: {self.min_free_mb:g} MB" + (f" or {self.min_free_percent:g} %"
@@ -201,8 +237,6 @@ class NodeConfig:
 
 def _days(days: float) -> str:
     return f"{days:g} days" if days else "kept"
-
-
 
 
 @dataclass(frozen=True)
@@ -248,6 +282,9 @@ SETTINGS = (
     _Setting("step_size", _positive("a step size in (0, 1]", maximum=1.0)),
     _Setting("mirroring", lambda raw, _: v.boolean(raw)),
     _Setting("seg_type", lambda raw, _: v.choice(raw, SEG_TYPES)),
+    _Setting("bone_density_threshold_hu", lambda raw, _: v.number(raw, minimum=-200.0, maximum=500.0, inclusive_min=True,
+                                                                  what="a number of HU in -200..500")),
+    _Setting("bone_density_source", lambda raw, _: v.text(raw, "the source of the bone-density threshold")),
     _Setting("lesion_thresholds", lambda raw, base: v.lesion_thresholds(raw, base), empty_means_default=True),
     _Setting("dask_scheduler", lambda raw, _: v.dask_scheduler(raw)),
     _Setting("workers", lambda raw, _: v.integer(raw, 1, 64, "a number of workers (1-64)")),
@@ -255,6 +292,12 @@ SETTINGS = (
     _Setting("tls_cert", _existing_file, empty_means_default=True),
     _Setting("tls_key", _existing_file, empty_means_default=True),
     _Setting("tls_ca", _existing_file, empty_means_default=True),
+    _Setting("tls_outgoing", lambda raw, _: v.boolean(raw), empty_means_default=True),
+    _Setting("max_associations", lambda raw, _: v.integer(raw, 1, 1024, "a number of associations (1-1024)")),
+    _Setting("max_peer_connections", lambda raw, _: v.integer(raw, 1, 4096, "a number of connections (1-4096)")),
+    _Setting("max_pending", lambda raw, _: v.integer(raw, 1, 4096, "a number of connections (1-4096)")),
+    _Setting("associate_timeout", _positive("a number of seconds above 0")),
+    _Setting("called_aes", lambda raw, _: tuple(a if a == "*" else v.ae_title(a) for a in v.each(raw, str.strip))),
     _Setting("http_port", lambda raw, _: v.integer(raw, 0, 65535, "a port number (1-65535), or 0 for off")),
     _Setting("http_host", lambda raw, _: v.text(raw, "a host name or address")),
     _Setting("http_token", lambda raw, _: _secret(raw, "a token of 16 or more characters", 16),
@@ -404,7 +447,8 @@ def _check_web_access(values: dict, mistakes: list[str]) -> None:
 
 def _check_pipeline(values: dict, mistakes: list[str]) -> None:
     """The pipeline options checked by their own constructor, so that the node refuses them at start."""
-    names = ("model", "device", "step_size", "mirroring", "seg_type", "min_slices", "lesion_thresholds")
+    names = ("model", "device", "step_size", "mirroring", "seg_type", "min_slices", "lesion_thresholds",
+             "bone_density_threshold_hu", "bone_density_source")
     try:
         PipelineOptions(**{name: values[name] for name in names if name in values})
     except PipelineError as exc:
