@@ -54,6 +54,9 @@ class PipelineOptions:
     * ``lesion_thresholds``: overrides of the lesion classifier's numbers (checked here).
     * ``bone_density_threshold_hu`` and ``bone_density_source``: the L1 (else L2) trabecular
       HU below which the report flags low bone density, and where that number comes from.
+    * ``match_without_issuer``: recognise a patient by PatientID alone when the series has no
+      IssuerOfPatientID (for comparisons with prior studies; off: such a patient is never matched).
+    * ``patient_key_secret``: the node's secret for pseudonymous patient keys (hex; never recorded).
     * ``models_dir``: the folder of installed bundles (``None``: only the bundled ones).
     """
 
@@ -66,6 +69,8 @@ class PipelineOptions:
     lesion_thresholds: dict | None = None
     bone_density_threshold_hu: float = DEFAULT_BONE_DENSITY_THRESHOLD_HU
     bone_density_source: str = DEFAULT_BONE_DENSITY_SOURCE
+    match_without_issuer: bool = False
+    patient_key_secret: str | None = field(default=None, compare=False, repr=False)
     models_dir: str | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
@@ -104,6 +109,7 @@ class PipelineOptions:
         """The options as the provenance records them (where bundles are looked up is not a parameter)."""
         recorded = asdict(self)
         recorded.pop("models_dir")
+        recorded.pop("patient_key_secret")
         return recorded
 
     def density_rule(self):

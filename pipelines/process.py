@@ -120,7 +120,8 @@ def _grow(box: tuple[slice, ...], shape, margin: int) -> tuple[slice, ...]:
 
 
 def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions,
-                  predecessor_sr: Dataset | None = None) -> Outputs:
+                  predecessor_sr: Dataset | None = None, patient_key: str | None = None,
+                  prior_summary: dict | None = None) -> Outputs:
     """The SEG, the SR and the summary of an analysed series (new SOP Instance UIDs each call)."""
     from pipelines.outputs.seg import build_seg
     from pipelines.outputs.sr import build_sr
@@ -139,6 +140,11 @@ def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions
     report = series_report(analysis.findings, series.source_images[0] if series.source_images else None,
                            options.density_rule())
     summary = make_summary(series, analysis, seg, sr, {**analysis.timings_s, **timings}, report)
+    summary["patient_key"] = patient_key
+    if prior_summary is not None:
+        from pipelines.measure.change import compare
+
+        summary["change"] = compare(summary, prior_summary)
     return Outputs(seg, sr, summary, timings)
 
 

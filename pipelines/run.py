@@ -43,6 +43,9 @@ NOT_IMAGES = frozenset({"SEG", "SR", "PR", "KO", "REG", "RTSTRUCT", "DOC"})
 Analyser = Callable[[np.ndarray, Geometry, PipelineOptions], Analysis]
 """Runs ``pipelines.process.analyse`` on a volume, here or on a worker."""
 
+PriorLookup = Callable[[str, str], "dict | None"]
+"""(patient key, this study's UID) -> the summary of the patient's latest earlier analysed study, or None."""
+
 
 @dataclass
 class Outcome:
@@ -94,7 +97,7 @@ def image_groups(paths: Sequence[Path | str]) -> list[SeriesFiles]:
 
 def run_series(files: SeriesFiles, options: PipelineOptions, analyser: Analyser = analyse,
                predecessor_sr: Dataset | None = None, on_loaded: Callable[[CTSeries], None] | None = None,
-               passthrough: tuple[type[BaseException], ...] = ()) -> Outcome:
+               passthrough: tuple[type[BaseException], ...] = (), prior_lookup: PriorLookup | None = None) -> Outcome:
     """Load, analyse and build the outputs of one series group; every failure becomes an outcome.
 
     ``passthrough`` lists exceptions the caller handles itself (the node stopping, its
@@ -103,7 +106,7 @@ def run_series(files: SeriesFiles, options: PipelineOptions, analyser: Analyser 
     """
     outcome = Outcome(files, "failed")
     try:
-        return _run(outcome, options, analyser, predecessor_sr, on_loaded)
+        return _run(outcome, options, analyser, predecessor_sr, on_loaded, prior_lookup)
     except passthrough:
         raise
     except SeriesRejected as exc:
@@ -117,7 +120,7 @@ def run_series(files: SeriesFiles, options: PipelineOptions, analyser: Analyser 
 
 
 def _run(outcome: Outcome, options: PipelineOptions, analyser: Analyser, predecessor_sr: Dataset | None,
-         on_loaded: Callable[[CTSeries], None] | None) -> Outcome:
+         on_loaded: Callable[[CTSeries], None] | None, prior_lookup: PriorLookup | None) -> Outcome:
     timings: dict[str, float] = {}
     t0 = time.perf_counter()
     series = load_series(outcome.files, SeriesRules(min_slices=options.min_slices))
@@ -128,12 +131,23 @@ def _run(outcome: Outcome, options: PipelineOptions, analyser: Analyser, predece
     t0 = time.perf_counter()
     analysis = analyser(series.hu, series.geometry, options)
     analyse_wall = time.perf_counter() - t0
-    outputs = build_outputs(series, analysis, options, predecessor_sr)
+    key = _patient_key(series, options)
+    prior = prior_lookup(key, series.study_instance_uid) if key and prior_lookup else None
+    outputs = build_outputs(series, analysis, options, predecessor_sr, patient_key=key, prior_summary=prior)
     timings.update(outputs.summary["timings_s"])
     timings["analyse_wall"] = analyse_wall
     outputs.summary["timings_s"] = {k: round(v, 3) for k, v in timings.items()}
     outcome.status, outcome.outputs, outcome.timings_s = "done", outputs, outputs.summary["timings_s"]
     return outcome
+
+
+def _patient_key(series: CTSeries, options: PipelineOptions) -> str | None:
+    from pipelines.measure.change import patient_key
+
+    if not options.patient_key_secret or not series.source_images:
+        return None
+    return patient_key(series.source_images[0], bytes.fromhex(options.patient_key_secret),
+                       options.match_without_issuer)
 
 
 def add_write_time(outcome: Outcome, seconds: float) -> None:

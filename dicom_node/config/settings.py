@@ -32,6 +32,9 @@ SPINE_NODE_BONE_DENSITY_THRESHOLD_HU  bone_density_threshold_hu   L1 (else L2) t
                                                   report flags low bone density (104)
 SPINE_NODE_BONE_DENSITY_SOURCE  bone_density_source  where that threshold comes from, quoted in every
                                                   report (opportunistic CT screening, 2023)
+SPINE_NODE_MATCH_PATIENTS_WITHOUT_ISSUER  match_patients_without_issuer  compare with a prior study of
+                                                  the same PatientID when the series has no
+                                                  IssuerOfPatientID (false: never matched)
 SPINE_NODE_LESION_THRESHOLDS [lesion_thresholds]  overrides of the lesion classifier's numbers: a TOML
                                                   table, or in the variable a JSON object or the path
                                                   of a JSON file (the classifier's defaults)
@@ -143,6 +146,7 @@ class NodeConfig:
     lesion_thresholds: Mapping | None = None
     bone_density_threshold_hu: float = DEFAULT_BONE_DENSITY_THRESHOLD_HU
     bone_density_source: str = DEFAULT_BONE_DENSITY_SOURCE
+    match_patients_without_issuer: bool = False
     models_dir: Path | None = None           # installed bundles; None: DATA_DIR/models
     dask_scheduler: str | None = None
     workers: int = 1
@@ -187,6 +191,7 @@ class NodeConfig:
                                lesion_thresholds=dict(self.lesion_thresholds) if self.lesion_thresholds else None,
                                bone_density_threshold_hu=self.bone_density_threshold_hu,
                                bone_density_source=self.bone_density_source,
+                               match_without_issuer=self.match_patients_without_issuer,
                                models_dir=str(self.installed_models_dir))
 
     @property
@@ -285,6 +290,7 @@ SETTINGS = (
     _Setting("bone_density_threshold_hu", lambda raw, _: v.number(raw, minimum=-200.0, maximum=500.0, inclusive_min=True,
                                                                   what="a number of HU in -200..500")),
     _Setting("bone_density_source", lambda raw, _: v.text(raw, "the source of the bone-density threshold")),
+    _Setting("match_patients_without_issuer", lambda raw, _: v.boolean(raw)),
     _Setting("lesion_thresholds", lambda raw, base: v.lesion_thresholds(raw, base), empty_means_default=True),
     _Setting("dask_scheduler", lambda raw, _: v.dask_scheduler(raw)),
     _Setting("workers", lambda raw, _: v.integer(raw, 1, 64, "a number of workers (1-64)")),

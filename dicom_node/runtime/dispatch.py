@@ -16,14 +16,23 @@ the outbox after). Two kinds of executor run that task:
 
 Outcomes: 'done' (outputs recorded, one delivery per destination), 'rejected' (the
 pipeline refused the series: ``SeriesRejected``'s code and reason; or the series holds no
-processable CT image), 'failed' (anything else, with the reason). A job interrupted by the
-node stopping is left 'running' and is queued again at the next start.
+processable CT image), 'failed' (anything else, with the reason), 'superseded' (an
+instance re-opened the series while the job ran: its outputs are not recorded for
+delivery, ``Store.record_output(series_version=...)``). A job interrupted by the node
+stopping is left 'running' and is queued again at the next start.
+
+Jobs never stay stuck (D6): a job whose end cannot be recorded (the database away, the
+disk full) keeps its outcome in memory and ``run_once`` records it as soon as storage
+answers again, without a restart; and a watchdog in ``run_once`` puts back in the queue
+any job this dispatcher claimed that SQL still shows 'running' while no thread of this
+process runs it.
 """
 from __future__ import annotations
 
 import json
 import logging
 import multiprocessing
+import os
 import signal
 import socket
 import threading
@@ -38,7 +47,8 @@ from pipelines.errors import PipelineError, SeriesRejected
 from pipelines.options import PipelineOptions
 from pipelines.process import analyse, load_segmenter, software_versions
 from pipelines.run import Outcome, add_write_time, encode, image_groups, run_series
-from storage import InstanceFiles, JobRow, Store, StorageError
+from storage import InstanceFiles, JobRow, StateError, Store, StorageError, SupersededError
+from storage.priors import prior_summary
 
 
 log = logging.getLogger(__name__)
@@ -68,7 +78,7 @@ class LocalExecutor:
 
     def _new_pool(self) -> ProcessPoolExecutor:
         return ProcessPoolExecutor(max_workers=self.workers, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=_ignore_sigint)
+                                   initializer=init_worker, initargs=(os.getpid(),))
 
     def submit(self, hu, geometry, options: PipelineOptions) -> Future:
         with self._lock:
@@ -97,9 +107,30 @@ class LocalExecutor:
                 process.kill()  # a worker in the middle of a job: its job is resumed at the next start
 
 
-def _ignore_sigint() -> None:
-    """Workers leave Ctrl-C to the node, which stops them (no KeyboardInterrupt traceback from each)."""
+PARENT_WATCH_S = 0.5  # how often a worker checks that the node that started it is alive
+
+
+def init_worker(node_pid: int) -> None:
+    """Worker initializer: leave Ctrl-C to the node, and die with the node however it dies (D3).
+
+    Workers leave Ctrl-C to the node, which stops them (no KeyboardInterrupt traceback
+    from each). A node killed with SIGKILL cannot stop them, so each worker runs a watchdog
+    thread that ends the worker (SIGKILL to itself) once its parent is no longer
+    ``node_pid`` (the orphan is re-parented). ``prctl(PR_SET_PDEATHSIG)`` is not used: it
+    fires when the *thread* that spawned the worker ends, and a pool rebuilt after a
+    worker's death is spawned from a job's thread, which ends with the job. With the
+    workers gone, multiprocessing's resource tracker sees its pipe close and ends too.
+    """
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    if os.getppid() != node_pid:  # the node died before this worker got here
+        os.kill(os.getpid(), signal.SIGKILL)
+    threading.Thread(target=_watch_parent, args=(node_pid,), name="watch-node", daemon=True).start()
+
+
+def _watch_parent(node_pid: int) -> None:
+    while os.getppid() == node_pid:
+        time.sleep(PARENT_WATCH_S)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 class DaskExecutor:
@@ -152,10 +183,15 @@ class Dispatcher:
         self.on_finished = on_finished  # a slot is free: the node looks for the next job at once
         self.stopping = threading.Event()
         self._running: dict[int, threading.Thread] = {}
+        self._claimed: set[int] = set()                 # jobs this dispatcher claimed and has not ended in SQL
+        self._unrecorded: dict[int, tuple] = {}         # job id -> (state, timings, summary, error) not yet in SQL
         self._lock = threading.Lock()
+        self._next_watch = 0.0
 
     def run_once(self) -> list[int]:
-        """Claim as many jobs as there are free slots and start them; return their ids."""
+        """Record ends that could not be recorded, watch for orphaned jobs, then claim jobs for the free slots."""
+        self.record_unrecorded_ends()
+        self.watch()
         started = []
         while not self.stopping.is_set() and self.busy() < self.parallel:
             job = self.store.claim_next_job(self.node_name)
@@ -164,6 +200,7 @@ class Dispatcher:
             thread = threading.Thread(target=self._run_job, args=(job,), name=f"job-{job.id}", daemon=True)
             with self._lock:
                 self._running[job.id] = thread
+                self._claimed.add(job.id)
             thread.start()
             started.append(job.id)
         return started
@@ -171,6 +208,49 @@ class Dispatcher:
     def busy(self) -> int:
         with self._lock:
             return len(self._running)
+
+    def record_unrecorded_ends(self) -> int:
+        """Record the ends of jobs that storage could not take when they ended; return how many were recorded."""
+        with self._lock:
+            pending = dict(self._unrecorded)
+        recorded = 0
+        for job_id, (state, timings, summary, error) in pending.items():
+            try:
+                self.store.finish_job(job_id, state=state, timings=timings, error=error, summary=summary)
+            except StateError:
+                pass  # already ended (an earlier attempt did commit): nothing left to record
+            except StorageError as exc:
+                log.debug("job %d: its end still cannot be recorded: %s", job_id, exc)
+                continue
+            with self._lock:
+                self._unrecorded.pop(job_id, None)
+                self._claimed.discard(job_id)
+            recorded += 1
+            log.info("job %d: its end (%s) recorded now that storage answers again", job_id, state)
+        return recorded
+
+    def watch(self, every_s: float = 10.0) -> list[int]:
+        """Requeue jobs this dispatcher claimed that SQL shows 'running' but no thread here runs; return their ids."""
+        now = time.monotonic()
+        if now < self._next_watch:
+            return []
+        self._next_watch = now + every_s
+        with self._lock:
+            orphans = self._claimed - set(self._running) - set(self._unrecorded)
+        requeued = []
+        for job_id in sorted(orphans):
+            try:
+                state = self.store.get_job(job_id).state
+                if state == "running" and self.store.requeue_job(
+                        job_id, "watchdog: running, but no worker thread of this node runs it; queued again"):
+                    log.warning("job %d was running with no live worker: queued again", job_id)
+                    requeued.append(job_id)
+            except StorageError as exc:
+                log.debug("watchdog: job %d not checked: %s", job_id, exc)
+                continue
+            with self._lock:
+                self._claimed.discard(job_id)
+        return requeued
 
     def _run_job(self, job: JobRow) -> None:
         try:
@@ -189,6 +269,8 @@ class Dispatcher:
         except JobInterrupted:
             log.info("job %d interrupted by the node stopping; it resumes at the next start", job.id)
             return ""
+        except SupersededError as exc:
+            state, timings, summary, error = "superseded", None, None, f"outputs not delivered: {exc}"
         except SeriesRejected as exc:
             state, timings, summary, error = "rejected", None, None, f"{exc.code}: {exc}"
         except (PipelineError, StorageError) as exc:
@@ -201,7 +283,13 @@ class Dispatcher:
         try:
             self.store.finish_job(job.id, state=state, timings=timings, error=error, summary=summary)
         except StorageError as exc:
-            log.error("job %d: could not record its end (%s): %s", job.id, state, exc)
+            with self._lock:
+                self._unrecorded[job.id] = (state, timings, summary, error)
+            log.error("job %d: could not record its end (%s) now; retried until storage answers: %s",
+                      job.id, state, exc)
+        else:
+            with self._lock:
+                self._claimed.discard(job.id)
         log.info("job %d %s%s", job.id, state, f": {error}" if error else "")
         return state
 
@@ -213,7 +301,8 @@ class Dispatcher:
         for index, files in enumerate(groups):
             outcome = run_series(files, self.options, analyser=lambda hu, geometry, _: self._analyse(job, hu, geometry),
                                  predecessor_sr=predecessor, on_loaded=lambda series: self._loaded(job, series),
-                                 passthrough=(JobInterrupted, StorageError))
+                                 passthrough=(JobInterrupted, StorageError),
+                                 prior_lookup=lambda key, study: prior_summary(self.store, key, study))
             if len(groups) > 1:
                 self.store.add_event(job.id, "series-group", f"{files.key}: {outcome.status}"
                                      + (f" ({outcome.reason})" if outcome.reason else ""))
@@ -290,7 +379,7 @@ class Dispatcher:
         for kind, ds, path in written:
             self.store.record_output(job.id, kind=kind, sop_instance_uid=str(ds.SOPInstanceUID),
                                      sop_class_uid=str(ds.SOPClassUID), series_instance_uid=str(ds.SeriesInstanceUID),
-                                     path=path, destinations=destinations)
+                                     path=path, destinations=destinations, series_version=job.series_version)
         if self.on_outputs:
             self.on_outputs()
 

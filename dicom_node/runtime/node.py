@@ -17,13 +17,16 @@ import logging
 import os
 import signal
 import socket
+import secrets
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 
 from pipelines.options import PipelineOptions
-from storage import InstanceFiles, Store, open_database
+from storage import InstanceFiles, Store, StorageError, open_database
+from storage.models import utcnow
 
 from dicom_node.runtime.completion import complete_series
 from dicom_node.config.settings import NodeConfig
@@ -33,8 +36,11 @@ from dicom_node.runtime.dispatch import DaskExecutor, Dispatcher, LocalExecutor
 from dicom_node.errors import NodeError
 from dicom_node.runtime.reconcile import reconcile_instances
 from dicom_node.dimse.scp import Receiver, ScpSettings, make_ssl_context, start_scp
+from dicom_node.dimse.scu import client_ssl_context
 
 log = logging.getLogger(__name__)
+
+PATIENT_SECRET_FILE = "patient-key.secret"
 
 LOOP_INTERVAL_S = 1.0      # how often each loop looks for work when nobody wakes it
 ASSOCIATION_GRACE_S = 10.0  # how long stop() lets associations in progress finish
@@ -55,12 +61,25 @@ class Loop:
         self._thread.start()
 
     def _run(self) -> None:
+        failing_since: float | None = None  # one log line per outage, not a traceback per second
         while not self._stop.is_set():
             self.wake.clear()
             try:
                 self.step()
-            except Exception:  # the database away for a moment must not end the loop; the log says why
-                log.exception("%s loop: step failed; retrying in %.0f s", self.name, self.interval_s)
+            except StorageError as exc:  # the database or the disk away: said once, and once when it is back
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.error("%s loop: storage unavailable, retrying every %.0f s until it answers: %s",
+                              self.name, self.interval_s, str(exc).splitlines()[0] if str(exc) else exc)
+            except Exception:  # a bug must not end the loop; its traceback once per outage
+                if failing_since is None:
+                    failing_since = time.monotonic()
+                    log.exception("%s loop: step failed; retrying every %.0f s (logged once until it works)",
+                                  self.name, self.interval_s)
+            else:
+                if failing_since is not None:
+                    log.info("%s loop: working again after %.0f s", self.name, time.monotonic() - failing_since)
+                    failing_since = None
             self.wake.wait(self.interval_s)
 
     def stop(self, timeout_s: float = 10.0) -> None:
@@ -82,6 +101,22 @@ def check_model(options: PipelineOptions) -> None:
         raise NodeError(f"SPINE_NODE_MODEL: model {name!r} not found "
                         f"(searched {', '.join(str(p) for p in roots)})")
     verify_bundle(folders[0], load_weights=False)
+
+
+def patient_secret(data_dir: Path) -> str:
+    """The node's secret for pseudonymous patient keys (hex), made once in the data folder, readable by the node only.
+
+    Prior studies are matched by an HMAC of PatientID and issuer under it, so that SQL and
+    the summaries never hold the identifier; a node given another secret matches no prior.
+    """
+    path = data_dir / PATIENT_SECRET_FILE
+    if not path.exists():
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as handle:
+            handle.write(secrets.token_hex(32))
+            handle.flush()
+            os.fsync(handle.fileno())
+    return path.read_text().strip()
 
 
 def check_device(device: str) -> None:
@@ -152,10 +187,12 @@ class Node:
         else:
             self.executor = LocalExecutor(config.workers)
             self.executor.warm_up(config.pipeline_options())
-        completion = Loop("completion", lambda: complete_series(self.store, config.stable_age))
+        started_at = utcnow()  # the quiet clock starts now: downtime is not quiet time (completion, D4)
+        completion = Loop("completion", lambda: self._completion_step(started_at))
         dispatch = Loop("dispatch", self._dispatch_step)
-        delivery_loop = Loop("delivery", Deliverer(self.store, config.ae_title, config.retry_max_s).run_once)
-        self.dispatcher = Dispatcher(self.store, self.files, self.executor, config.pipeline_options(),
+        delivery_loop = Loop("delivery", self._deliverer().run_once)
+        options = replace(config.pipeline_options(), patient_key_secret=patient_secret(config.data_dir))
+        self.dispatcher = Dispatcher(self.store, self.files, self.executor, options,
                                      lambda job: config.destinations_for(job.calling_ae), self.name,
                                      parallel=self._parallel(), on_outputs=delivery_loop.wake.set,
                                      on_finished=dispatch.wake.set)
@@ -166,8 +203,7 @@ class Node:
                                         str(config.tls_ca) if config.tls_ca else None)
                        if config.tls_enabled else None)
         try:
-            self.server = start_scp(ScpSettings(config.ae_title, config.host, config.port,
-                                                tuple(config.allowed_aes), ssl_context), receiver)
+            self.server = start_scp(scp_settings(config, ssl_context), receiver)
         except OSError as exc:
             raise NodeError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}") from exc
         for loop in self.loops:
@@ -176,6 +212,25 @@ class Node:
         self.operations_parts = _start_operations(self)  # dashboard and retention (dicom_node.web, runtime.retention)
         log.info("node %s started", self.name)
         return self
+
+    def _completion_step(self, started_at) -> list[int]:
+        """Write the SCP's pending incomplete marks, then complete series (holding those the SQL lacks yet)."""
+        marks = {}
+        if self.receiver is not None:
+            self.receiver.flush_marks()
+            marks = self.receiver.unwritten_marks()
+        return complete_series(self.store, self.config.stable_age, since=started_at, extra_marks=marks)
+
+    def _deliverer(self) -> Deliverer:
+        """The outbox, with the client side of the node's TLS settings (D10)."""
+        config = self.config
+        context = None
+        if config.outgoing_tls or any(getattr(d, "tls", False) for d in config.destinations):
+            context = client_ssl_context(str(config.tls_cert) if config.tls_cert else None,
+                                         str(config.tls_key) if config.tls_key else None,
+                                         str(config.tls_ca) if config.tls_ca else None)
+        return Deliverer(self.store, config.ae_title, config.retry_max_s, ssl_context=context,
+                         tls_for_all=config.outgoing_tls, verify=str(config.tls_ca) if config.tls_ca else True)
 
     def _parallel(self) -> int:
         """How many jobs run at once: the embedded workers, or the Dask cluster's worker threads."""
@@ -234,6 +289,14 @@ def _start_operations(node: "Node") -> list:
     from dicom_node.web.server import start_web
 
     return [part for part in (start_web(node), start_retention(node)) if part is not None]
+
+
+def scp_settings(config: NodeConfig, ssl_context=None) -> ScpSettings:
+    """The SCP's settings (admission limits included) from the node's configuration."""
+    return ScpSettings(config.ae_title, config.host, config.port, tuple(config.allowed_aes), ssl_context,
+                       max_associations=config.max_associations, max_peer_connections=config.max_peer_connections,
+                       max_pending=config.max_pending, associate_timeout_s=config.associate_timeout,
+                       called_aes=tuple(config.called_aes))
 
 
 def serve(config: NodeConfig) -> int:

@@ -1,0 +1,77 @@
+"""Change since the prior study of the same patient: lesion volumes, new and vanished lesions, heights, collapse.
+
+Vertebrae are matched by level. Where the two segmentations disagree on a level (the
+vertebra's volume differs by more than ``VOLUME_DISAGREEMENT``, which a shifted naming
+gives), that level is not compared and the change says so, rather than compare the wrong
+bones. A prior made by another model or version is compared with a warning naming both.
+
+The patient is recognised by ``patient_key``: an HMAC-SHA256 of PatientID and
+IssuerOfPatientID under a secret of the node's, so that SQL and summaries never hold the
+identifier itself. A patient without an issuer gets a key only when the caller allows it.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+
+from pipelines.lesions import LESION_KINDS
+
+VOLUME_DISAGREEMENT = 0.35
+HEIGHT_KEYS = ("anterior", "middle", "posterior")
+
+
+def patient_key(header, secret: bytes, allow_without_issuer: bool = False) -> str | None:
+    """The pseudonymous key of the patient a series belongs to, or None when it cannot be matched safely."""
+    patient = str(getattr(header, "PatientID", "") or "").strip()
+    issuer = str(getattr(header, "IssuerOfPatientID", "") or "").strip()
+    if not patient or not secret or (not issuer and not allow_without_issuer):
+        return None
+    return hmac.new(secret, f"{issuer}\x00{patient}".encode(), hashlib.sha256).hexdigest()
+
+
+def compare(current: dict, prior: dict) -> dict:
+    """The ``change`` part of a summary: ``current`` and ``prior`` are two summaries of the same patient."""
+    now = {v["level"]: v for v in current.get("vertebrae", [])}
+    before = {v["level"]: v for v in prior.get("vertebrae", [])}
+    levels = [level for level in now if level in before]
+    per_level = {level: _vertebra_change(now[level], before[level]) for level in levels}
+    out = {"prior": {k: prior.get(k) for k in ("study_instance_uid", "series_instance_uid", "sr_sop_instance_uid")},
+           "vertebrae": per_level,
+           "new_lesions": [lv for lv, c in per_level.items() if c.get("lesion_change") == "new"],
+           "lesions_gone": [lv for lv, c in per_level.items() if c.get("lesion_change") == "gone"],
+           "new_collapse": [lv for lv, c in per_level.items() if c.get("new_collapse")],
+           "only_now": [lv for lv in now if lv not in before], "only_before": [lv for lv in before if lv not in now],
+           "warnings": _model_warnings(current.get("model") or {}, prior.get("model") or {})}
+    return out
+
+
+def _vertebra_change(now: dict, before: dict) -> dict:
+    if _disagree(now, before):
+        return {"compared": False, "reason": (f"the segmentations disagree on this level (volume {before.get('volume_ml')}"
+                                              f" ml before, {now.get('volume_ml')} ml now): not compared")}
+    change = {"compared": True, "lesion_before": before.get("lesion"), "lesion_now": now.get("lesion")}
+    was, is_ = before.get("lesion") in LESION_KINDS, now.get("lesion") in LESION_KINDS
+    change["lesion_change"] = "new" if is_ and not was else "gone" if was and not is_ else \
+        "persisting" if was else "none"
+    v0, v1 = before.get("lesion_volume_ml"), now.get("lesion_volume_ml")
+    if v0 is not None and v1 is not None:
+        change["lesion_volume_change_ml"] = round(v1 - v0, 2)
+        change["lesion_volume_change_pct"] = round(100.0 * (v1 - v0) / v0, 1) if v0 > 0 else None
+    h0, h1 = before.get("heights_mm"), now.get("heights_mm")
+    if h0 and h1:
+        change["height_change_mm"] = {k: round(h1[k] - h0[k], 1) for k in HEIGHT_KEYS}
+    g0, g1 = before.get("genant_grade"), now.get("genant_grade")
+    change["new_collapse"] = bool(g0 is not None and g1 is not None and g1 >= 1 and g1 > g0)
+    return change
+
+
+def _disagree(now: dict, before: dict) -> bool:
+    a, b = now.get("volume_ml") or 0.0, before.get("volume_ml") or 0.0
+    return min(a, b) <= 0 or abs(a - b) / max(a, b) > VOLUME_DISAGREEMENT
+
+
+def _model_warnings(now: dict, before: dict) -> list[str]:
+    if (now.get("name"), now.get("version")) == (before.get("name"), before.get("version")):
+        return []
+    return [f"the prior was analysed by {before.get('name')} {before.get('version')}, this study by "
+            f"{now.get('name')} {now.get('version')}: differences may come from the models"]

@@ -1,0 +1,81 @@
+"""Change since the prior study: matched by a pseudonymous patient key, by level, never across disagreeing levels."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+
+from pipelines.measure.change import compare, patient_key
+from pipelines.options import PipelineOptions
+from support.dimse import send_c_store
+from support.inprocess_node import InProcessNode, ct_series
+from support.synthetic_ct import save
+
+SECRET = bytes.fromhex("ab" * 32)
+
+
+class Header:
+    PatientID = "MRN-0042"
+    IssuerOfPatientID = "HOSPITAL-A"
+
+
+def vertebra(level, lesion="none", ml=0.0, grade=0, heights=(24.0, 24.0, 24.0), volume=30.0):
+    return {"level": level, "lesion": lesion, "lesion_volume_ml": ml, "genant_grade": grade, "volume_ml": volume,
+            "heights_mm": dict(zip(("anterior", "middle", "posterior"), heights))}
+
+
+def summary(*vertebrae, model=("spine-demo", "1.0")):
+    return {"study_instance_uid": "1.2.3", "series_instance_uid": "1.2.3.4", "sr_sop_instance_uid": "1.2.3.5",
+            "model": {"name": model[0], "version": model[1]}, "vertebrae": list(vertebrae)}
+
+
+def test_lesion_growth_new_lesions_lesions_gone_and_new_collapse_are_reported():
+    before = summary(vertebra("T12", "lytic", 2.0), vertebra("L1"), vertebra("L2", "blastic", 1.0))
+    now = summary(vertebra("T12", "lytic", 2.5), vertebra("L1", "mixed", 0.8, grade=2, heights=(15, 20, 24)),
+                  vertebra("L2"))
+    change = compare(now, before)
+    assert change["vertebrae"]["T12"]["lesion_volume_change_pct"] == 25.0
+    assert change["new_lesions"] == ["L1"] and change["lesions_gone"] == ["L2"] and change["new_collapse"] == ["L1"]
+    assert change["vertebrae"]["L1"]["height_change_mm"] == {"anterior": -9.0, "middle": -4.0, "posterior": 0.0}
+    assert change["prior"]["study_instance_uid"] == "1.2.3" and change["warnings"] == []
+
+
+def test_a_level_the_segmentations_disagree_on_is_not_compared():
+    change = compare(summary(vertebra("L1", "lytic", 3.0, volume=30.0)), summary(vertebra("L1", volume=55.0)))
+    assert change["vertebrae"]["L1"]["compared"] is False and "disagree" in change["vertebrae"]["L1"]["reason"]
+    assert change["new_lesions"] == []
+
+
+def test_a_prior_of_another_model_is_compared_with_a_warning_naming_both():
+    change = compare(summary(vertebra("L1"), model=("spine-demo", "2.0")), summary(vertebra("L1")))
+    assert "spine-demo 1.0" in change["warnings"][0] and "spine-demo 2.0" in change["warnings"][0]
+
+
+def test_the_patient_key_holds_no_identifier_and_needs_an_issuer_unless_allowed():
+    key = patient_key(Header(), SECRET)
+    assert key and "0042" not in key and key == patient_key(Header(), SECRET)
+    assert key != patient_key(Header(), bytes.fromhex("cd" * 32))
+    no_issuer = copy.copy(Header())
+    no_issuer.IssuerOfPatientID = ""
+    assert patient_key(no_issuer, SECRET) is None
+    assert patient_key(no_issuer, SECRET, allow_without_issuer=True) is not None
+
+
+def test_the_node_compares_a_new_study_with_the_patients_prior_one(tmp_path):
+    options = PipelineOptions(min_slices=5, patient_key_secret=SECRET.hex())
+    node = InProcessNode(tmp_path / "node", options)
+    try:
+        jobs = []
+        for name in ("baseline", "follow-up"):
+            datasets = ct_series(name, 8)
+            for ds in datasets:
+                ds.PatientID, ds.IssuerOfPatientID = "MRN-0042", "HOSPITAL-A"
+            paths = save(datasets, tmp_path / name)
+            assert send_c_store(node.port, paths) == [0] * len(paths)
+            jobs += node.run_completed_jobs(stable_age=0.01)
+    finally:
+        node.close()
+    first, second = (job["summary"] for job in jobs)
+    assert "change" not in first and second["change"]["prior"]["study_instance_uid"] == first["study_instance_uid"]
+    assert second["change"]["vertebrae"]["L1"]["compared"] is True
+    assert first["patient_key"] == second["patient_key"] and "MRN" not in first["patient_key"]
