@@ -11,5 +11,6 @@ appears unless ``SPINE_NODE_WEB_SHOW_PATIENT`` is on (``patient.py``).
 * ``pages.py``    the HTML pages
 * ``health.py``   ``/healthz``: database, disk and workers, each with its own answer
 * ``metrics.py``  ``/metrics``: a Prometheus collector reading SQL at each scrape
+* ``stow.py``     ``POST /dicom-web/studies``: STOW-RS receive, with the promise of C-STORE
 * ``server.py``   uvicorn in a thread of the node, on a socket bound before it starts
 """

@@ -1,4 +1,4 @@
-"""The Starlette application: pages, ``/api/``, ``/healthz``, ``/metrics``, and who may use them.
+"""The Starlette application: pages, ``/api/``, ``/healthz``, ``/metrics``, STOW-RS in, and who may use them.
 
 Access (``AccessCheck``): with ``SPINE_NODE_HTTP_TOKEN`` every request needs
 ``Authorization: Bearer TOKEN``; with ``SPINE_NODE_HTTP_BASIC_AUTH`` it needs the user and
@@ -26,6 +26,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from dicom_node.web import api, metrics, pages
 from dicom_node.web.context import WebContext
 from dicom_node.web.health import health
+from dicom_node.web.stow import stow_route
 
 REALM = "spine-node"
 
@@ -94,7 +95,8 @@ def build_app(context: WebContext) -> Starlette:
             return JSONResponse({"error": exc.detail}, status_code=exc.status_code)
         return PlainTextResponse(f"{exc.status_code}: {exc.detail}", status_code=exc.status_code)
 
-    routes = [Route("/healthz", healthz), Route("/metrics", metrics_page)] + api.routes(context) \
-        + pages.routes(context)
+    routes = [Route("/healthz", healthz), Route("/metrics", metrics_page),
+              Route("/dicom-web/studies", stow_route(context), methods=["POST"])] \
+        + api.routes(context) + pages.routes(context)
     app = Starlette(routes=routes, exception_handlers={HTTPException: not_found})
     return AccessCheck(app, context.config.http_token, context.config.http_basic_auth)

@@ -22,6 +22,7 @@ class WebContext:
     workers: Callable[[], dict] = field(default=lambda: {"ok": True, "detail": "no worker view"})
     wake_delivery: Callable[[], None] = field(default=lambda: None)
     wake_dispatch: Callable[[], None] = field(default=lambda: None)
+    wake_completion: Callable[[], None] = field(default=lambda: None)
     started_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:

@@ -109,7 +109,8 @@ def start_web(node) -> WebServer | None:
                          guard=getattr(node.receiver, "guard", None) or DiskGuard.of(config),
                          workers=lambda: worker_health(node),
                          wake_delivery=loops["delivery"].wake.set if "delivery" in loops else (lambda: None),
-                         wake_dispatch=loops["dispatch"].wake.set if "dispatch" in loops else (lambda: None))
+                         wake_dispatch=loops["dispatch"].wake.set if "dispatch" in loops else (lambda: None),
+                         wake_completion=loops["completion"].wake.set if "completion" in loops else (lambda: None))
     try:
         server = WebServer(build_app(context), config.http_host, config.http_port)
     except OSError as exc:

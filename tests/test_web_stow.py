@@ -1,0 +1,153 @@
+"""STOW-RS receive (``POST /dicom-web/studies``): stored only after the fsync and the SQL row, per-part failures.
+
+Against the real uvicorn server of ``dicom_node.web`` (``support.web.web_server``) over a
+fresh store, and once against ``spine-node serve`` killed with SIGKILL in the middle of a
+request: every instance of an earlier, acknowledged request is still there after restart.
+"""
+from __future__ import annotations
+
+import threading
+import time
+
+import httpx
+import pytest
+from sqlalchemy import select
+
+from dicom_node.runtime.disk import DiskGuard
+from storage import Store, open_database
+from storage.models import RejectedInstance, SeriesEvent
+from support.dimse import free_port
+from support.node_process import NodeProcess
+from support.synthetic_ct import ct_datasets, save, volume
+from support.waiting import wait_until
+from support.web import node_config, web_server
+
+BOUNDARY = "spine-node-test-boundary"
+CONTENT_TYPE = f'multipart/related; type="application/dicom"; boundary={BOUNDARY}'
+
+
+def multipart(parts: list[bytes], content_type: str = "application/dicom") -> bytes:
+    body = b"".join(f"--{BOUNDARY}\r\nContent-Type: {content_type}\r\n\r\n".encode() + p + b"\r\n" for p in parts)
+    return body + f"--{BOUNDARY}--\r\n".encode()
+
+
+def _uids(answer: dict, tag: str) -> list[str]:
+    return [item["00081155"]["Value"][0] for item in answer.get(tag, {}).get("Value", []) if "00081155" in item]
+
+
+@pytest.fixture
+def files(tmp_path):
+    datasets = ct_datasets(volume(slices=3), name="stow")
+    return save(datasets, tmp_path / "send"), datasets
+
+
+@pytest.fixture
+def served(tmp_path):
+    config = node_config(tmp_path / "data")
+    store = Store(open_database(config.database_url))
+    with web_server(config, store) as server:
+        yield server, store, config
+
+
+def test_stow_stores_every_instance_and_answers_200_with_the_referenced_sops(served, files):
+    server, store, config = served
+    paths, datasets = files
+    answer = httpx.post(server.url + "/dicom-web/studies", content=multipart([p.read_bytes() for p in paths]),
+                        headers={"Content-Type": CONTENT_TYPE}, timeout=30)
+    assert answer.status_code == 200, answer.text
+    assert answer.headers["content-type"].startswith("application/dicom+json")
+    assert _uids(answer.json(), "00081199") == [str(ds.SOPInstanceUID) for ds in datasets]
+    instances = store.series_instances(str(datasets[0].SeriesInstanceUID))
+    assert len(instances) == 3 and all(i.path.exists() and i.calling_ae == "DICOMWEB" for i in instances)
+    with store.db.reading() as session:
+        assert "released" in [e.event for e in session.scalars(select(SeriesEvent))]
+
+
+def test_bad_parts_get_their_own_failure_and_the_good_ones_are_stored(served, files):
+    server, store, _ = served
+    paths, datasets = files
+    body = multipart([paths[0].read_bytes(), b"this is not DICOM", paths[1].read_bytes()[:400]])
+    answer = httpx.post(server.url + "/dicom-web/studies", content=body, headers={"Content-Type": CONTENT_TYPE},
+                        timeout=30)
+    assert answer.status_code == 202, answer.text
+    assert _uids(answer.json(), "00081199") == [str(datasets[0].SOPInstanceUID)]
+    reasons = [item["00081197"]["Value"][0] for item in answer.json()["00081198"]["Value"]]
+    assert len(reasons) == 2 and all(r & 0xF000 in (0xC000, 0xA000, 0xB000) for r in reasons) and 0xC000 in reasons
+    with store.db.reading() as session:
+        assert len(list(session.scalars(select(RejectedInstance)))) == 2
+
+
+def test_a_body_that_is_not_multipart_dicom_is_415_or_400_with_a_reason(served, files):
+    server, _, _ = served
+    paths, _ = files
+    url = server.url + "/dicom-web/studies"
+    plain = httpx.post(url, content=paths[0].read_bytes(), headers={"Content-Type": "application/dicom"}, timeout=30)
+    assert plain.status_code == 415 and "multipart/related" in plain.json()["error"]
+    other = httpx.post(url, content=b"x", headers={"Content-Type": 'multipart/related; type="image/jpeg"; boundary=a'},
+                       timeout=30)
+    assert other.status_code == 415 and "application/dicom" in other.json()["error"]
+    no_boundary = httpx.post(url, content=b"x", headers={"Content-Type": 'multipart/related; type="application/dicom"'},
+                             timeout=30)
+    assert no_boundary.status_code == 400 and "boundary" in no_boundary.json()["error"]
+
+
+def test_below_the_watermark_every_part_fails_with_0xa700_and_nothing_is_written(tmp_path, files):
+    config = node_config(tmp_path / "data")
+    store = Store(open_database(config.database_url))
+    paths, datasets = files
+    with web_server(config, store, guard=DiskGuard(config.data_dir, min_free_mb=10 ** 12)) as server:
+        answer = httpx.post(server.url + "/dicom-web/studies", content=multipart([p.read_bytes() for p in paths]),
+                            headers={"Content-Type": CONTENT_TYPE}, timeout=30)
+    assert answer.status_code == 409
+    assert [i["00081197"]["Value"][0] for i in answer.json()["00081198"]["Value"]] == [0xA700] * 3
+    assert not list(config.data_dir.rglob("*.dcm"))
+    assert store.receiving_series() == []
+
+
+def test_stow_survives_sigkill_mid_request_without_losing_an_acknowledged_instance(tmp_path):
+    first = ct_datasets(volume(slices=4), name="stow-acknowledged")
+    second = ct_datasets(volume(slices=40, rows=64, columns=64), name="stow-killed")
+    first_paths, second_paths = save(first, tmp_path / "first"), save(second, tmp_path / "second")
+    http_port = free_port()
+    node = NodeProcess(tmp_path / "data", {"SPINE_NODE_HTTP_PORT": str(http_port), "SPINE_NODE_MIN_SLICES": "500",
+                                           "SPINE_NODE_DESTINATIONS": "PACS@127.0.0.1:4242"})
+    url = f"http://127.0.0.1:{http_port}/dicom-web/studies"
+    try:
+        node.start()
+        answer = httpx.post(url, content=multipart([p.read_bytes() for p in first_paths]),
+                            headers={"Content-Type": CONTENT_TYPE}, timeout=60)
+        assert answer.status_code == 200
+        acknowledged = _uids(answer.json(), "00081199")
+        assert len(acknowledged) == 4
+
+        def slow_body():
+            for path in second_paths:
+                yield f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes() + b"\r\n"
+                time.sleep(0.1)
+            yield f"--{BOUNDARY}--\r\n".encode()
+
+        outcome = {}
+
+        def send():
+            try:
+                outcome["answer"] = httpx.post(url, content=slow_body(), headers={"Content-Type": CONTENT_TYPE},
+                                               timeout=60)
+            except httpx.HTTPError as exc:
+                outcome["error"] = exc
+
+        sender = threading.Thread(target=send)
+        sender.start()
+        time.sleep(1.0)  # a part of the body is on its way
+        node.kill()
+        sender.join(30)
+        assert "answer" not in outcome, "the killed node answered the interrupted request"
+
+        node.start()
+        store = Store(open_database(f"sqlite:///{tmp_path / 'data' / 'spine-node.db'}", create=False))
+        instances = {i.sop_instance_uid: i for i in store.series_instances(str(first[0].SeriesInstanceUID))}
+        for uid in acknowledged:
+            assert uid in instances and instances[uid].path.exists()
+        wait_until(lambda: httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=5).status_code == 200, 30,
+                   "the restarted node's dashboard")
+    finally:
+        node.stop()
