@@ -16,13 +16,20 @@ Written with highdicom, in the source study, as DICOM_REFERENCE.md §3.4 lays ou
 * evidence: every CT instance and the SEG (CurrentRequestedProcedureEvidenceSequence);
 * a ``predecessor`` SR (an earlier report on the same series, when a late instance
   re-opened it) is listed in PredecessorDocumentsSequence;
-* no vertebra found (no SEG): one TID 1501 group "Vertebra = Absent" on the CT.
+* no vertebra found (no SEG): one TID 1501 group "Vertebra = Absent" on the CT;
+* for viewers that draw only image coordinates (OHIF skips groups without SCOORD/SCOORD3D),
+  one TID 1410 group per vertebra after the TID 1411 groups (``outline_group``): the
+  vertebra's outline on the slice through its centre as a closed SCOORD POLYLINE on that CT
+  image (SCOORD3D in the frame of reference for a resampled volume), its finding site and
+  lesion class, with the same Tracking UID as its TID 1411 group, so that OHIF merges the
+  two and labels the outline with the volume, mean HU and level.
 """
 from __future__ import annotations
 
 import math
 
 import highdicom as hd
+import numpy as np
 from pydicom.dataset import Dataset
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
@@ -32,6 +39,7 @@ from pipelines.outputs.codes import (ABSENT, ATTENUATION, BONY_METASTASIS, CT_PR
                           MEAN, MILLILITRE, PRESENT, VERTEBRA, VOLUME, coding_scheme_identification,
                           lesion_code, vertebra_code)
 from pipelines.errors import DicomWriteError
+from pipelines.outputs.contours import Outline
 from pipelines.outputs.seg import MANUFACTURER, character_set, reference_headers
 
 
@@ -118,6 +126,60 @@ def no_vertebra_group(algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.Measure
     )
 
 
+def outline_region(outline: Outline, series: CTSeries) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
+    """The outline as viewers draw it: SCOORD on the CT image it lies on, SCOORD3D on a resampled volume.
+
+    A closed POLYLINE either way (OHIF draws POLYLINE, not POLYGON). The SCOORD's SELECTED
+    FROM item names the CT instance (and the frame of an Enhanced CT); a resampled volume's
+    slice lies on no source image, so its outline is given in the frame of reference instead.
+    """
+    if series.resampled:
+        return hd.sr.ImageRegion3D(graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
+                                   graphic_data=outline.patient(series.geometry),
+                                   frame_of_reference_uid=series.source_images[0].FrameOfReferenceUID)
+    headers = reference_headers(series)
+    multiframe = len(headers) == 1 and int(headers[0].get("NumberOfFrames", 1)) > 1
+    header = headers[0] if multiframe else headers[outline.k]
+    source = hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=header.SOPClassUID, referenced_sop_instance_uid=header.SOPInstanceUID,
+        referenced_frame_numbers=[_frame_number(series, outline.k)] if multiframe else None)
+    return hd.sr.ImageRegion(
+        graphic_type=hd.sr.GraphicTypeValues.POLYLINE, graphic_data=outline.scoord(), source_image=source,
+        pixel_origin_interpretation=hd.sr.PixelOriginInterpretationValues.FRAME if multiframe else None)
+
+
+def _frame_number(series: CTSeries, k: int) -> int:
+    """The 1-based number of the stored frame of an Enhanced CT that slice ``k`` of ``series.hu`` is."""
+    if series.frame_numbers:
+        return int(series.frame_numbers[k])
+    positions = np.array([fg.PlanePositionSequence[0].ImagePositionPatient
+                          for fg in series.source_images[0].PerFrameFunctionalGroupsSequence], float)
+    return int(np.argmin(np.linalg.norm(positions - series.geometry.frame_position(k), axis=1))) + 1
+
+
+def outline_group(finding: VertebraFinding, segment: Dataset, outline: Outline, series: CTSeries,
+                  algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 for one vertebra: its outline on the slice through its centre, its level and lesion class.
+
+    The group carries the SEG segment's Tracking UID, as the TID 1411 group of the same
+    vertebra does: it is one tracked finding, and OHIF merges the groups of one Tracking UID
+    (the outline is drawn, labelled with the volume, mean HU and finding site of both).
+    """
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.get("TrackingUID") or hd.UID(),
+                                                     identifier=f"vertebra-{finding.level}"),
+        referenced_region=outline_region(outline, series),
+        finding_type=VERTEBRA,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=vertebra_code(finding.level))],
+        algorithm_id=algorithm,
+        qualitative_evaluations=[
+            hd.sr.QualitativeEvaluation(name=LESION_TYPE, value=lesion_code(finding.lesion)),
+            hd.sr.QualitativeEvaluation(name=BONY_METASTASIS,
+                                        value=ABSENT if finding.lesion == "none" else PRESENT),
+        ],
+    )
+
+
 def _check_inputs(series: CTSeries, seg: Dataset | None, findings: list[VertebraFinding],
                   predecessor: Dataset | None) -> None:
     if bool(findings) != (seg is not None):
@@ -133,12 +195,15 @@ def _check_inputs(series: CTSeries, seg: Dataset | None, findings: list[Vertebra
 
 
 def build_sr(series: CTSeries, seg: Dataset | None, findings: list[VertebraFinding], model: ModelIdentity, *,
-             predecessor: Dataset | None = None, series_number: int = 901) -> hd.sr.Comprehensive3DSR:
+             predecessor: Dataset | None = None, series_number: int = 901,
+             outlines: dict[int, Outline] | None = None) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of ``findings`` (already numbered by ``build_seg``) on ``series`` and its ``seg``.
 
     With no vertebra found, pass ``seg=None`` and ``findings=[]``: the report then says so
-    (``no_vertebra_group``). Raises DicomWriteError when a finding does not match its SEG
-    segment or the objects belong to different studies.
+    (``no_vertebra_group``). ``outlines`` (finding label -> its ``contours.centre_outline``)
+    adds one TID 1410 group per outlined vertebra after the TID 1411 groups, for viewers
+    that draw SCOORD/SCOORD3D (``outline_group``). Raises DicomWriteError when a finding
+    does not match its SEG segment or the objects belong to different studies.
     """
     _check_inputs(series, seg, findings, predecessor)
     algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version,
@@ -149,6 +214,8 @@ def build_sr(series: CTSeries, seg: Dataset | None, findings: list[VertebraFindi
         segments = _segments(seg)
         ordered = sorted(findings, key=lambda f: f.segment_number)
         groups = [measurement_group(f, _check_finding(f, segments, seg), seg, series, algorithm) for f in ordered]
+        groups += [outline_group(f, segments[f.segment_number], outlines[f.label], series, algorithm)
+                   for f in ordered if outlines and f.label in outlines]
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(model),
         procedure_reported=CT_PROCEDURE,
