@@ -235,3 +235,18 @@ def test_basic_auth_header_that_is_not_base64_is_401(tmp_path):
     with web_server(config, seeded.store) as server:
         answer = httpx.get(server.url + "/", headers={"Authorization": "Basic %%%"}, timeout=10)
     assert answer.status_code == 401
+
+
+def test_the_qc_picture_of_a_job_is_served_and_shown_on_its_page(served, tmp_path):
+    from PIL import Image
+
+    client, seeded = served
+    assert client.get(f"/jobs/{seeded.job_id}/qc.png").status_code == 404
+    assert 'id="qc"' not in client.get(f"/jobs/{seeded.job_id}").text
+    folder = tmp_path / "data" / "outputs" / str(seeded.job_id)
+    Image.new("RGB", (40, 30), (200, 30, 30)).save(folder / "qc.png")
+    picture = client.get(f"/jobs/{seeded.job_id}/qc.png")
+    assert picture.status_code == 200 and picture.headers["content-type"] == "image/png"
+    assert picture.content == (folder / "qc.png").read_bytes()
+    assert 'id="qc"' in client.get(f"/jobs/{seeded.job_id}").text
+    assert client.get("/jobs/9999/qc.png").status_code == 404

@@ -84,3 +84,42 @@ def test_the_configuration_page_shows_the_settings_in_force(dashboard):
     table = browser.text("#config")
     assert DESTINATION in table and "min_free_mb" in table and "http_port" in table
     browser.screenshot("config")
+
+
+def test_a_retrieve_from_the_page_brings_the_study_among_the_received_series(tmp_path):
+    import json
+
+    from dicom_node.dimse.scp import Receiver, ScpSettings, start_scp
+    from storage import InstanceFiles
+    from support.dimse import LOOPBACK, free_port
+    from support.pacs import FakePacs
+    from support.synthetic_ct import ct_datasets, save, volume
+    from support.waiting import wait_until
+
+    scp_port = free_port()
+    config = node_config(tmp_path / "data", SPINE_NODE_PORT=str(scp_port), SPINE_NODE_HOST=LOOPBACK)
+    seeded = seed_store(config)
+    datasets = ct_datasets(volume(slices=3), name="retrieved-from-the-page")
+    for ds in datasets:
+        ds.AccessionNumber = "ACC-PAGE"
+    files = save(datasets, tmp_path / "pacs")
+    receiver = Receiver(seeded.store, InstanceFiles(config.data_dir))
+    scp = start_scp(ScpSettings("SPINENODE", LOOPBACK, scp_port), receiver)
+    pacs = FakePacs(files, {"SPINENODE": (LOOPBACK, scp_port)})
+    try:
+        with web_server(config, seeded.store) as server, Browser() as browser:
+            browser.goto(server.url + "/retrieve")
+            browser.evaluate(f"document.querySelector('[name=source]').value = {json.dumps(str(pacs.peer))};"
+                             "document.querySelector('[name=value]').value = 'ACC-PAGE';")
+            browser.click("#retrieve")
+            assert "retrieve started" in browser.text(".message")
+            wait_until(lambda: "done" in browser.goto(server.url + "/retrieve").text("#retrievals"), 30,
+                       "the retrieve to finish")
+            assert "3 instance(s) retrieved" in browser.text("#retrievals")
+            browser.screenshot("retrieve")
+            browser.goto(server.url + "/")
+            assert str(datasets[0].SeriesInstanceUID) in browser.text("#series")
+    finally:
+        pacs.stop()
+        scp.shutdown()
+        receiver.close()

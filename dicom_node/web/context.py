@@ -26,4 +26,10 @@ class WebContext:
     started_at: float = field(default_factory=time.time)
 
     def __post_init__(self) -> None:
+        from storage import InstanceFiles
+
+        from dicom_node.web.retrieval import Retrievals
+
         self.operations = Operations(self.store)
+        self.files = InstanceFiles(self.config.data_dir)
+        self.retrievals = Retrievals(self.config)

@@ -2,17 +2,18 @@
 
 Pages: ``/`` (health, counts, received series and their state), ``/series/{key}``,
 ``/jobs`` (stages and timings), ``/jobs/{id}`` (story, outputs, deliveries, requeue),
-``/deliveries`` (outbox, last errors, retry; destinations, pause and resume), ``/config``.
+``/deliveries`` (outbox, last errors, retry; destinations, pause and resume), ``/config``,
+``/retrieve`` (fetch a study from a PACS, as ``spine-node retrieve``), ``/jobs/{id}/qc.png``.
 Buttons are plain HTML forms that POST and are answered with a redirect (303) to the page
 that shows the result; a refused action comes back as the page with a message.
 """
 from __future__ import annotations
 
 from pathlib import Path
-from urllib.parse import quote
+from urllib.parse import parse_qs, quote
 
 from starlette.requests import Request
-from starlette.responses import HTMLResponse, RedirectResponse
+from starlette.responses import RedirectResponse, Response
 from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
@@ -21,7 +22,9 @@ from storage.errors import NotFoundError, StateError
 from dicom_node.web import api
 from dicom_node.web.context import WebContext
 from dicom_node.web.health import health
+from dicom_node.errors import NodeError
 from dicom_node.web.patient import patient_of
+from dicom_node.web.qc import qc_file, qc_png
 
 TEMPLATES = Path(__file__).with_name("templates")
 STAGE_ORDER = ("load", "preprocess", "network", "postprocess", "resample_back", "measure", "lesions",
@@ -101,7 +104,31 @@ def routes(context: WebContext) -> list[Route]:
             return not_found(request, f"job {request.path_params['job_id']}")
         detail["stages"] = stages(detail["timings"])
         return page(request, "job.html", job=detail, patients=patients([detail]),
-                    paused=ops.paused_destinations())
+                    paused=ops.paused_destinations(),
+                    has_qc=qc_file(context.store, context.files, detail["id"]) is not None)
+
+    def qc(request: Request):
+        job_id = request.path_params["job_id"]
+        try:
+            path = qc_file(context.store, context.files, job_id)
+        except NotFoundError:
+            path = None
+        if path is None:
+            return not_found(request, f"QC picture for job {job_id}")
+        return Response(qc_png(path), media_type="image/png")
+
+    def retrieve_page(request: Request):
+        return page(request, "retrieve.html", recent=context.retrievals.recent,
+                    node_address=context.retrievals.node_address())
+
+    async def retrieve_start(request: Request):
+        form = {k: v[0] for k, v in parse_qs((await request.body()).decode("utf-8", "replace")).items()}
+        try:
+            context.retrievals.start(form.get("source", ""), form.get("key", "accession"), form.get("value", ""),
+                                     form.get("method", "move"), form.get("date"))
+        except NodeError as exc:
+            return RedirectResponse(f"/retrieve?message={quote(str(exc))}", status_code=303)
+        return RedirectResponse(f"/retrieve?message={quote('retrieve started')}", status_code=303)
 
     def deliveries(request: Request):
         return page(request, "deliveries.html", deliveries=ops.deliveries_overview(200),
@@ -150,4 +177,7 @@ def routes(context: WebContext) -> list[Route]:
         Route("/destinations/{destination:path}/pause", pause, methods=["POST"]),
         Route("/destinations/{destination:path}/resume", resume, methods=["POST"]),
         Route("/config", config),
+        Route("/jobs/{job_id:int}/qc.png", qc),
+        Route("/retrieve", retrieve_page),
+        Route("/retrieve", retrieve_start, methods=["POST"]),
     ]
