@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup system-deps run demo orthanc test test-fast demo-model benchmark clean
+.PHONY: setup system-deps viewer run demo orthanc test test-fast demo-model benchmark clean
 
 setup: $(STAMP)
 
@@ -37,7 +37,15 @@ demo: setup
 orthanc: setup system-deps
 	$(PY) orthanc/local_orthanc.py --http-port 8042 --dicom-port 4242 --stable-age 5 --node SPINENODE@127.0.0.1:11112
 
-test: setup system-deps
+# The prebuilt OHIF viewer pinned in viewer/package-lock.json, for tests/test_ohif_viewer.py (npm ci, no scripts run).
+VIEWER_STAMP := viewer/node_modules/.installed
+viewer: $(VIEWER_STAMP)
+
+$(VIEWER_STAMP): viewer/package.json viewer/package-lock.json | system-deps
+	cd viewer && nice npm ci --ignore-scripts --no-audit --no-fund
+	touch $(VIEWER_STAMP)
+
+test: setup system-deps viewer
 	$(VENV)/bin/pytest -q
 
 # Pure Python: no nnU-Net run (slow), no Orthanc, DCMTK, dicom3tools, dcmqi, PostgreSQL, Docker or hadolint
