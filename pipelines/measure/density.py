@@ -37,9 +37,13 @@ class DensityRule:
     phase_offsets_hu: dict = field(default_factory=lambda: {"arterial": 20.0, "portal-venous": 14.75})
 
 
-def trabecular_hu(hu: np.ndarray, body: np.ndarray, spacing) -> tuple[float | None, str]:
-    """The median HU of the body's trabecular ROI (``hu`` and ``body`` on one grid), or None with the reason."""
-    core = trabecular_core(body, spacing, CORTEX_MM, 0.0)
+def trabecular_roi(body: np.ndarray, spacing) -> np.ndarray:
+    """The body less its cortical shell of ``CORTEX_MM``."""
+    return trabecular_core(body, spacing, CORTEX_MM, 0.0)
+
+
+def trabecular_hu(hu: np.ndarray, core: np.ndarray, spacing) -> tuple[float | None, str]:
+    """The median HU of the trabecular ROI ``core`` (on ``hu``'s grid) less its foci, or None with the reason."""
     voxel_ml = float(np.prod(spacing)) / 1000.0
     if core.sum() * voxel_ml < MIN_ROI_ML:
         return None, f"trabecular ROI under {MIN_ROI_ML} ml (body too small or cut)"

@@ -16,13 +16,14 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines.lesions.zones import vertebral_body
-from pipelines.measure.density import DensityRule, bone_density, contrast_phase, trabecular_hu
+from pipelines.measure.density import DensityRule, bone_density, contrast_phase, trabecular_hu, trabecular_roi
 from pipelines.measure.frame import VertebraFrame, tilt_degrees, vertebra_frame, voxel_points
 from pipelines.measure.heights import Heights, body_heights, genant
 from pipelines.measure.sins import frame_left, involved_sides, sins
 from pipelines.records import Geometry, VertebraFinding
 
 BODY_RADIUS_MM = 5.0
+FINE_PIXELS_MM = 1.0  # in-plane pixels finer than this: the body is found on every other pixel (4x fewer voxels)
 MAX_TILT_DEGREES = 35.0
 MARGIN = 2
 
@@ -33,6 +34,7 @@ class _Vertebra:
     box: tuple[slice, ...]
     mask: np.ndarray
     body: np.ndarray
+    core: np.ndarray
     body_points: np.ndarray
     element_points: np.ndarray
     cut: bool
@@ -69,10 +71,22 @@ def _prepare(hu, labels, geometry: Geometry, finding: VertebraFinding, boxes) ->
     box = tuple(slice(max(s.start - MARGIN, 0), min(s.stop + MARGIN, n)) for s, n in zip(raw, labels.shape))
     cut = any(s.start == 0 or s.stop == n for s, n in zip(raw, labels.shape))
     mask = labels[box] == finding.label
-    body = vertebral_body(mask, geometry.spacing, BODY_RADIUS_MM)
+    step = 2 if max(geometry.spacing[1], geometry.spacing[2]) < FINE_PIXELS_MM else 1
+    coarse = mask[:, ::step, ::step]
+    spacing = (geometry.spacing[0], geometry.spacing[1] * step, geometry.spacing[2] * step)
+    body_coarse = vertebral_body(coarse, spacing, BODY_RADIUS_MM)
+    body = mask & _fine(body_coarse, step, mask.shape)
+    core = _fine(trabecular_roi(body_coarse, spacing), step, mask.shape) & body
     offset = tuple(s.start for s in box)
-    return _Vertebra(finding, box, mask, body, voxel_points(body, geometry, offset),
+    return _Vertebra(finding, box, mask, body, core, voxel_points(body, geometry, offset),
                      voxel_points(mask & ~body, geometry, offset), cut)
+
+
+def _fine(coarse: np.ndarray, step: int, shape) -> np.ndarray:
+    """A mask found on every ``step``-th pixel, back on the full grid (each pixel takes its block's value)."""
+    if step == 1:
+        return coarse
+    return np.repeat(np.repeat(coarse, step, axis=1), step, axis=2)[:, :shape[1], :shape[2]]
 
 
 def _column_axis(centres: list, index: int) -> np.ndarray | None:
@@ -113,7 +127,7 @@ def _heights(v: _Vertebra, axis, geometry: Geometry) -> Heights:
 def _measurements(hu, geometry: Geometry, v: _Vertebra, heights: Heights, neighbours: list[float], axis) -> dict:
     graded = genant(heights, neighbours)
     trabecular, trabecular_reason = (None, "vertebra cut by the edge of the scan") if v.cut else \
-        trabecular_hu(hu[v.box], v.body, geometry.spacing)
+        trabecular_hu(hu[v.box], v.core, geometry.spacing)
     volume_ml, share = _lesion_volume(v, geometry.spacing)
     sides = _posterior_sides(hu, geometry, v, axis) if v.finding.lesion in ("lytic", "mixed") else []
     scored, sins_reason = sins(v.finding.level, v.finding.lesion, graded.grade, graded.loss_pct,
