@@ -15,6 +15,7 @@ Tables, and what each row means:
 * ``outputs``            SEG, SR... written by a job: UIDs and file path
 * ``deliveries``         the outbox: one row per output and destination, attempts, next attempt, last error
 * ``paused_destinations`` destinations an operator paused: their deliveries wait until resumed (revision 0002)
+* ``notifications``      the webhook outbox: one row per job, event and URL, retried like a delivery (revision 0003)
 
 ``series.purged_at`` and ``outputs.purged_at`` (revision 0002) say when retention removed
 the instance files of a series, or an output's file; the rows themselves are never deleted.
@@ -33,6 +34,7 @@ JOB_STATES = ("queued", "running", "done", "failed", "rejected", "superseded")
 FINAL_JOB_STATES = ("done", "failed", "rejected")
 DELIVERY_STATES = ("pending", "delivered")
 ASSOCIATION_EVENTS = ("accepted", "released", "aborted", "rejected")
+NOTIFICATION_STATES = ("pending", "sent")
 
 UID = String(64)   # DICOM UIDs are at most 64 characters
 AE = String(16)    # AE titles are at most 16 characters
@@ -212,3 +214,22 @@ class PausedDestination(Base):
     destination: Mapped[str] = mapped_column(String(512), primary_key=True)
     paused_at: Mapped[datetime]
     reason: Mapped[str] = mapped_column(Text, default="")
+
+
+class Notification(Base):
+    """One webhook call to make: a job's event ('result-delivered', 'job-failed') to one URL."""
+
+    __tablename__ = "notifications"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    job_id: Mapped[int] = mapped_column(ForeignKey("jobs.id"))
+    event: Mapped[str] = mapped_column(String(32))
+    url: Mapped[str] = mapped_column(String(1024))
+    state: Mapped[str] = mapped_column(String(16))
+    attempts: Mapped[int] = mapped_column(default=0)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime]
+    next_attempt_at: Mapped[datetime]
+    sent_at: Mapped[datetime | None]
+    __table_args__ = (UniqueConstraint("job_id", "event", "url", name="uq_notifications_job_event_url"),
+                      _states("state", NOTIFICATION_STATES, "ck_notifications_state"),
+                      Index("ix_notifications_state_next", "state", "next_attempt_at"))

@@ -74,6 +74,8 @@ SPINE_NODE_OUTPUT_RETENTION_DAYS output_retention_days  output files whose every
                                                   are removed after this many days; 0: kept (0)
 SPINE_NODE_EMERGENCY_CLEAN emergency_clean        below the free-space watermark, remove the oldest
                                                   finished, fully delivered series' files at once (true)
+SPINE_NODE_WEBHOOKS        webhooks               http(s) URLs POSTed a JSON notice when a job's results
+                                                  are all delivered or a job fails, retried (empty)
 =========================  =====================  ========================================================
 
 Installed model bundles are looked up in ``SPINE_NODE_MODELS_DIR`` (not a file key), else
@@ -100,6 +102,7 @@ from __future__ import annotations
 
 import difflib
 import os
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -170,6 +173,7 @@ class NodeConfig:
     retention_days: float = 0.0              # 0: instance files kept
     output_retention_days: float = 0.0       # 0: outputs kept
     emergency_clean: bool = True
+    webhooks: tuple[str, ...] = ()
     source: Path | None = None               # the file read, if any
     warnings: tuple[str, ...] = ()           # not mistakes, but worth a log line at start
 
@@ -231,7 +235,8 @@ class NodeConfig:
                 f"disk watermark: {self.min_free_mb:g} MB" + (f" or {self.min_free_percent:g} %"
                                                               if self.min_free_percent else "")
                 + f" free, emergency clean {'on' if self.emergency_clean else 'off'}; retention: instances "
-                f"{_days(self.retention_days)}, outputs {_days(self.output_retention_days)}"]
+                f"{_days(self.retention_days)}, outputs {_days(self.output_retention_days)}",
+                f"webhooks: {len(self.webhooks) or 'none'}"]
 
     @property
     def web_access(self) -> str:
@@ -319,6 +324,7 @@ SETTINGS = (
     _Setting("output_retention_days", lambda raw, _: v.number(raw, minimum=0.0, inclusive_min=True,
                                                               what="a number of days (0: keep)")),
     _Setting("emergency_clean", lambda raw, _: v.boolean(raw)),
+    _Setting("webhooks", lambda raw, _: tuple(dict.fromkeys(v.each(raw, _webhook_url)))),
 )
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 
@@ -327,6 +333,13 @@ def _secret(raw, what: str, minimum: int) -> str:
     value = v.text(raw, what)
     if len(value) < minimum:
         raise Invalid(f"a {len(value)}-character value is not {what}")
+    return value
+
+
+def _webhook_url(raw) -> str:
+    value = v.text(raw, "an http:// or https:// URL")
+    if not re.match(r"https?://[^/\s]+", value):
+        raise Invalid(f"{value!r} is not an http:// or https:// URL")
     return value
 
 

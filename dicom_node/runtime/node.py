@@ -284,11 +284,12 @@ class Node:
 
 
 def _start_operations(node: "Node") -> list:
-    """Start the dashboard server and the retention loop; what is started, to stop first in ``stop``."""
+    """Start the dashboard server, the retention and notification loops; what is started, stopped first in ``stop``."""
+    from dicom_node.runtime.notify import start_notifier
     from dicom_node.runtime.retention import start_retention
     from dicom_node.web.server import start_web
 
-    return [part for part in (start_web(node), start_retention(node)) if part is not None]
+    return [part for part in (start_web(node), start_retention(node), start_notifier(node)) if part is not None]
 
 
 def scp_settings(config: NodeConfig, ssl_context=None) -> ScpSettings:

@@ -18,6 +18,7 @@ from starlette.routing import Route
 from starlette.templating import Jinja2Templates
 
 from storage.errors import NotFoundError, StateError
+from storage.notifications import Notifications
 
 from dicom_node.web import api
 from dicom_node.web.context import WebContext
@@ -132,7 +133,8 @@ def routes(context: WebContext) -> list[Route]:
 
     def deliveries(request: Request):
         return page(request, "deliveries.html", deliveries=ops.deliveries_overview(200),
-                    destinations=ops.destinations(api._configured(context)))
+                    destinations=ops.destinations(api._configured(context)),
+                    notifications=Notifications(context.store.db).overview(50) if context.config.webhooks else None)
 
     def config(request: Request):
         return page(request, "config.html", config=api.configuration(context))
