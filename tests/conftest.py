@@ -3,7 +3,7 @@
 Markers (pyproject.toml): ``real_data`` tests read the shared data folder
 (``support.paths.SHARED_DATA``) and are skipped here, with the reason, where it is absent;
 ``peer`` tests run an external peer or validator (Orthanc, DCMTK, dicom3tools, dcmqi,
-PostgreSQL, Docker, hadolint). ``make test-fast`` runs ``-m "not slow and not peer"`` with
+PostgreSQL, Docker, hadolint, chromium). ``make test-fast`` runs ``-m "not slow and not peer"`` with
 SPINE_NODE_TEST_NO_PEERS=1, under which starting any of those programs is an error
 (``support.programs.forbid_peer_programs``): a test that needs one must carry ``peer``.
 

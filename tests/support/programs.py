@@ -18,13 +18,14 @@ import pytest
 
 from support.paths import VENV_BIN
 
-# DCMTK, dicom3tools, dcmqi, Orthanc, PostgreSQL's programs, Docker, hadolint.
+# DCMTK, dicom3tools, dcmqi, Orthanc, PostgreSQL's programs, Docker, hadolint, a browser.
 PEER_PROGRAMS = frozenset({
     "storescp", "storescu", "echoscu", "findscu", "movescu", "getscu", "dcmsend", "dcmrecv", "dcmconv", "dcmcjpeg",
     "dcmdjpeg", "dcmcjpls", "dcmdjpls", "dcmcrle", "dcmdrle", "dcmdump", "dsrdump", "dcmodify",
     "dciodvfy", "dcentvfy", "dcdump", "dckey",
     "segimage2itkimage", "itkimage2segimage", "tid1500reader", "tid1500writer",
     "Orthanc", "psql", "pg_ctl", "postgres", "initdb", "createdb", "docker", "hadolint",
+    "chromium", "chromium-browser", "google-chrome",
 })
 
 
