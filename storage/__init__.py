@@ -12,13 +12,13 @@
 This package never imports ``dicom_node``, ``pipelines`` or ``research`` (docs/ARCHITECTURE.md).
 """
 from .database import Database, open_database
-from .errors import NotFoundError, StateError, StorageError
+from .errors import NotFoundError, StateError, StorageError, SupersededError
 from .files import InstanceFiles
 from .incoming import IncomingInstance
 from .rows import DeliveryRow, InstanceRow, JobRow, OutputRow, SeriesRow
 from .store import Store
 
 __all__ = [
-    "Database", "open_database", "StorageError", "NotFoundError", "StateError", "InstanceFiles", "IncomingInstance",
+    "Database", "open_database", "StorageError", "NotFoundError", "StateError", "SupersededError", "InstanceFiles", "IncomingInstance",
     "Store", "InstanceRow", "SeriesRow", "JobRow", "OutputRow", "DeliveryRow",
 ]

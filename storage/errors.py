@@ -7,6 +7,7 @@ hierarchy and can put the message into a DIMSE status comment or a log line. The
     StorageError        a file or a row that must outlive the process cannot be read or written
     ├── NotFoundError   a job, series or delivery asked for by id or key does not exist
     └── StateError      a transition the state machine does not allow
+        └── SupersededError  a job's series was re-opened while it ran: its outputs are not recorded
 
 See docs/ARCHITECTURE.md.
 """
@@ -22,3 +23,7 @@ class NotFoundError(StorageError):
 
 class StateError(StorageError):
     """A transition that the state machine does not allow (e.g. finishing a finished job)."""
+
+
+class SupersededError(StateError):
+    """The series a job processed was re-opened (a later instance) while it ran: its outputs are not delivered."""

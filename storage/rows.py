@@ -48,6 +48,7 @@ class InstanceRow:
     modality: str | None
     geometry: dict | None
     replaced: int  # how many earlier copies of this SOP Instance UID it replaced
+    previous_path: Path | None = None  # record_instance of a duplicate: where the copy it replaced was
 
     @classmethod
     def of(cls, i: models.Instance, series_key: str) -> "InstanceRow":

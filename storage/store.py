@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 
 from . import report
 from .database import Database
-from .errors import NotFoundError, StateError, StorageError
+from .errors import NotFoundError, StateError, StorageError, SupersededError
 from .models import (FINAL_JOB_STATES, Association, Delivery, Instance, Job, JobEvent, Output, PausedDestination,
                      RejectedInstance, Series, SeriesEvent, UTCDateTime, utcnow)
 from .rows import DeliveryRow, InstanceRow, JobRow, OutputRow, SeriesRow
@@ -85,9 +85,10 @@ class Store:
                     recorded = self._record_instance_slowly(session, series_key, series_instance_uid,
                                                             study_instance_uid, sop_instance_uid, values, now)
                     session.flush()
-            instance_id, version, replaced = recorded
+            instance_id, version, replaced, *previous = recorded
         return InstanceRow(id=instance_id, series_key=series_key, sop_instance_uid=sop_instance_uid,
-                           series_version=version, replaced=replaced, **{**values, "path": Path(values["path"])})
+                           series_version=version, replaced=replaced, **{**values, "path": Path(values["path"])},
+                           previous_path=Path(previous[0]) if previous and previous[0] else None)
 
     def _record_new_instance(self, connection, series_key: str, sop_instance_uid: str,
                              study_instance_uid: str | None, values: dict) -> tuple[int, int, int] | None:
@@ -107,8 +108,8 @@ class Store:
 
     def _record_instance_slowly(self, session: Session, series_key: str, series_instance_uid: str,
                                 study_instance_uid: str | None, sop_instance_uid: str, values: dict,
-                                now: datetime) -> tuple[int, int, int]:
-        """New series, re-opened series or duplicate, with the ORM: (instance id, series version, replaced)."""
+                                now: datetime) -> tuple[int, int, int, str | None]:
+        """New series, re-opened series or duplicate, with the ORM: (instance id, version, replaced, earlier path)."""
         series = self._series_for_update(session, series_key, series_instance_uid, study_instance_uid, now)
         if series.state != "receiving":
             self._reopen(session, series, now, sop_instance_uid)
@@ -116,10 +117,11 @@ class Store:
         instance_id = session.scalar(
             self._insert(Instance).values(sop_instance_uid=sop_instance_uid, replaced=0, **values)
             .on_conflict_do_nothing(index_elements=["sop_instance_uid"]).returning(Instance.id))
-        replaced = 0
+        replaced, previous_path = 0, None
         if instance_id is None:
             instance = session.scalar(select(Instance).where(Instance.sop_instance_uid == sop_instance_uid)
                                       .with_for_update())
+            previous_path = instance.path
             self._replace_duplicate(session, instance, series, values, now)
             instance_id, replaced = instance.id, instance.replaced
         else:
@@ -128,7 +130,50 @@ class Store:
         series.calling_ae = values["calling_ae"]
         series.modality = values["modality"] or series.modality
         series.study_instance_uid = series.study_instance_uid or study_instance_uid
-        return instance_id, series.version, replaced
+        return instance_id, series.version, replaced, previous_path
+
+    def has_instance(self, sop_instance_uid: str, path: Path | str) -> bool:
+        """Whether ``sop_instance_uid`` has a row whose file is ``path`` (an identical resend changes nothing)."""
+        with self.db.reading() as session:
+            return session.scalar(select(Instance.id).where(Instance.sop_instance_uid == sop_instance_uid,
+                                                            Instance.path == str(path))) is not None
+
+    def touch_series(self, series_key: str) -> bool:
+        """An identical copy of a stored instance arrived: a series still receiving counts it as an arrival
+        (``last_received_at``, which also lifts an 'incomplete' hold); any other series is left as it is."""
+        with self.db.writing_connection(durable=False) as connection:
+            done = connection.execute(update(Series).where(Series.series_key == series_key,
+                                                           Series.state == "receiving")
+                                      .values(last_received_at=utcnow()))
+            return done.rowcount == 1
+
+    def recorded_instance_paths(self) -> dict[str, str]:
+        """SOP Instance UID -> the path of its row: a file elsewhere under that UID is an orphan (reconcile)."""
+        with self.db.reading() as session:
+            return dict(session.execute(select(Instance.sop_instance_uid, Instance.path)).all())
+
+    def mark_series_incomplete(self, marks: dict[str, tuple[datetime, str]]) -> None:
+        """Series event 'incomplete' (at, reason) per series key: the node knows it did not get all of it.
+
+        Completion holds such a series until an instance arrives after the mark and a quiet
+        period follows. Unknown series keys are ignored (nothing of them was stored).
+        """
+        with self.db.writing() as session:
+            rows = session.scalars(select(Series).where(Series.series_key.in_(list(marks))))
+            for series in rows:
+                at, reason = marks[series.series_key]
+                session.add(SeriesEvent(series_id=series.id, at=at, event="incomplete",
+                                        detail=f"{reason}; {series.instance_count} instance(s) so far"))
+
+    def incomplete_marks(self) -> dict[str, tuple[datetime, str]]:
+        """For each receiving series with an 'incomplete' event: (time of the latest one, its detail)."""
+        with self.db.reading() as session:
+            rows = session.execute(
+                select(Series.series_key, SeriesEvent.at, SeriesEvent.detail)
+                .join(SeriesEvent, SeriesEvent.series_id == Series.id)
+                .where(Series.state == "receiving", SeriesEvent.event == "incomplete")
+                .order_by(SeriesEvent.at, SeriesEvent.id))
+            return {key: (at, detail) for key, at, detail in rows}
 
     def recorded_sop_instance_uids(self) -> set[str]:
         """Every SOP Instance UID with a row: what the start-up reconciliation compares the files with."""
@@ -240,6 +285,20 @@ class Store:
                     series.state = "queued"
             return [job.id for job in jobs]
 
+    def requeue_job(self, job_id: int, reason: str) -> bool:
+        """A 'running' job whose worker is gone goes back to 'queued' (event 'resumed'); False if it was not running."""
+        now = utcnow()
+        with self.db.writing() as session:
+            job = _job(session, job_id, for_update=True)
+            if job.state != "running":
+                return False
+            _event(session, job.id, "resumed", reason, now)
+            job.state = "queued"
+            series = session.get(Series, job.series_id)
+            if series.version == job.series_version and series.state == "running":
+                series.state = "queued"
+            return True
+
     def queued_jobs(self) -> list[JobRow]:
         """Jobs waiting for a worker, oldest first."""
         return self._jobs_in_state("queued")
@@ -269,8 +328,9 @@ class Store:
 
     def finish_job(self, job_id: int, *, state: str, timings: dict | None = None, error: str | None = None,
                    summary: dict | None = None) -> None:
-        """End a job as 'done', 'failed' or 'rejected' (with the reason); the series follows unless re-opened."""
-        if state not in FINAL_JOB_STATES:
+        """End a job as 'done', 'failed', 'rejected' or 'superseded' (with the reason); the series follows unless
+        re-opened. 'superseded': the series was re-opened while the job ran; its outputs are not delivered."""
+        if state not in (*FINAL_JOB_STATES, "superseded"):
             raise StateError(f"a job finishes as one of {', '.join(FINAL_JOB_STATES)}, not {state!r}")
         now = utcnow()
         with self.db.writing() as session:
@@ -281,7 +341,8 @@ class Store:
             job.timings = dict(timings) if timings is not None else job.timings
             job.summary = dict(summary) if summary is not None else job.summary
             series = session.get(Series, job.series_id, with_for_update=True)
-            if series.version == job.series_version and series.state in ("queued", "running"):
+            if series.version == job.series_version and series.state in ("queued", "running") \
+                    and state != "superseded":
                 series.state = state
             ran = f"after {(now - job.started_at).total_seconds():.1f} s" if job.started_at else "before running"
             _event(session, job_id, state, f"{ran}: {error[:MAX_DETAIL]}" if error else ran, now)
@@ -295,11 +356,23 @@ class Store:
     # --- outputs and the outbox ------------------------------------------------------------------------
 
     def record_output(self, job_id: int, *, kind: str, sop_instance_uid: str, sop_class_uid: str,
-                      series_instance_uid: str, path: Path | str, destinations: list[str]) -> OutputRow:
-        """Record a written output and queue one delivery per destination (state 'pending', due now)."""
+                      series_instance_uid: str, path: Path | str, destinations: list[str],
+                      series_version: int | None = None) -> OutputRow:
+        """Record a written output and queue one delivery per destination (state 'pending', due now).
+
+        ``series_version``: the version the job processed. If the series has moved on (an
+        instance re-opened it while the job ran), nothing is recorded and ``SupersededError``
+        is raised, in the same transaction that locks the series row: no output of a
+        superseded version is ever queued for delivery.
+        """
         now = utcnow()
         with self.db.writing() as session:
-            _job(session, job_id)
+            job = _job(session, job_id)
+            if series_version is not None:
+                series = session.get(Series, job.series_id, with_for_update=True)
+                if series.version != series_version:
+                    raise SupersededError(f"series {series.series_key} is at version {series.version}; job {job_id} "
+                                          f"processed version {series_version}")
             output = Output(job_id=job_id, kind=kind, sop_instance_uid=sop_instance_uid, sop_class_uid=sop_class_uid,
                             series_instance_uid=series_instance_uid, path=str(path), created_at=now)
             session.add(output)
@@ -332,21 +405,24 @@ class Store:
     def due_deliveries(self, now: datetime | None = None, limit: int = 50) -> list[DeliveryRow]:
         """Pending deliveries whose next attempt is due (``next_attempt_at <= now``), most overdue first.
 
-        Deliveries to a destination an operator paused (``paused_destinations``) are left out.
+        Deliveries to a destination an operator paused (``paused_destinations``) are left out, and so
+        are the outputs of a 'superseded' job (its series was re-opened while it ran): never sent.
         """
         now = now or utcnow()
         with self.db.reading() as session:
             query = (select(Delivery, Output).join(Output, Delivery.output_id == Output.id)
-                     .where(Delivery.state == "pending", Delivery.next_attempt_at <= now,
+                     .join(Job, Output.job_id == Job.id)
+                     .where(Delivery.state == "pending", Delivery.next_attempt_at <= now, Job.state != "superseded",
                             Delivery.destination.not_in(select(PausedDestination.destination)))
                      .order_by(Delivery.next_attempt_at, Delivery.id).limit(limit))
             return [DeliveryRow.of(d, o) for d, o in session.execute(query)]
 
     def pending_deliveries(self) -> list[DeliveryRow]:
-        """Every delivery not yet confirmed, due or not."""
+        """Every delivery not yet confirmed, due or not (those of superseded jobs are never sent: not listed)."""
         with self.db.reading() as session:
             query = (select(Delivery, Output).join(Output, Delivery.output_id == Output.id)
-                     .where(Delivery.state == "pending").order_by(Delivery.id))
+                     .join(Job, Output.job_id == Job.id)
+                     .where(Delivery.state == "pending", Job.state != "superseded").order_by(Delivery.id))
             return [DeliveryRow.of(d, o) for d, o in session.execute(query)]
 
     def mark_delivered(self, delivery_id: int) -> None:
