@@ -31,9 +31,10 @@ class DimsePeer:
     ae_title: str
     host: str
     port: int
+    tls: bool = False  # ``tls:AE@host:port``: C-STORE to it over TLS
 
     def __str__(self) -> str:
-        return f"{self.ae_title}@{self.host}:{self.port}"
+        return f"{'tls:' if self.tls else ''}{self.ae_title}@{self.host}:{self.port}"
 
 
 @dataclass(frozen=True)
@@ -162,7 +163,10 @@ def dimse_peer(value: str) -> DimsePeer:
 
 
 def destination(value: str) -> DimsePeer | StowDestination:
-    """``AE@host:port`` (C-STORE) or ``stow:http(s)://host[:port]/path`` (STOW-RS)."""
+    """``AE@host:port`` (C-STORE), ``tls:AE@host:port`` (C-STORE over TLS) or ``stow:http(s)://host[:port]/path``."""
+    if value.lower().startswith("tls:"):
+        peer = dimse_peer(value[4:].strip())
+        return DimsePeer(peer.ae_title, peer.host, peer.port, tls=True)
     if value.lower().startswith("stow:"):
         url = value[5:].strip()
         parts = urlsplit(url)

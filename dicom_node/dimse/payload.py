@@ -59,7 +59,32 @@ class InstanceHeader:
 
 
 def inspect_payload(data: bytes, sop_class_uid: str, sop_instance_uid: str) -> InstanceHeader:
-    """Parse and check ``data`` (file meta + data set, as received); raise ``PayloadError`` if unusable."""
+    """Parse and check ``data`` (file meta + data set, as received); raise ``PayloadError`` if unusable.
+
+    pydicom parses values lazily, so a wrong or unknown VR (Rows as US with 3 bytes, VR
+    'ZZ') fails only when a value is read, with an error of its own (``BytesLengthException``,
+    ``NotImplementedError``, ``struct.error``...). Every such error is 'cannot understand'
+    with the element named, never an exception out of the SCP's handler (D8).
+    """
+    try:
+        return _inspect(data, sop_class_uid, sop_instance_uid)
+    except PayloadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any conversion error of a hostile or broken data set
+        raise PayloadError(StoreStatus.CANNOT_UNDERSTAND, f"cannot read the data set: {_conversion_reason(exc)}") \
+            from exc
+
+
+def _conversion_reason(exc: Exception) -> str:
+    """A one-line reason: the exception's type and the element it names, without the value's bytes."""
+    text = str(exc)
+    tag = re.search(r"\(([0-9A-Fa-f]{4}),\s*([0-9A-Fa-f]{4})\)", text)
+    vr = re.search(r"(?:VR|Representation) '([^']{0,4})'", text)
+    where = f" in ({tag.group(1).upper()},{tag.group(2).upper()})" if tag else ""
+    return f"{type(exc).__name__}{where}" + (f", VR {vr.group(1)!r}" if vr else "")
+
+
+def _inspect(data: bytes, sop_class_uid: str, sop_instance_uid: str) -> InstanceHeader:
     ds = _parse(data)
     _check_complete(ds, data)
     declared = str(ds.get("SOPClassUID", "") or "")

@@ -4,8 +4,14 @@ Both send a batch of files to one destination and answer, per file, either ``Non
 (stored) or the reason it was not (the peer's failure status, or its HTTP answer). If the
 destination cannot be reached at all, ``DestinationUnreachable`` is raised for the batch.
 
-Destinations are strings: ``AE@host:port`` for DIMSE, ``stow:http://host:port/dicom-web``
-for DICOMweb (the ``/studies`` resource is appended).
+Destinations are strings: ``AE@host:port`` for DIMSE (``tls:AE@host:port`` over TLS),
+``stow:http(s)://host:port/dicom-web`` for DICOMweb (the ``/studies`` resource is appended).
+
+Outgoing TLS (D10): ``client_ssl_context`` makes the client side of the node's TLS
+settings (its certificate for mutual TLS, ``tls_ca`` as the trusted roots, the peer's
+host name checked); ``send`` uses it for every C-STORE destination when the node's
+outgoing TLS is on, and for ``tls:`` destinations always. STOW-RS over https verifies the
+server against the same CA bundle (``verify``), or the system's when none is given.
 """
 from __future__ import annotations
 
@@ -45,12 +51,28 @@ def parse_destination(text: str) -> Destination:
         raise NodeError(f"destination {exc}") from None
 
 
+def client_ssl_context(cert: str | None = None, key: str | None = None, ca: str | None = None) -> ssl.SSLContext:
+    """A client TLS context: trusts ``ca`` (else the system's roots), presents ``cert``/``key`` when given."""
+    context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+    if cert and key:
+        context.load_cert_chain(certfile=cert, keyfile=key)
+    return context
+
+
 def send(destination: Destination, paths: list[Path], calling_ae: str, timeout_s: float = 30.0,
-         ssl_context: ssl.SSLContext | None = None) -> dict[Path, str | None]:
-    """Send ``paths`` to ``destination``; per path ``None`` when stored, else why not."""
+         ssl_context: ssl.SSLContext | None = None, tls_for_all: bool = False,
+         verify: str | bool = True) -> dict[Path, str | None]:
+    """Send ``paths`` to ``destination``; per path ``None`` when stored, else why not.
+
+    ``ssl_context``: the client TLS context, used for ``tls:`` destinations, and for every
+    C-STORE destination when ``tls_for_all``. ``verify``: the CA bundle for https STOW-RS.
+    """
     if isinstance(destination, StowDestination):
-        return stow_rs(destination.url, paths, timeout_s)
-    return c_store(destination, paths, calling_ae, timeout_s, ssl_context)
+        return stow_rs(destination.url, paths, timeout_s, verify=verify)
+    use_tls = destination.tls or tls_for_all
+    if use_tls and ssl_context is None:
+        ssl_context = client_ssl_context()
+    return c_store(destination, paths, calling_ae, timeout_s, ssl_context if use_tls else None)
 
 
 def c_store(destination: DimsePeer, paths: list[Path], calling_ae: str, timeout_s: float = 30.0,
@@ -91,15 +113,19 @@ def _store_one(assoc, path: Path) -> str | None:
     return f"destination answered 0x{status:04X}, {meaning(status)}" + (f" ({comment})" if comment else "")
 
 
-def stow_rs(base_url: str, paths: list[Path], timeout_s: float = 30.0) -> dict[Path, str | None]:
-    """POST the files as one multipart/related request to ``base_url/studies``; per path the outcome."""
+def stow_rs(base_url: str, paths: list[Path], timeout_s: float = 30.0,
+            verify: str | bool = True) -> dict[Path, str | None]:
+    """POST the files as one multipart/related request to ``base_url/studies``; per path the outcome.
+
+    ``verify``: for https, the CA bundle that must have signed the server's certificate (True: the system's).
+    """
     boundary = uuid.uuid4().hex
     body = b"".join(b"--" + boundary.encode() + b"\r\nContent-Type: application/dicom\r\n\r\n"
                     + Path(p).read_bytes() + b"\r\n" for p in paths) + b"--" + boundary.encode() + b"--\r\n"
     headers = {"Content-Type": f'multipart/related; type="application/dicom"; boundary={boundary}',
                "Accept": "application/dicom+json"}
     try:
-        answer = requests.post(f"{base_url}/studies", data=body, headers=headers, timeout=timeout_s)
+        answer = requests.post(f"{base_url}/studies", data=body, headers=headers, timeout=timeout_s, verify=verify)
     except requests.RequestException as exc:
         raise DestinationUnreachable(f"no HTTP connection with {base_url}: {type(exc).__name__}") from exc
     if answer.status_code == 200:

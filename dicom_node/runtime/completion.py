@@ -13,6 +13,15 @@ A release alone is not enough because PACS routinely split one series over sever
 associations; a contiguous geometry alone is not enough because the last slices may
 still be on their way. A late instance re-opens a processed series (the store bumps its
 version) and the series goes through this rule again, producing new outputs.
+
+What the node knows it did not see overrides both (D4):
+
+* **the quiet clock starts when the node starts** (``since``): time the node was down is
+  not quiet time, since a sender may have been retrying against a closed port;
+* a series marked **incomplete** (its association was aborted, or the node refused one of
+  its instances: series event 'incomplete', ``Store.incomplete_marks``, plus the marks the
+  SCP holds in memory while the database cannot take them) is not complete until an
+  instance arrives after the mark *and* the quiet period follows, released or not.
 """
 from __future__ import annotations
 
@@ -67,19 +76,44 @@ def contiguity(geometries: list[dict | None]) -> tuple[bool, str]:
     return True, f"{len(images)} slices evenly spaced by {step:.3g} mm"
 
 
-def undecidable_yet(series, now: datetime, stable_age_s: float) -> bool:
+def _quiet_s(series, now: datetime, since: datetime | None) -> float:
+    """Seconds without a new instance, counted from the node's start at the earliest."""
+    last = _aware(series.last_received_at)
+    if last is None:
+        return float("inf") if since is None else (now - _aware(since)).total_seconds()
+    start = max(last, _aware(since)) if since is not None else last
+    return (now - start).total_seconds()
+
+
+def held(series, mark: tuple[datetime, str] | None, now: datetime, stable_age_s: float,
+         since: datetime | None = None) -> Verdict | None:
+    """The verdict for a series marked incomplete, or None when it carries no mark."""
+    if mark is None:
+        return None
+    at, reason = _aware(mark[0]), mark[1]
+    last = _aware(series.last_received_at)
+    if last is None or last <= at:
+        return Verdict(False, f"held: {reason}; waiting for the sender to send again")
+    quiet = _quiet_s(series, now, since)
+    if quiet < stable_age_s:
+        return Verdict(False, f"held: {reason}; instances arrived since, waiting for the quiet period")
+    return Verdict(True, f"quiet for {quiet:.0f} s after instances that followed: {reason}")
+
+
+def undecidable_yet(series, now: datetime, stable_age_s: float, since: datetime | None = None) -> bool:
     """Neither released after its last instance nor quiet: incomplete whatever its geometry (not worth reading)."""
     last = _aware(series.last_received_at)
     released = _aware(getattr(series, "released_at", None))
     if released is not None and last is not None and released >= last:
         return False
-    return last is not None and (now - last).total_seconds() < stable_age_s
+    return last is not None and _quiet_s(series, now, since) < stable_age_s
 
 
-def judge(series, geometries: list[dict | None], now: datetime, stable_age_s: float) -> Verdict:
-    """The completion rule for one series row (``released_at``, ``last_received_at``)."""
+def judge(series, geometries: list[dict | None], now: datetime, stable_age_s: float,
+          since: datetime | None = None) -> Verdict:
+    """The completion rule for one series row (``released_at``, ``last_received_at``) without an incomplete mark."""
     last = _aware(series.last_received_at)
-    quiet = (now - last).total_seconds() if last else float("inf")
+    quiet = _quiet_s(series, now, since)
     released = _aware(getattr(series, "released_at", None))
     if released is not None and last is not None and released >= last:
         ok, why = contiguity(geometries)
@@ -100,15 +134,29 @@ def _aware(value: datetime | None) -> datetime | None:
     return value
 
 
-def complete_series(store: Store, stable_age_s: float, now: datetime | None = None) -> list[int]:
-    """Create a job for every receiving series that is complete now; return the new job ids."""
+def complete_series(store: Store, stable_age_s: float, now: datetime | None = None, since: datetime | None = None,
+                    extra_marks: dict[str, tuple[datetime, str]] | None = None) -> list[int]:
+    """Create a job for every receiving series that is complete now; return the new job ids.
+
+    ``since``: when this node started (the quiet clock starts there). ``extra_marks``:
+    incomplete marks not yet in SQL (the SCP's, while the database could not take them).
+    """
     now = now or datetime.now(timezone.utc)
     created = []
-    for series in store.receiving_series():
-        if undecidable_yet(series, now, stable_age_s):  # do not read a growing series' rows every second
+    receiving = store.receiving_series()
+    marks = store.incomplete_marks() if receiving else {}
+    for key, mark in (extra_marks or {}).items():
+        if key not in marks or _aware(mark[0]) > _aware(marks[key][0]):
+            marks[key] = mark
+    for series in receiving:
+        verdict = held(series, marks.get(series.series_key), now, stable_age_s, since)
+        if verdict is not None and not verdict.complete:
+            continue
+        if verdict is None and undecidable_yet(series, now, stable_age_s, since):  # a growing series: not read
             continue
         instances = store.series_instances(series.series_key)
-        verdict = judge(series, [i.geometry for i in instances], now, stable_age_s)
+        if verdict is None:
+            verdict = judge(series, [i.geometry for i in instances], now, stable_age_s, since)
         if not verdict.complete:
             continue
         job = store.create_job(series.series_key, verdict.reason)

@@ -27,12 +27,16 @@ class Deliverer:
     """Sends due deliveries; ``run_once`` is one pass (the node calls it from a background loop)."""
 
     def __init__(self, store: Store, calling_ae: str, retry_max_s: float = 300.0, timeout_s: float = 30.0,
-                 ssl_context: ssl.SSLContext | None = None):
+                 ssl_context: ssl.SSLContext | None = None, tls_for_all: bool = False, verify: str | bool = True):
+        """``ssl_context``: the client side of the node's TLS (``scu.client_ssl_context``), for ``tls:``
+        destinations and, with ``tls_for_all``, every C-STORE destination; ``verify``: CA bundle for https."""
         self.store = store
         self.calling_ae = calling_ae
         self.retry_max_s = retry_max_s
         self.timeout_s = timeout_s
         self.ssl_context = ssl_context
+        self.tls_for_all = tls_for_all
+        self.verify = verify
 
     def run_once(self, limit: int = 50) -> int:
         """Try every due delivery once; return how many were confirmed."""
@@ -53,7 +57,7 @@ class Deliverer:
             return 0
         try:
             outcome = send(destination, [row.path for row in present], self.calling_ae, self.timeout_s,
-                           self.ssl_context)
+                           self.ssl_context, tls_for_all=self.tls_for_all, verify=self.verify)
         except DestinationUnreachable as exc:
             self._failed(present, str(exc))
             return 0

@@ -13,6 +13,10 @@ without its row. ``reconcile_instances``:
    unknown, received now), so that its series goes through completion and is processed
    (a series already processed is re-opened, as for any late instance).
 
+3. removes **orphan copies**: a file of a SOP Instance UID whose row names another file,
+   which exists (the instance was received again into another series, and the earlier
+   copy's removal did not happen: the node was killed in between).
+
 A whole temporary file the SCP would refuse was never acknowledged and is removed. A
 file in a series folder that cannot be recorded is left where it is and logged: it is
 never deleted, since it may have been acknowledged.
@@ -40,6 +44,7 @@ class Reconciled:
 
     placed: list[Path] = field(default_factory=list)      # interrupted writes moved into their series folder
     removed: list[Path] = field(default_factory=list)     # partial or refused temporary files deleted
+    orphans: list[Path] = field(default_factory=list)     # earlier copies whose row names the newer file
     recorded: list[str] = field(default_factory=list)     # SOP Instance UIDs whose row was missing
     unreadable: list[Path] = field(default_factory=list)  # files without row that could not be recorded
 
@@ -58,9 +63,10 @@ def reconcile_instances(store: Store, files: InstanceFiles) -> Reconciled:
             continue
         done.placed.append(files.place_instance(temp, header.study_key, header.series_key))
     on_disk = files.instance_files()
-    recorded = store.recorded_sop_instance_uids() if on_disk else set()
+    recorded = store.recorded_instance_paths() if on_disk else {}
     for sop_uid, path in on_disk:
         if sop_uid in recorded:
+            _remove_if_orphan(path, Path(recorded[sop_uid]), done)
             continue
         try:
             _record(store, sop_uid, path)
@@ -70,6 +76,17 @@ def reconcile_instances(store: Store, files: InstanceFiles) -> Reconciled:
             done.unreadable.append(path)
     _log(done)
     return done
+
+
+def _remove_if_orphan(path: Path, recorded: Path, done: Reconciled) -> None:
+    """Remove ``path`` when its UID's row names another file that exists (the newer copy)."""
+    if path.resolve() == recorded.resolve() or not recorded.is_file():
+        return
+    try:
+        path.unlink()
+        done.orphans.append(path)
+    except OSError as exc:
+        log.warning("could not remove the orphan copy %s: %s", path, exc.strerror or exc)
 
 
 def _read(path: Path, sop_uid: str) -> InstanceHeader:
@@ -92,6 +109,8 @@ def _log(done: Reconciled) -> None:
         log.info("completed %d instance write(s) interrupted by a crash", len(done.placed))
     if done.removed:
         log.info("removed %d partial temporary file(s) left by a crash", len(done.removed))
+    if done.orphans:
+        log.info("removed %d earlier copy(ies) of instances received again into another series", len(done.orphans))
     if done.recorded:
         log.warning("recorded %d instance file(s) whose SQL row was lost (power cut?): %s", len(done.recorded),
                     ", ".join(done.recorded[:20]) + (" ..." if len(done.recorded) > 20 else ""))
