@@ -55,8 +55,8 @@ def hook():
     webhook.stop()
 
 
-def test_a_delivered_result_is_announced_once_after_a_failed_attempt_is_retried(tmp_path, hook):
-    config = node_config(tmp_path / "data", SPINE_NODE_WEBHOOKS=hook.url)
+def test_a_delivered_result_is_announced_once_after_a_failed_attempt_is_retried(tmp_path, hook, database_url):
+    config = node_config(tmp_path / "data", SPINE_NODE_WEBHOOKS=hook.url, SPINE_NODE_DATABASE_URL=database_url)
     seeded = seed_store(config)
     notifier = Notifier(seeded.store, config.webhooks, retry_max_s=0.0, ae_title="SPINENODE")
     assert notifier() == 0 and hook.received == []  # the output is still pending: nothing to announce

@@ -33,8 +33,10 @@ OUT_OF_RESOURCES = 0xA700
 
 
 @pytest.fixture
-def seeded(tmp_path):
-    config = node_config(tmp_path / "data", SPINE_NODE_RETENTION_DAYS="14", SPINE_NODE_OUTPUT_RETENTION_DAYS="3")
+def seeded(tmp_path, database_url):
+    """The seeded store on SQLite and on PostgreSQL (``database_url``): the purge queries run on both."""
+    config = node_config(tmp_path / "data", SPINE_NODE_RETENTION_DAYS="14", SPINE_NODE_OUTPUT_RETENTION_DAYS="3",
+                         SPINE_NODE_DATABASE_URL=database_url)
     return config, seed_store(config)
 
 
@@ -104,7 +106,7 @@ def test_purge_dry_run_lists_what_would_go_and_removes_nothing(seeded, capsys, m
     config, seeded = seeded
     _deliver_all(seeded)
     for name, value in {"SPINE_NODE_DATA_DIR": str(config.data_dir), "SPINE_NODE_DESTINATIONS": "PACS@127.0.0.1:4242",
-                        "SPINE_NODE_HTTP_PORT": "0"}.items():
+                        "SPINE_NODE_HTTP_PORT": "0", "SPINE_NODE_DATABASE_URL": config.database_url}.items():
         monkeypatch.setenv(name, value)
     paths = _instance_paths(seeded, seeded.series_key)
 

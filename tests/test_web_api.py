@@ -18,8 +18,9 @@ TOKEN = "a-token-of-thirty-two-characters!"
 
 
 @pytest.fixture
-def seeded(tmp_path):
-    config = node_config(tmp_path / "data")
+def seeded(tmp_path, database_url):
+    """The seeded store on SQLite and on PostgreSQL (``database_url``): the dashboard's SQL runs on both."""
+    config = node_config(tmp_path / "data", SPINE_NODE_DATABASE_URL=database_url)
     return config, seed_store(config)
 
 
