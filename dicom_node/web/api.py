@@ -47,6 +47,8 @@ def configuration(context: WebContext) -> dict:
         value = getattr(config, name)
         if name in hidden:
             value = "set" if value else None
+        elif name == "webhooks":  # a URL may carry a secret: only how many
+            value = f"{len(value)} URL(s)" if value else None
         elif name == "database_url":
             from sqlalchemy.engine import make_url
 

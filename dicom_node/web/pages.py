@@ -37,6 +37,7 @@ def make_templates() -> Jinja2Templates:
     templates.env.filters["when"] = _when
     templates.env.filters["seconds"] = _seconds
     templates.env.filters["urlpart"] = lambda value: quote(str(value), safe="")
+    templates.env.filters["setting"] = _setting
     templates.env.globals["stage_order"] = STAGE_ORDER
     return templates
 
@@ -44,6 +45,17 @@ def make_templates() -> Jinja2Templates:
 def _when(value: str | None) -> str:
     """ISO time as 'YYYY-MM-DD HH:MM:SS' UTC (empty for none)."""
     return value[:19].replace("T", " ") if value else ""
+
+
+def _setting(value) -> str:
+    """A setting's value as a person writes it: lists comma-separated, tables as KEY = VALUE, none as empty."""
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple)):
+        return ", ".join(map(str, value))
+    if isinstance(value, dict):
+        return ", ".join(f"{k} = {v}" for k, v in value.items())
+    return str(value)
 
 
 def _seconds(value) -> str:
