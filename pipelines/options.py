@@ -26,6 +26,9 @@ DEFAULT_STEP_SIZE = 0.5
 DEFAULT_MIRRORING = False
 SEG_TYPES = ("binary", "labelmap")
 DEFAULT_SEG_TYPE = "binary"
+DEFAULT_SEG_ALL_FRAMES = False
+OUTPUT_KINDS = ("seg", "sr", "rtstruct", "sc", "pdf")
+DEFAULT_OUTPUTS = ("seg", "sr")
 DEFAULT_MIN_SLICES = 20
 DEFAULT_DATA_DIR = "spine-node-data"
 DEFAULT_BONE_DENSITY_THRESHOLD_HU = 104.0
@@ -50,6 +53,12 @@ class PipelineOptions:
     * ``step_size``: sliding-window step as a fraction of the patch, in (0, 1].
     * ``mirroring``: test-time mirroring (8x slower; the demo model is trained without it).
     * ``seg_type``: ``binary`` (widest viewer support) or ``labelmap`` DICOM SEG.
+    * ``seg_all_frames``: the SEG has a frame for every CT slice, empty ones included (for
+      viewers that need every frame with the same geometry); default: only the slab of slices
+      that hold a vertebra.
+    * ``outputs``: the objects written and sent, among ``OUTPUT_KINDS`` (``rtstruct``: RT
+      Structure Set, ``sc``: key images, ``pdf``: encapsulated PDF report); the SEG and SR
+      are always made (the summary needs them) but written only when listed.
     * ``min_slices``: a series with fewer distinct slices is refused.
     * ``lesion_thresholds``: overrides of the lesion classifier's numbers (checked here).
     * ``bone_density_threshold_hu`` and ``bone_density_source``: the L1 (else L2) trabecular
@@ -65,6 +74,8 @@ class PipelineOptions:
     step_size: float = DEFAULT_STEP_SIZE
     mirroring: bool = DEFAULT_MIRRORING
     seg_type: str = DEFAULT_SEG_TYPE
+    seg_all_frames: bool = DEFAULT_SEG_ALL_FRAMES
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     min_slices: int = DEFAULT_MIN_SLICES
     lesion_thresholds: dict | None = None
     bone_density_threshold_hu: float = DEFAULT_BONE_DENSITY_THRESHOLD_HU
@@ -85,6 +96,9 @@ class PipelineOptions:
             raise PipelineOptionError(f"mirroring must be true or false, got {self.mirroring!r}")
         if self.seg_type not in SEG_TYPES:
             raise PipelineOptionError(f"seg_type {self.seg_type!r} is not one of {', '.join(SEG_TYPES)}")
+        if not isinstance(self.seg_all_frames, bool):
+            raise PipelineOptionError(f"seg_all_frames must be true or false, got {self.seg_all_frames!r}")
+        self._check_outputs()
         if isinstance(self.min_slices, bool) or not isinstance(self.min_slices, int) or self.min_slices < 2:
             raise PipelineOptionError(f"min_slices must be a whole number of at least 2, got {self.min_slices!r}")
         self._check_thresholds()
@@ -94,6 +108,18 @@ class PipelineOptions:
                                       f"got {self.bone_density_threshold_hu!r}")
         if not isinstance(self.bone_density_source, str) or not self.bone_density_source.strip():
             raise PipelineOptionError("bone_density_source must name where the threshold comes from")
+
+    def _check_outputs(self) -> None:
+        outputs = self.outputs
+        if isinstance(outputs, str) or not isinstance(outputs, (tuple, list)) or not outputs:
+            raise PipelineOptionError(f"outputs must name one or more of {', '.join(OUTPUT_KINDS)}, got {outputs!r}")
+        unknown = [kind for kind in outputs if kind not in OUTPUT_KINDS]
+        if unknown:
+            raise PipelineOptionError(f"outputs {', '.join(map(repr, unknown))} unknown; "
+                                      f"choose among {', '.join(OUTPUT_KINDS)}")
+        if len(set(outputs)) != len(outputs):
+            raise PipelineOptionError(f"outputs {', '.join(outputs)} names one object twice")
+        object.__setattr__(self, "outputs", tuple(outputs))  # frozen: a list given becomes the tuple recorded
 
     def _check_thresholds(self) -> None:
         if self.lesion_thresholds is None:

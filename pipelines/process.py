@@ -50,6 +50,9 @@ class Outputs:
     sr: Dataset
     summary: dict
     timings_s: dict[str, float] = field(default_factory=dict)
+    # The optional objects made (kind, file name, dataset: rtstruct, sc, pdf) and the kinds to write and send.
+    extra: list[tuple[str, str, Dataset]] = field(default_factory=list)
+    kinds: tuple[str, ...] = ("seg", "sr")
 
 
 def load_segmenter(options: PipelineOptions):
@@ -123,6 +126,7 @@ def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions
                   predecessor_sr: Dataset | None = None, patient_key: str | None = None,
                   prior_summary: dict | None = None) -> Outputs:
     """The SEG, the SR and the summary of an analysed series (new SOP Instance UIDs each call)."""
+    from pipelines.outputs.optional import build_optional_outputs
     from pipelines.outputs.seg import build_seg
     from pipelines.outputs.sr import build_sr
 
@@ -131,7 +135,7 @@ def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions
     t0 = time.perf_counter()
     if analysis.findings:
         seg = build_seg(series, analysis.labels, analysis.findings, analysis.model,
-                        labelmap=options.seg_type == "labelmap")
+                        labelmap=options.seg_type == "labelmap", all_frames=options.seg_all_frames)
     timings["seg"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     sr = build_sr(series, seg, analysis.findings, analysis.model, predecessor=predecessor_sr,
@@ -145,7 +149,10 @@ def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions
         from pipelines.measure.change import compare
 
         summary["change"] = compare(summary, prior_summary)
-    return Outputs(seg, sr, summary, timings)
+    optional = build_optional_outputs(series, analysis.labels, analysis.findings, analysis.model, options.outputs)
+    summary["timings_s"].update({k: round(v, 3) for k, v in optional.timings_s.items()})
+    summary["outputs"] = {"kinds": list(options.outputs), "not_built": optional.not_built}
+    return Outputs(seg, sr, summary, {**timings, **optional.timings_s}, optional.datasets, options.outputs)
 
 
 def vertebra_outlines(labels: np.ndarray, findings: list[VertebraFinding]) -> dict:

@@ -74,8 +74,8 @@ class Outcome:
         """(kind, file name, dataset) of each DICOM output, in the order they are written and sent."""
         if self.outputs is None:
             return []
-        items = [("seg", "seg.dcm", self.outputs.seg), ("sr", "sr.dcm", self.outputs.sr)]
-        return [(kind, name, ds) for kind, name, ds in items if ds is not None]
+        items = [("seg", "seg.dcm", self.outputs.seg), ("sr", "sr.dcm", self.outputs.sr), *self.outputs.extra]
+        return [(kind, name, ds) for kind, name, ds in items if ds is not None and kind in self.outputs.kinds]
 
     def summary_document(self) -> tuple[str, bytes]:
         """``summary.json`` for a processed series, ``rejected.json`` otherwise, encoded."""

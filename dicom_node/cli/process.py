@@ -26,6 +26,11 @@ def add_parser(sub) -> None:
                    help="sliding-window step, fraction of the patch")
     p.add_argument("--mirroring", action="store_true", help="test-time mirroring (slower)")
     p.add_argument("--seg-type", choices=defaults.SEG_TYPES, default=defaults.DEFAULT_SEG_TYPE, help="DICOM SEG type")
+    p.add_argument("--seg-all-frames", action="store_true",
+                   help="SEG frames for every CT slice, empty ones included (viewers that need every frame)")
+    p.add_argument("--outputs", default=",".join(defaults.DEFAULT_OUTPUTS),
+                   help=f"objects to write, comma-separated among {','.join(defaults.OUTPUT_KINDS)} "
+                        f"(default {','.join(defaults.DEFAULT_OUTPUTS)})")
     p.add_argument("--min-slices", type=int, default=defaults.DEFAULT_MIN_SLICES,
                    help="refuse series with fewer slices")
     p.add_argument("--lesion-thresholds", type=Path, help="JSON file of lesion classifier thresholds")
@@ -49,7 +54,9 @@ def run(args: argparse.Namespace) -> int:
 
     # PipelineOptions refuses unknown or out-of-range values (thresholds included) before any work
     options = PipelineOptions(model=str(args.model), device=args.device, step_size=args.step_size,
-                              mirroring=args.mirroring, seg_type=args.seg_type, min_slices=args.min_slices,
+                              mirroring=args.mirroring, seg_type=args.seg_type, seg_all_frames=args.seg_all_frames,
+                              outputs=tuple(k.strip() for k in args.outputs.split(",") if k.strip()),
+                              min_slices=args.min_slices,
                               lesion_thresholds=thresholds, models_dir=str(installed_models_dir()))
     results = process_inputs(args.inputs, args.out, options, None if args.no_progress else _bar)
     if not results:

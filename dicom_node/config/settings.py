@@ -28,6 +28,11 @@ SPINE_NODE_DEVICE          device                 auto, cpu, cuda or cuda:N (aut
 SPINE_NODE_STEP_SIZE       step_size              sliding-window step, fraction of the patch, (0, 1] (0.5)
 SPINE_NODE_MIRRORING       mirroring              test-time mirroring, slower (false)
 SPINE_NODE_SEG_TYPE        seg_type               binary or labelmap DICOM SEG (binary)
+SPINE_NODE_SEG_ALL_FRAMES  seg_all_frames         SEG frames for every CT slice, empty ones included, for
+                                                  viewers that need every frame (false: the vertebrae's slab)
+SPINE_NODE_OUTPUTS         outputs                objects made and sent: seg, sr, rtstruct (RT structure
+                                                  set), sc (key images), pdf (encapsulated PDF, DOC);
+                                                  variable comma-separated, file a list (seg,sr)
 SPINE_NODE_BONE_DENSITY_THRESHOLD_HU  bone_density_threshold_hu   L1 (else L2) trabecular HU below which the
                                                   report flags low bone density (104)
 SPINE_NODE_BONE_DENSITY_SOURCE  bone_density_source  where that threshold comes from, quoted in every
@@ -111,7 +116,8 @@ from types import MappingProxyType
 
 from pipelines.errors import PipelineError
 from pipelines.options import (DEFAULT_BONE_DENSITY_SOURCE, DEFAULT_BONE_DENSITY_THRESHOLD_HU, DEFAULT_DATA_DIR, DEFAULT_DEVICE, DEFAULT_MIN_SLICES, DEFAULT_MIRRORING, DEFAULT_MODEL,
-                               DEFAULT_SEG_TYPE, DEFAULT_STEP_SIZE, SEG_TYPES, PipelineOptions, default_models_dir)
+                               DEFAULT_SEG_TYPE, DEFAULT_STEP_SIZE, SEG_TYPES, PipelineOptions, default_models_dir,
+                               DEFAULT_OUTPUTS, DEFAULT_SEG_ALL_FRAMES, OUTPUT_KINDS)
 
 from dicom_node.config import values as v
 from dicom_node.config.values import DimsePeer, Invalid, StowDestination
@@ -146,6 +152,8 @@ class NodeConfig:
     step_size: float = DEFAULT_STEP_SIZE
     mirroring: bool = DEFAULT_MIRRORING
     seg_type: str = DEFAULT_SEG_TYPE
+    seg_all_frames: bool = DEFAULT_SEG_ALL_FRAMES
+    outputs: tuple[str, ...] = DEFAULT_OUTPUTS
     lesion_thresholds: Mapping | None = None
     bone_density_threshold_hu: float = DEFAULT_BONE_DENSITY_THRESHOLD_HU
     bone_density_source: str = DEFAULT_BONE_DENSITY_SOURCE
@@ -192,6 +200,7 @@ class NodeConfig:
         """The pipeline options the configuration asks for (recorded with every job)."""
         return PipelineOptions(model=self.model, device=self.device, step_size=self.step_size,
                                mirroring=self.mirroring, seg_type=self.seg_type, min_slices=self.min_slices,
+                               seg_all_frames=self.seg_all_frames, outputs=self.outputs,
                                lesion_thresholds=dict(self.lesion_thresholds) if self.lesion_thresholds else None,
                                bone_density_threshold_hu=self.bone_density_threshold_hu,
                                bone_density_source=self.bone_density_source,
@@ -292,6 +301,8 @@ SETTINGS = (
     _Setting("step_size", _positive("a step size in (0, 1]", maximum=1.0)),
     _Setting("mirroring", lambda raw, _: v.boolean(raw)),
     _Setting("seg_type", lambda raw, _: v.choice(raw, SEG_TYPES)),
+    _Setting("seg_all_frames", lambda raw, _: v.boolean(raw)),
+    _Setting("outputs", lambda raw, _: tuple(dict.fromkeys(v.each(raw, lambda kind: v.choice(kind, OUTPUT_KINDS))))),
     _Setting("bone_density_threshold_hu", lambda raw, _: v.number(raw, minimum=-200.0, maximum=500.0, inclusive_min=True,
                                                                   what="a number of HU in -200..500")),
     _Setting("bone_density_source", lambda raw, _: v.text(raw, "the source of the bone-density threshold")),
@@ -466,7 +477,8 @@ def _check_web_access(values: dict, mistakes: list[str]) -> None:
 
 def _check_pipeline(values: dict, mistakes: list[str]) -> None:
     """The pipeline options checked by their own constructor, so that the node refuses them at start."""
-    names = ("model", "device", "step_size", "mirroring", "seg_type", "min_slices", "lesion_thresholds",
+    names = ("model", "device", "step_size", "mirroring", "seg_type", "seg_all_frames", "outputs", "min_slices",
+             "lesion_thresholds",
              "bone_density_threshold_hu", "bone_density_source")
     try:
         PipelineOptions(**{name: values[name] for name in names if name in values})

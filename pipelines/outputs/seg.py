@@ -6,7 +6,8 @@ level (``dicom_codes``) and an AlgorithmIdentificationSequence naming the model.
 is a new series in the source study (same StudyInstanceUID and FrameOfReferenceUID) and
 references the source series. BINARY (Segmentation Storage, 1 bit, one frame per segment
 and slice) by default, for the widest viewer support; LABELMAP (Label Map Segmentation
-Storage, RLE) on request. Empty frames are omitted.
+Storage, RLE) on request. Empty frames are omitted, unless ``all_frames`` asks for one frame
+per CT slice (and segment), empty ones included.
 
 Geometry is never left for highdicom to guess: every frame's ImagePositionPatient, the
 orientation and the pixel spacing come from ``series.geometry``, so the same code writes
@@ -232,17 +233,23 @@ def _check_shapes(series: CTSeries, labels: np.ndarray) -> None:
 
 def build_seg(series: CTSeries, labels: np.ndarray, findings: list[VertebraFinding], model: ModelIdentity, *,
               labelmap: bool = False, series_number: int = 900,
-              software_versions: str = SOFTWARE_VERSION) -> hd.seg.Segmentation:
+              software_versions: str = SOFTWARE_VERSION, all_frames: bool = False) -> hd.seg.Segmentation:
     """The SEG of ``findings`` on ``series``; sets each finding's ``segment_number`` (1 = most cranial).
 
     ``labels`` has the shape of ``series.hu`` and holds ``finding.label`` per voxel.
+    ``all_frames`` writes a frame for every CT slice (and, BINARY, every segment), empty
+    ones included, for viewers that need every frame with the same geometry (MONAI Deploy
+    App SDK #397); by default only the slab of slices holding a vertebra, empty frames omitted.
     Raises DicomWriteError when the inputs cannot make a valid, exact SEG.
     """
     _check_shapes(series, labels)
     ordered = order_findings(findings)
     numbered = segment_labels(labels, ordered)
     occupied = np.flatnonzero(numbered.any(axis=(1, 2)))
-    frames = np.arange(occupied[0], occupied[-1] + 1)  # the slab holding vertebrae; empty frames are omitted
+    if all_frames:
+        frames = np.arange(numbered.shape[0])
+    else:
+        frames = np.arange(occupied[0], occupied[-1] + 1)  # the slab holding vertebrae; empty frames are omitted
     kind = hd.seg.SegmentationTypeValues.LABELMAP if labelmap else hd.seg.SegmentationTypeValues.BINARY
     seg = hd.seg.Segmentation(
         source_images=reference_headers(series),
@@ -265,7 +272,7 @@ def build_seg(series: CTSeries, labels: np.ndarray, findings: list[VertebraFindi
         plane_orientation=hd.PlaneOrientationSequence(hd.CoordinateSystemNames.PATIENT,
                                                       series.geometry.image_orientation),
         pixel_measures=_pixel_measures(series),
-        omit_empty_frames=True,
+        omit_empty_frames=not all_frames,
         **character_set(series),
     )
     if "ContentCreatorName" not in seg:
