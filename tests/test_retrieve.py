@@ -115,3 +115,73 @@ def test_a_query_needs_exactly_one_key_and_a_valid_date_range():
     with pytest.raises(NodeError, match="is not YYYYMMDD"):
         Query(patient_id="P", date_range="2020")
     assert Query(patient_id="P", date_range="20200101-").qido_params() == {"PatientID": "P", "StudyDate": "20200101-"}
+
+
+# --- a real Orthanc and a real node -----------------------------------------------------------------------
+
+def _accessioned_copies(files: list[Path], folder: Path, accession: str, study_uid: str, series_uid: str) -> list[Path]:
+    """Copies of ``files`` as one new study/series with ``accession`` (and new SOP Instance UIDs)."""
+    from pydicom.uid import generate_uid
+
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for n, path in enumerate(files):
+        ds = pydicom.dcmread(path)
+        ds.AccessionNumber, ds.StudyInstanceUID, ds.SeriesInstanceUID = accession, study_uid, series_uid
+        ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid(entropy_srcs=[series_uid, str(n)])
+        out.append(folder / path.name)
+        ds.save_as(out[-1], enforce_file_format=True)
+    return out
+
+
+def _results_in_orthanc(orthanc, study_uid: str) -> set[str] | None:
+    from support.orthanc import json_value, qido
+
+    modalities = {json_value(s, "00080060") for s in qido(orthanc.dicomweb_url, f"studies/{study_uid}/series")}
+    return modalities if {"SEG", "SR"} <= modalities else None
+
+
+@pytest.mark.slow
+@pytest.mark.peer
+def test_retrieve_from_a_real_orthanc_by_accession_with_c_move_and_dicomweb_results_back_in_orthanc(
+        orthanc_factory, tmp_path):
+    import subprocess
+
+    import requests
+    from pydicom.uid import generate_uid
+
+    from support.node_process import NodeProcess
+    from support.orthanc import local_orthanc
+    from support.paths import SPINE_NODE
+    from support.series_files import phantom_series
+    from support.waiting import wait_until
+
+    node_port = free_port()
+    orthanc = orthanc_factory(stable_age=2, node=local_orthanc.Modality("SPINENODE", LOOPBACK, node_port),
+                              routing={"Modalities": ["MR"]})  # no automatic routing: the node must ask
+    phantom = phantom_series(tmp_path / "phantom")
+    studies = {}
+    for name in ("move", "dicomweb"):
+        study, series = generate_uid(), generate_uid()
+        for path in _accessioned_copies(phantom, tmp_path / name, f"ACC-{name.upper()}", study, series):
+            assert requests.post(f"{orthanc.url}/instances", data=path.read_bytes(), timeout=60).status_code == 200
+        studies[name] = study
+    node = NodeProcess(tmp_path / "data", {"SPINE_NODE_DESTINATIONS": f"ORTHANC@{LOOPBACK}:{orthanc.dicom_port}",
+                                           "SPINE_NODE_STABLE_AGE": "5", "SPINE_NODE_RETRY_MAX_S": "2",
+                                           "SPINE_NODE_HTTP_PORT": "0"}, port=node_port)
+    try:
+        node.start()
+        for name, source in (("move", f"ORTHANC@{LOOPBACK}:{orthanc.dicom_port}"),
+                             ("dicomweb", f"dicomweb:{orthanc.dicomweb_url}")):
+            done = subprocess.run([str(SPINE_NODE), "retrieve", "--from", source, "--accession", f"ACC-{name.upper()}"],
+                                  env=node.env, capture_output=True, text=True, timeout=300)
+            assert done.returncode == 0, done.stderr + done.stdout
+            assert f"{len(phantom)} instance(s) retrieved" in done.stdout
+            found = wait_until(lambda: _results_in_orthanc(orthanc, studies[name]), 900,
+                               f"the SEG and SR of the {name} retrieve back in Orthanc")
+            assert {"CT", "SEG", "SR"} <= found
+        nothing = subprocess.run([str(SPINE_NODE), "retrieve", "--from", f"ORTHANC@{LOOPBACK}:{orthanc.dicom_port}",
+                                  "--accession", "NO-SUCH"], env=node.env, capture_output=True, text=True, timeout=120)
+        assert nothing.returncode == 1 and "no study matches accession number NO-SUCH" in nothing.stderr
+    finally:
+        node.stop()
