@@ -103,6 +103,35 @@ def check_label_map(label_map: dict[int, str], where: str) -> dict[int, str]:
     return checked
 
 
+AUXILIARY_NAMES: tuple[str, ...] = ("C7", "sacrum", "rib")
+"""Structures a model may segment besides T1-L5 to anchor the naming (a bundle's ``auxiliary_labels``).
+
+They are never reported: the segmenter uses C7 and the sacrum as the column's two ends when
+it names the vertebrae, and sets every auxiliary label to background in its output."""
+
+
+def check_auxiliary_labels(auxiliary: dict, label_map: dict[int, str], where: str) -> dict[int, str]:
+    """Validate a bundle's auxiliary labels (id -> one of AUXILIARY_NAMES) against its reported label map."""
+    if not isinstance(auxiliary, dict):
+        raise UnknownLevelError(f"{where}: auxiliary_labels must map label ids to names")
+    checked: dict[int, str] = {}
+    for key, name in auxiliary.items():
+        if isinstance(key, bool) or not isinstance(key, (int, str)) or not str(key).lstrip("-").isdigit():
+            raise UnknownLevelError(f"{where}: auxiliary label id {key!r} is not an integer")
+        label = int(key)
+        if label <= 0 or label in checked:
+            raise UnknownLevelError(f"{where}: auxiliary label id {label} is not positive or given twice")
+        if label in label_map:
+            raise UnknownLevelError(f"{where}: label id {label} is both reported ({label_map[label]}) and auxiliary")
+        if name not in AUXILIARY_NAMES:
+            raise UnknownLevelError(f"{where}: auxiliary label {label} names {name!r} "
+                                    f"(known: {', '.join(AUXILIARY_NAMES)})")
+        checked[label] = name
+    if len(set(checked.values())) != len(checked):
+        raise UnknownLevelError(f"{where}: an auxiliary name appears under two label ids")
+    return checked
+
+
 def level_index(level: str) -> int:
     """Position of a level in the craniocaudal order of KNOWN_LEVELS' main column (C1=0 ... S1)."""
     order = [f"C{i}" for i in range(1, 8)] + THORACIC + ["T13"] + LUMBAR + ["L6", "S1", "sacrum"]

@@ -58,6 +58,7 @@ class DemoRecipe:
     warm_start: str | None = None  # a checkpoint whose network weights start the training ("git:REV:PATH" works)
     generator: str = "v1"  # "v1": research.phantoms.generator; "v2": research.phantoms.v2 (real shapes, aux labels)
     render_processes: int = 1  # phantoms rendered in parallel (v2)
+    time_budget_min: float | None = None  # fit the epochs into this many minutes of training (see fit_to_budget)
     extra: dict = field(default_factory=dict)
 
 
@@ -150,8 +151,46 @@ def train(recipe: DemoRecipe, device_name: str = "cpu") -> Path:
     trainer.save_every = max(recipe.epochs // 4, 1) if recipe.generator == "v1" else 5  # v2: a checkpoint every 5 epochs
     if recipe.warm_start:
         warm_start(trainer, resolve_checkpoint(recipe.warm_start, Path(nnUNet_preprocessed).parent))
-    trainer.run_training()
+    if recipe.time_budget_min:
+        fit_to_budget(trainer, recipe.time_budget_min * 60.0)
+    try:
+        trainer.run_training()
+    except _BudgetSpent:
+        trainer.on_train_end()  # saves checkpoint_final.pth as a finished run would
+    recipe.extra["epochs_run"] = int(trainer.current_epoch)
     return Path(trainer.output_folder_base)  # the trained-model folder (dataset.json, plans.json, fold_*)
+
+
+class _BudgetSpent(Exception):
+    """Raised at an epoch's end when the time budget's epochs are done."""
+
+
+def fit_to_budget(trainer, budget_s: float) -> None:
+    """Shorten the run to the epochs that fit into ``budget_s`` on this (shared) machine.
+
+    After the first epoch (whose learning rate is the initial one whatever the schedule),
+    the number of epochs is fixed once to what fits at that epoch's pace, and the poly
+    learning-rate schedule is stretched to end there, so the run still decays to 0 and
+    setting ``epochs`` to the number recorded reproduces the schedule. Should the machine
+    slow down later, the run also stops when the next epoch would not fit.
+    """
+    import types
+
+    started = time.time()
+    original = trainer.on_epoch_end
+
+    def on_epoch_end(self):
+        original()
+        elapsed = time.time() - started
+        done = self.current_epoch  # on_epoch_end has counted the epoch just finished
+        if done == 1:
+            self.num_epochs = max(1, min(self.num_epochs, int(budget_s // max(elapsed, 1e-6))))
+            self.lr_scheduler.max_steps = self.num_epochs
+            self.print_to_log_file(f"time budget {budget_s / 60:.0f} min: {self.num_epochs} epochs")
+        if done >= self.num_epochs or elapsed + elapsed / done > budget_s:
+            raise _BudgetSpent
+
+    trainer.on_epoch_end = types.MethodType(on_epoch_end, trainer)  # the trained-model folder (dataset.json, plans.json, fold_*)
 
 
 def resolve_checkpoint(spec: str, workdir: Path) -> Path:

@@ -90,6 +90,21 @@ def manifest_v2(recipe: DemoRecipe, minutes: float) -> dict:
     }
 
 
+def train_only(workdir: Path, bundle_dir: Path, recipe: DemoRecipe, device_name: str, log=print) -> Path:
+    """Steps 4-5 of the recipe on phantoms already rendered and preprocessed in ``workdir``."""
+    from pipelines.model.bundles import write_bundle
+    from research.training import FOLD, set_nnunet_paths, torch_threads, train
+
+    set_nnunet_paths(workdir)
+    torch_threads(device_name)
+    started = time.time()
+    log(f"training up to {recipe.epochs} epochs x {recipe.iterations_per_epoch} iterations on {device_name}")
+    output = train(recipe, device_name)
+    minutes = (time.time() - started) / 60
+    log(f"trained in {minutes:.1f} min ({recipe.extra.get('epochs_run')} epochs); writing the bundle to {bundle_dir}")
+    return write_bundle(output, bundle_dir, manifest_v2(recipe, minutes), FOLD)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Train the v2 demo model end to end and write its bundle."""
     from research.training import train_demo
@@ -100,11 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--cases", type=int)
+    parser.add_argument("--budget-min", type=float, help="fit the epochs into this many minutes (shared CPUs)")
+    parser.add_argument("--skip-data", action="store_true",
+                        help="train on the workdir's already preprocessed phantoms (a restart of the same recipe)")
     args = parser.parse_args(argv)
-    recipe = replace(RECIPE_V2, **{k: v for k, v in (("epochs", args.epochs), ("n_cases", args.cases)) if v})
+    changes = {k: v for k, v in (("epochs", args.epochs), ("n_cases", args.cases), ("time_budget_min", args.budget_min))
+               if v}
+    recipe = replace(RECIPE_V2, **changes, extra={})
     started = time.time()
-    bundle = train_demo(args.workdir, args.out, recipe, args.device,
-                        log=lambda m: print(time.strftime("%H:%M:%S"), m, flush=True))
+    log = lambda m: print(time.strftime("%H:%M:%S"), m, flush=True)  # noqa: E731
+    if args.skip_data:
+        bundle = train_only(args.workdir, args.out, recipe, args.device, log)
+    else:
+        bundle = train_demo(args.workdir, args.out, recipe, args.device, log=log)
     print(f"bundle written to {bundle} in {(time.time() - started) / 60:.1f} min", flush=True)
     return 0
 

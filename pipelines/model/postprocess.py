@@ -144,11 +144,14 @@ def disc_cuts(area: np.ndarray, min_part: int, ratio: float = DIP_RATIO) -> list
 
 
 def name_column(labels: np.ndarray, spacing, label_map: dict[int, str], levels: list[str],
-                superior_axis: int = 0, min_ml: float = MIN_PIECE_ML) -> np.ndarray:
+                superior_axis: int = 0, min_ml: float = MIN_PIECE_ML,
+                anchors: dict[str, float] | None = None) -> np.ndarray:
     """A new label map: every vertebra one piece with one level, levels consecutive head to feet.
 
     Labels that are not vertebrae (a bundle may also segment ribs or organs) are kept as
     they are. ``superior_axis`` is the array axis whose index grows towards the head.
+    ``anchors`` weighs the votes for some levels more (a model's auxiliary C7 and sacrum,
+    the landmarks one counts from); without it every level's vote counts once.
     """
     is_vertebra = np.zeros(256, bool)
     is_vertebra[[label for label, level in label_map.items() if level in levels]] = True
@@ -159,7 +162,8 @@ def name_column(labels: np.ndarray, spacing, label_map: dict[int, str], levels: 
     if not pieces:
         return out
     stack, hosts = _stack(pieces)
-    offset = best_offset([votes_of[i] for i in stack], len(levels))
+    weights = None if not anchors else np.array([anchors.get(level, 1.0) for level in levels])
+    offset = best_offset([votes_of[i] for i in stack], len(levels), weights)
     target = {i: offset + k for k, i in enumerate(stack)}
     target.update({i: target[host] for i, host in hosts.items()})
     id_of = {level: label for label, level in label_map.items()}
@@ -169,14 +173,17 @@ def name_column(labels: np.ndarray, spacing, label_map: dict[int, str], levels: 
     return out
 
 
-def best_offset(votes: list[np.ndarray], n_levels: int) -> int:
+def best_offset(votes: list[np.ndarray], n_levels: int, level_weights: np.ndarray | None = None) -> int:
     """The offset s (piece k, head to feet, is level s + k) the network's labels agree with best.
 
     ``votes[k]`` counts piece k's voxels per level. Each piece gives one vote, split by
-    the share of its voxels per level, plus ``FOUND_WEIGHT`` when its level is within
-    T1-L5. Ties go to the offset nearest zero, so the answer never depends on dict order.
+    the share of its voxels per level (times ``level_weights`` of that level, if given),
+    plus ``FOUND_WEIGHT`` when its level is within the levels named. Ties go to the offset
+    nearest zero, so the answer never depends on dict order.
     """
     shares = [v / max(float(v.sum()), 1.0) for v in votes]
+    if level_weights is not None:
+        shares = [share * level_weights for share in shares]
 
     def score(s: int) -> float:
         inside = [share[s + k] for k, share in enumerate(shares) if 0 <= s + k < n_levels]

@@ -30,10 +30,11 @@ from scipy import ndimage
 
 from pipelines.errors import ModelBundleError, PipelineError
 from pipelines.model.bundles import ModelBundle
-from pipelines.levels import LEVELS
+from pipelines.levels import LEVELS, check_auxiliary_labels
 from pipelines.model.postprocess import name_column, remove_fragments
 
 BODY_HU = -500.0
+ANCHOR_WEIGHT = 3.0  # a piece's vote for an auxiliary C7 or sacrum counts three times: they are what one counts from
 CROP_MARGIN_MM = 10.0
 
 
@@ -68,6 +69,9 @@ class Segmenter:
             torch.set_num_threads(threads)
         self.bundle = bundle
         self.relabel = relabel
+        # labels trained only to anchor the naming (C7, sacrum, ribs): used in _clean, never returned
+        self.auxiliary = check_auxiliary_labels(bundle.manifest.get("auxiliary_labels", {}), bundle.label_map,
+                                                str(bundle.path / "manifest.json"))
         self.device = pick_device(device)
         self.predictor = nnUNetPredictor(tile_step_size=step_size, use_gaussian=True, use_mirroring=mirroring,
                                          perform_everything_on_device=self.device.type == "cuda",
@@ -110,18 +114,46 @@ class Segmenter:
         low = self._clean(low, low_spacing)
         timings["postprocess"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        foreground = torch.logsumexp(logits[1:], dim=0) - logits[0]  # > 0 where p(background) < 0.5
+        foreground = self._foreground(logits)
         del logits
         labels = np.zeros(hu.shape, np.uint8)
         labels[box] = upsample_labels(foreground, low, in_shape)
         timings["resample_back"] = time.perf_counter() - t0
         return Segmentation(labels, timings)
 
+    def _foreground(self, logits):
+        """log p(vertebra) - log p(not vertebra) per voxel: > 0 where a reported vertebra is more likely than not.
+
+        Auxiliary classes (ribs, C7, sacrum) count as "not vertebra", so that a rib touching a
+        vertebra is not grown into it when the labels are brought back to the input grid.
+        """
+        import torch
+
+        if not self.auxiliary:
+            return torch.logsumexp(logits[1:], dim=0) - logits[0]  # > 0 where p(background) < 0.5
+        reported = sorted(label for label in self.bundle.label_map if label < logits.shape[0])
+        other = [0] + sorted(label for label in self.auxiliary if label < logits.shape[0])
+        return torch.logsumexp(logits[reported], dim=0) - torch.logsumexp(logits[other], dim=0)
+
     def _clean(self, low: np.ndarray, low_spacing) -> np.ndarray:
-        """The post-processing steps on the model-resolution label map, where they are cheap."""
+        """The post-processing steps on the model-resolution label map, where they are cheap.
+
+        With auxiliary C7 and sacrum labels the column is named from C7 to the sacrum, so the
+        two ends the network recognises anchor the count; the auxiliary labels are then set to
+        background: they are never reported.
+        """
         low = remove_fragments(low, low_spacing)
         if self.relabel:
-            low = name_column(low, low_spacing, self.bundle.label_map, LEVELS, superior_axis=0)
+            label_map, levels = dict(self.bundle.label_map), list(LEVELS)
+            for label, name in self.auxiliary.items():
+                if name == "C7":
+                    label_map[label], levels = name, [name] + levels
+                elif name == "sacrum":
+                    label_map[label], levels = name, levels + [name]
+            anchors = {name: ANCHOR_WEIGHT for name in self.auxiliary.values() if name in ("C7", "sacrum")}
+            low = name_column(low, low_spacing, label_map, levels, superior_axis=0, anchors=anchors)
+        if self.auxiliary:
+            low[np.isin(low, list(self.auxiliary))] = 0
         return low
 
     def _prepare(self, crop: np.ndarray, spacing: np.ndarray):
