@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: setup system-deps viewer run demo orthanc test test-fast demo-model benchmark clean
+.PHONY: setup system-deps viewer run demo orthanc test test-fast demo-model demo-model-v2 benchmark clean
 
 setup: $(STAMP)
 
@@ -57,6 +57,11 @@ test-fast: setup
 # the shipped weights had 132 epochs in three warm-started steps (README, "The demo model").
 demo-model: setup
 	$(VENV)/bin/spine-node train-demo --workdir spine-node-data/train-demo --out models/spine-phantom-demo
+
+# The v2 recipe (issue 12): phantoms v2 (real VerSe shapes; needs ../shared/data), 2 mm, warm-started from
+# v0.3.0 taken from git history; the shipped v0.4.0 ran with --budget-min (see its manifest).
+demo-model-v2: setup
+	$(PY) -m research.training_v2 --workdir spine-node-data/train-demo-v2 --out models/spine-phantom-demo
 
 benchmark: setup
 	$(PY) benchmarks/inference_cpu.py
