@@ -11,12 +11,14 @@ Written with highdicom, in the source study, as DICOM_REFERENCE.md §3.4 lays ou
   (51282000, SCT, "Vertebra"), finding site = the level's SNOMED CT code, volume in ml
   and mean attenuation in Hounsfield units, and two qualitative evaluations: the lesion
   class in the private scheme 99VERTMET (declared in CodingSchemeIdentificationSequence)
-  and the standard (94222008, SCT, "Bony metastasis") = Present / Absent for readers
-  that know no private codes;
+  and the standard (94222008, SCT, "Bony metastasis") = Present / Absent (Indeterminate
+  for the class ``indeterminate``: never Present) for readers that know no private codes;
 * evidence: every CT instance and the SEG (CurrentRequestedProcedureEvidenceSequence);
 * a ``predecessor`` SR (an earlier report on the same series, when a late instance
   re-opened it) is listed in PredecessorDocumentsSequence;
 * no vertebra found (no SEG): one TID 1501 group "Vertebra = Absent" on the CT;
+* a ``comment`` (why no vertebra is reported, or that the levels are uncertain) is a TEXT
+  (121106, DCM, "Comment") in the first measurement group;
 * for viewers that draw only image coordinates (OHIF skips groups without SCOORD/SCOORD3D),
   one TID 1410 group per vertebra after the TID 1411 groups (``outline_group``): the
   vertebra's outline on the slice through its centre as a closed SCOORD POLYLINE on that CT
@@ -35,9 +37,10 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from pipelines.records import CTSeries, ModelIdentity, VertebraFinding
+from pipelines.outputs.report_items import report_measurements
 from pipelines.outputs.codes import (ABSENT, ATTENUATION, BONY_METASTASIS, CT_PROCEDURE, HOUNSFIELD_UNIT, LESION_TYPE,
-                          MEAN, MILLILITRE, PRESENT, VERTEBRA, VOLUME, coding_scheme_identification,
-                          lesion_code, vertebra_code)
+                          MEAN, MILLILITRE, VERTEBRA, VOLUME, coding_scheme_identification,
+                          lesion_code, metastasis_value, vertebra_code)
 from pipelines.errors import DicomWriteError
 from pipelines.outputs.contours import Outline
 from pipelines.outputs.seg import MANUFACTURER, character_set, reference_headers
@@ -103,11 +106,12 @@ def measurement_group(finding: VertebraFinding, segment: Dataset, seg: Dataset, 
             hd.sr.Measurement(name=VOLUME, value=float(finding.volume_ml), unit=MILLILITRE),
             hd.sr.Measurement(name=ATTENUATION, value=float(finding.mean_hu), unit=HOUNSFIELD_UNIT,
                               derivation=MEAN),
+            *report_measurements(finding),
         ],
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=LESION_TYPE, value=lesion_code(finding.lesion)),
             hd.sr.QualitativeEvaluation(name=BONY_METASTASIS,
-                                        value=ABSENT if finding.lesion == "none" else PRESENT),
+                                        value=metastasis_value(finding.lesion)),
         ],
     )
 
@@ -175,9 +179,19 @@ def outline_group(finding: VertebraFinding, segment: Dataset, outline: Outline, 
         qualitative_evaluations=[
             hd.sr.QualitativeEvaluation(name=LESION_TYPE, value=lesion_code(finding.lesion)),
             hd.sr.QualitativeEvaluation(name=BONY_METASTASIS,
-                                        value=ABSENT if finding.lesion == "none" else PRESENT),
+                                        value=metastasis_value(finding.lesion)),
         ],
     )
+
+
+def add_comment(group, text: str) -> None:
+    """Append (121106, DCM, "Comment") = ``text`` to a measurement group, as a TEXT qualitative evaluation.
+
+    Used for what a reader must know about the whole report: why no vertebra is reported,
+    or that the vertebra levels are uncertain (``anatomy.naming_note``).
+    """
+    group[0].ContentSequence.append(hd.sr.TextContentItem(
+        name=codes.DCM.Comment, value=text[:10240], relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
 
 
 def _check_inputs(series: CTSeries, seg: Dataset | None, findings: list[VertebraFinding],
@@ -196,7 +210,7 @@ def _check_inputs(series: CTSeries, seg: Dataset | None, findings: list[Vertebra
 
 def build_sr(series: CTSeries, seg: Dataset | None, findings: list[VertebraFinding], model: ModelIdentity, *,
              predecessor: Dataset | None = None, series_number: int = 901,
-             outlines: dict[int, Outline] | None = None) -> hd.sr.Comprehensive3DSR:
+             outlines: dict[int, Outline] | None = None, comment: str | None = None) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of ``findings`` (already numbered by ``build_seg``) on ``series`` and its ``seg``.
 
     With no vertebra found, pass ``seg=None`` and ``findings=[]``: the report then says so
@@ -216,6 +230,8 @@ def build_sr(series: CTSeries, seg: Dataset | None, findings: list[VertebraFindi
         groups = [measurement_group(f, _check_finding(f, segments, seg), seg, series, algorithm) for f in ordered]
         groups += [outline_group(f, segments[f.segment_number], outlines[f.label], series, algorithm)
                    for f in ordered if outlines and f.label in outlines]
+    if comment:
+        add_comment(groups[0], comment)
     report = hd.sr.MeasurementReport(
         observation_context=observation_context(model),
         procedure_reported=CT_PROCEDURE,

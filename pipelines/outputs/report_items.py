@@ -1,0 +1,47 @@
+"""The spine report's numbers as TID 1500 content: heights, height loss, Genant grade, trabecular HU, SINS.
+
+Added to each vertebra's TID 1411 group (``sr.measurement_group``) from
+``VertebraFinding.measurements`` (``pipelines.measure``). Standard codes where they exist
+(DCM Attenuation Coefficient with SCT Median, UCUM units);
+declared private codes of the report's scheme (``codes.PRIVATE_SCHEME``) where not (no
+standard concept names an anterior, middle or posterior vertebral body height). A
+number that could not be measured is left out: the summary gives its reason.
+"""
+from __future__ import annotations
+
+import highdicom as hd
+from highdicom.sr.coding import CodedConcept
+from pydicom.sr.codedict import codes
+
+from pipelines.outputs.codes import ATTENUATION, HOUNSFIELD_UNIT, PRIVATE_SCHEME
+from pipelines.records import VertebraFinding
+
+MEDIAN = CodedConcept.from_code(codes.SCT.Median)           # 373099004 SCT
+MILLIMETRE = CodedConcept.from_code(codes.UCUM.Millimeter)
+PERCENT = CodedConcept.from_code(codes.UCUM.Percent)
+NO_UNIT = CodedConcept("1", "UCUM", "no units")
+POSITIONS = {"anterior": CodedConcept("VML-011", PRIVATE_SCHEME, "Anterior vertebral body height"),
+             "middle": CodedConcept("VML-012", PRIVATE_SCHEME, "Middle vertebral body height"),
+             "posterior": CodedConcept("VML-013", PRIVATE_SCHEME, "Posterior vertebral body height")}
+HEIGHT_LOSS = CodedConcept("VML-014", PRIVATE_SCHEME, "Vertebral body height loss")
+GENANT_GRADE = CodedConcept("VML-015", PRIVATE_SCHEME, "Genant semi-quantitative fracture grade")
+LESION_VOLUME = CodedConcept("VML-016", PRIVATE_SCHEME, "Metastatic lesion volume")
+SINS_PARTIAL = CodedConcept("VML-017", PRIVATE_SCHEME, "SINS partial score (CT components)")
+PRIVATE_CODES = [*POSITIONS.values(), HEIGHT_LOSS, GENANT_GRADE, LESION_VOLUME, SINS_PARTIAL]
+
+
+def report_measurements(finding: VertebraFinding) -> list[hd.sr.Measurement]:
+    """The measured numbers of one vertebra (those that could be measured)."""
+    m = finding.measurements or {}
+    items = []
+    for position, value in (m.get("heights_mm") or {}).items():
+        items.append(hd.sr.Measurement(name=POSITIONS[position], value=float(value), unit=MILLIMETRE))
+    simple = [(HEIGHT_LOSS, m.get("height_loss_pct"), PERCENT, None),
+              (GENANT_GRADE, m.get("genant_grade"), NO_UNIT, None),
+              (ATTENUATION, m.get("trabecular_hu"), HOUNSFIELD_UNIT, MEDIAN),
+              (LESION_VOLUME, m.get("lesion_volume_ml"), CodedConcept("ml", "UCUM", "milliliter"), None),
+              (SINS_PARTIAL, (m.get("sins") or {}).get("partial_score"), NO_UNIT, None)]
+    for name, value, unit, derivation in simple:
+        if value is not None:
+            items.append(hd.sr.Measurement(name=name, value=float(value), unit=unit, derivation=derivation))
+    return items
