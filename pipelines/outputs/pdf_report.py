@@ -56,7 +56,7 @@ def report_pdf(series: CTSeries, findings: list[VertebraFinding], model: ModelId
     table_axes.axis("off")
     rows = _table_rows(findings) or [["-", "no vertebra found", "-", "-"]]
     table = table_axes.table(cellText=rows, colLabels=["Level", "Lesion class", "Volume (ml)", "Mean HU"],
-                             loc="upper center", cellLoc="left", colLoc="left")
+                             loc="upper center", cellLoc="left", colLoc="left", colWidths=[0.12, 0.48, 0.2, 0.2])
     table.auto_set_font_size(False)
     table.set_fontsize(8)
     table.scale(1.0, 1.2)
