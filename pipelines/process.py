@@ -25,6 +25,7 @@ from scipy import ndimage
 from pipelines.records import CTSeries, Geometry, ModelIdentity, VertebraFinding
 from pipelines.levels import LEVELS
 from pipelines.lesions import ThresholdClassifier
+from pipelines.model.anatomy import naming_note, review_vertebrae
 from pipelines.model.orientation import lps_reorientation
 from pipelines.measure.report import measure_spine, series_report
 from pipelines.options import PipelineOptions
@@ -40,6 +41,8 @@ class Analysis:
     device: str
     timings_s: dict[str, float] = field(default_factory=dict)
     parameters: dict = field(default_factory=dict)
+    naming: dict = field(default_factory=dict)  # anatomy.review_vertebrae's record: rule, verdict, evidence
+    no_vertebra: str | None = None              # why no vertebra is reported, when none is
 
 
 @dataclass
@@ -74,8 +77,12 @@ def analyse(hu: np.ndarray, geometry: Geometry, options: PipelineOptions) -> Ana
     bundle = segmenter.bundle
     reorient = lps_reorientation(geometry)
     segmentation = segmenter.segment(reorient.to_lps(hu), reorient.spacing(geometry.spacing))
-    labels = np.ascontiguousarray(reorient.from_lps(segmentation.labels))
     timings = dict(segmentation.timings_s)
+    t0 = time.perf_counter()
+    review = review_vertebrae(reorient.to_lps(hu), reorient.spacing(geometry.spacing), segmentation.labels,
+                              bundle.label_map)  # a spine at all? names against ribs and sacrum
+    timings["anatomy"] = time.perf_counter() - t0
+    labels = np.ascontiguousarray(reorient.from_lps(review.labels))
     t0 = time.perf_counter()
     findings = vertebra_findings(hu, labels, geometry.spacing, bundle.label_map)
     timings["measure"] = time.perf_counter() - t0
@@ -86,7 +93,8 @@ def analyse(hu: np.ndarray, geometry: Geometry, options: PipelineOptions) -> Ana
     measure_spine(hu, labels, geometry, findings)
     timings["report"] = time.perf_counter() - t0
     model = ModelIdentity(bundle.name, bundle.version, bundle.sha256)
-    return Analysis(labels, findings, model, str(segmenter.device), timings, options.parameters())
+    return Analysis(labels, findings, model, str(segmenter.device), timings, options.parameters(),
+                    review.naming, review.no_vertebra)
 
 
 def vertebra_findings(hu: np.ndarray, labels: np.ndarray, spacing, label_map: dict[int, str]) -> list[VertebraFinding]:
@@ -139,7 +147,8 @@ def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions
     timings["seg"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     sr = build_sr(series, seg, analysis.findings, analysis.model, predecessor=predecessor_sr,
-                  outlines=vertebra_outlines(analysis.labels, analysis.findings))
+                  outlines=vertebra_outlines(analysis.labels, analysis.findings),
+                  comment=naming_note(analysis.naming))
     timings["sr"] = time.perf_counter() - t0
     report = series_report(analysis.findings, series.source_images[0] if series.source_images else None,
                            options.density_rule())
@@ -175,6 +184,8 @@ def make_summary(series: CTSeries, analysis: Analysis, seg: Dataset | None, sr: 
                        "volume_ml": f.volume_ml, "mean_hu": f.mean_hu, "lesion": f.lesion,
                        "lesion_features": f.features, **f.measurements} for f in analysis.findings],
         **(report or {}),
+        "naming": analysis.naming or None,
+        "no_vertebra_reason": analysis.no_vertebra,
         "seg_sop_instance_uid": str(seg.SOPInstanceUID) if seg is not None else None,
         "sr_sop_instance_uid": str(sr.SOPInstanceUID),
         "repairs": list(series.repairs),

@@ -218,3 +218,194 @@ def format_table(report: dict) -> str:
             acc = ", ".join(f"{k} {100 * v:.0f} %" for k, v in report[key]["accuracy"].items())
             lines.append(f"accuracy per class: {acc}")
     return "\n".join(lines)
+
+
+# --- unlabelled scans -------------------------------------------------------------------------------
+#
+# A real scan without reference labels still says a lot: which vertebrae the model finds,
+# whether they form one column, whether their names agree with the ribs and the sacrum on
+# the CT itself (``pipelines.model.anatomy``), the lesion call of each, and a QC picture a
+# person checks at a glance. The analysis is the node's own (``pipelines.process.analyse``),
+# so what is evaluated is what the node would report.
+
+
+@dataclass
+class Scan:
+    """One unlabelled CT: a DICOM series (found under ``path``) or an image file."""
+
+    name: str
+    path: Path
+    series_key: str | None = None  # the series among those under a DICOM folder
+
+
+def discover_scans(paths: list[Path]) -> list[Scan]:
+    """Every CT to evaluate under ``paths``: each DICOM series in a folder, each NIfTI/ITK image file."""
+    from pipelines.series import discover_series
+
+    scans: list[Scan] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise EvaluationError(f"{path}: no such file or folder")
+        if path.is_file() and not _is_dicom_file(path):
+            scans.append(Scan(path.name.split(".")[0], path))
+            continue
+        series = discover_series([path])
+        if not series:
+            raise EvaluationError(f"{path}: no DICOM series found")
+        for files in series:
+            name = path.name if len(series) == 1 else f"{path.name}/{files.key[-12:]}"
+            scans.append(Scan(name, path, files.key))
+    return scans
+
+
+def _is_dicom_file(path: Path) -> bool:
+    with open(path, "rb") as handle:
+        handle.seek(128)
+        return handle.read(4) == b"DICM" or path.suffix.lower() == ".dcm"
+
+
+def load_scan(scan: Scan):
+    """The CT of a scan as (hu, geometry, series UID or None) on its own grid, for ``analyse``."""
+    from pipelines.records import Geometry
+    from pipelines.series import discover_series, load_series
+
+    if scan.series_key is not None:
+        files = next(f for f in discover_series([scan.path]) if f.key == scan.series_key)
+        series = load_series(files)
+        return series.hu, series.geometry, series.series_instance_uid
+    volume = read_volume(scan.path)
+    geometry = Geometry(np.asarray(volume.image.GetOrigin(), float), np.eye(3), volume.spacing)
+    return volume.array.astype(np.float32), geometry, None
+
+
+def evaluate_unlabelled(scan: Scan, options, qc_dir: Path | None = None) -> dict:
+    """Analyse one scan as the node would and describe the result: vertebrae, column, naming, lesions, QC picture."""
+    from pipelines.model.anatomy import column_check, named_vertebrae
+    from pipelines.model.orientation import lps_reorientation
+    from pipelines.process import analyse
+
+    hu, geometry, uid = load_scan(scan)
+    analysis = analyse(hu, geometry, options)
+    reorient = lps_reorientation(geometry)
+    hu_lps, labels_lps = reorient.to_lps(hu), reorient.to_lps(analysis.labels)
+    spacing = reorient.spacing(geometry.spacing)
+    label_map = {f.label: f.level for f in analysis.findings}
+    geometry_of = {v.level: v for v in named_vertebrae(labels_lps, spacing, label_map)}
+    vertebrae = [_vertebra_row(f, geometry_of.get(f.level)) for f in analysis.findings]
+    result = {
+        "case": scan.name,
+        "source": str(scan.path),
+        "series_instance_uid": uid,
+        "shape": list(hu_lps.shape),
+        "spacing_mm": [round(float(s), 3) for s in spacing],
+        "vertebrae": vertebrae,
+        "levels": [v["level"] for v in vertebrae],
+        "column": column_check([geometry_of[f.level] for f in analysis.findings if f.level in geometry_of]),
+        "naming": analysis.naming,
+        "no_vertebra_reason": analysis.no_vertebra,
+    }
+    if qc_dir is not None:
+        result["qc_picture"] = str(write_qc_picture(hu_lps, labels_lps, spacing, analysis, result,
+                                                    Path(qc_dir) / f"{_safe(scan.name)}_qc.png"))
+    return result
+
+
+def _vertebra_row(finding, geometry) -> dict:
+    return {"level": finding.level, "voxels": finding.voxels, "volume_ml": finding.volume_ml,
+            "centroid_mm": list(geometry.centroid_mm) if geometry else None,
+            "height_mm": geometry.height_mm if geometry else None, "mean_hu": finding.mean_hu,
+            "lesion": finding.lesion, "lesion_reason": (finding.features or {}).get("reason")}
+
+
+def _safe(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name)
+
+
+def write_qc_picture(hu_lps, labels_lps, spacing, analysis, result: dict, path: Path) -> Path:
+    """The QC picture of an analysed scan (``pipelines.outputs.qc``) with the rib levels the anatomy found."""
+    from pipelines.model.anatomy import naming_note
+    from pipelines.outputs.qc import VertebraMark, qc_picture, write_png
+
+    naming = analysis.naming or {}
+    ribs = [(r["z_mm"] / float(spacing[0]), r.get("anatomical_level"))
+            for r in naming.get("evidence", {}).get("rib_levels", [])]
+    marks = [VertebraMark(f.level, f.lesion) for f in analysis.findings]
+    title = (f"spine-node QC  |  {result['case']}  |  model {analysis.model.name} {analysis.model.version}"
+             f"  |  not for diagnosis")
+    verdict = naming.get("verdict", "").replace("_", " ")
+    footer = naming_note(naming) or f"naming: {verdict} - {naming.get('reason', '')}"
+    rgb = qc_picture(hu_lps, labels_lps, spacing, {f.label: f.level for f in analysis.findings}, marks,
+                     title=title, footer=footer, ribs=ribs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_png(path, rgb)
+
+
+def summarise_unlabelled(cases: list[dict]) -> dict:
+    """The report over unlabelled scans: per case as evaluated, plus counts a person reads first."""
+    verdicts: dict[str, int] = {}
+    for case in cases:
+        verdict = (case.get("naming") or {}).get("verdict", "none")
+        verdicts[verdict] = verdicts.get(verdict, 0) + 1
+    return {
+        "kind": "unlabelled",
+        "n_cases": len(cases),
+        "n_vertebrae": sum(len(c["vertebrae"]) for c in cases),
+        "contiguous_cases": sum(bool(c["column"]["contiguous"]) for c in cases if c["vertebrae"]),
+        "naming_verdicts": verdicts,
+        "lesion_calls": _lesion_counts(cases),
+        "cases": cases,
+    }
+
+
+def _lesion_counts(cases: list[dict]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for case in cases:
+        for row in case["vertebrae"]:
+            counts[row["lesion"]] = counts.get(row["lesion"], 0) + 1
+    return counts
+
+
+def format_unlabelled(report: dict) -> str:
+    """The unlabelled report as plain text: one block per scan, then the totals."""
+    lines: list[str] = []
+    for case in report["cases"]:
+        lines += _case_block(case)
+    lines.append(f"{report['n_cases']} scan(s), {report['n_vertebrae']} vertebrae; one contiguous column in "
+                 f"{report['contiguous_cases']}; naming verdicts {report['naming_verdicts']}; "
+                 f"lesion calls {report['lesion_calls']}")
+    return "\n".join(lines)
+
+
+def _case_block(case: dict) -> list[str]:
+    sz, sy, sx = case["spacing_mm"]
+    lines = [f"== {case['case']}  ({case['shape'][0]} slices, {sz:g} x {sy:g} x {sx:g} mm)"]
+    if not case["vertebrae"]:
+        lines.append(f"   {case['no_vertebra_reason'] or 'no vertebra found'}")
+    else:
+        lines.append(f"   {'level':<6}{'voxels':>9}{'ml':>8}{'centre z mm':>13}{'height mm':>11}  lesion")
+        for v in case["vertebrae"]:
+            z = f"{v['centroid_mm'][0]:.0f}" if v["centroid_mm"] else "-"
+            h = f"{v['height_mm']:.0f}" if v["height_mm"] is not None else "-"
+            lines.append(f"   {v['level']:<6}{v['voxels']:>9}{v['volume_ml']:>8.1f}{z:>13}{h:>11}  {v['lesion']}"
+                         + (f"  ({v['lesion_reason']})" if v["lesion"] != "none" and v["lesion_reason"] else ""))
+        column = case["column"]
+        lines.append("   column: one contiguous column" if column["contiguous"] else
+                     "   column: NOT contiguous: " + "; ".join(column["problems"]))
+    naming = case.get("naming") or {}
+    if naming and naming.get("verdict") != "no_vertebra":
+        lines.append(f"   naming: {naming['verdict'].replace('_', ' ')}"
+                     + (f" (offset {naming['offset']:+d}{', applied' if naming.get('applied') else ', not applied'})"
+                        if naming.get("offset") else "") + f": {naming['reason']}")
+        evidence = naming.get("evidence", {})
+        ribs = evidence.get("rib_levels", [])
+        if ribs:
+            names = [r["anatomical_level"] or "?" for r in ribs]
+            lines.append(f"   ribs on the CT: {len(ribs)} rib level(s) beside the spine ({names[0]}..{names[-1]}); "
+                         f"{evidence.get('rib_numbering', {}).get('reason', '')}")
+        if evidence.get("sacrum"):
+            lines.append(f"   sacrum: {evidence['sacrum']['reason']}")
+        for dropped in naming.get("dropped", []):
+            lines.append(f"   dropped {dropped['level']}: {dropped['reason']}")
+    if case.get("qc_picture"):
+        lines.append(f"   QC picture: {case['qc_picture']}")
+    return lines

@@ -13,13 +13,15 @@ import numpy as np
 import pytest
 
 from pipelines.levels import LEVELS, PAPER
-from pipelines.model.anatomy import (check_naming, column_check, named_vertebrae, shifted_label_map)
+from pipelines.model.anatomy import (check_naming, column_check, named_vertebrae, naming_note, review_vertebrae,
+                                     shifted_label_map)
 
 SPACING = (2.0, 1.0, 1.0)
 SHAPE_YX = (150, 250)
 AXIS_YX = (75, 125)
 PITCH = {"C": 18.0, "T": 22.0, "L": 32.0}
-BONE, SOFT = 700.0, 40.0
+BONE, SOFT, AIR = 700.0, 40.0, -1000.0
+BACK_MM = 50.0
 
 
 def _pitch(level: str) -> float:
@@ -30,7 +32,8 @@ def synthetic_spine(levels: list[str], names: list[str | None] | None = None, sa
                     margin_mm: tuple[float, float] = (30.0, 30.0), ribs: bool = True) -> tuple[np.ndarray, np.ndarray]:
     """HU and labels (LPS z, y, x; axis 0 to the head) of the vertebrae ``levels`` (head to feet).
 
-    ``names[i]`` is the level label map gives vertebra i (None: unlabelled); a C7 or an
+    The body fills the field in front of the skin of the back (``BACK_MM`` behind the
+    axis). ``names[i]`` is the level label map gives vertebra i (None: unlabelled); a C7 or an
     L-level gets no rib, T1-T12 get one on each side. ``margin_mm`` is the scan beyond
     the top and the bottom vertebra (the sacrum, 50 mm, comes in addition).
     """
@@ -43,6 +46,7 @@ def synthetic_spine(levels: list[str], names: list[str | None] | None = None, sa
     z_mm = np.arange(nz) * SPACING[0]
     _, yy, xx = np.indices((1, *SHAPE_YX))
     dx, dy = (xx - AXIS_YX[1]) * SPACING[2], (yy - AXIS_YX[0]) * SPACING[1]
+    hu[:, dy[0, :, 0] > BACK_MM, :] = AIR  # the back's skin, 50 mm behind the canal: the spine lies in the back half
     top = total - margin_mm[0]
     for level, height, name in zip(levels, heights, names):
         bottom = top - height
@@ -170,3 +174,44 @@ def test_shifted_label_map_moves_levels_and_drops_those_pushed_out():
     assert mapping[15] == 17          # L3 -> L5
     assert mapping[16] == 0 and mapping[17] == 0
     assert shifted_label_map({1: "T1", 30: "sacrum"}, -1) == {1: 0, 30: 30}
+
+
+def test_review_reports_no_vertebra_when_the_pieces_lie_in_no_trunk():
+    hu, labels = synthetic_spine(THORACOLUMBAR[-4:])
+    _, _, xx = np.indices((1, *SHAPE_YX))
+    hu[:, :, np.abs(xx[0, 0] - AXIS_YX[1]) * SPACING[2] > 60] = AIR  # a limb, 120 mm wide
+    review = review_vertebrae(hu, SPACING, labels, PAPER)
+    assert review.no_vertebra and "does not lie in a trunk" in review.no_vertebra
+    assert not review.labels.any()
+    assert review.naming["verdict"] == "no_vertebra"
+    assert naming_note(review.naming) == review.no_vertebra
+
+
+def test_review_of_an_empty_label_map_says_the_model_found_nothing():
+    hu, labels = synthetic_spine(THORACOLUMBAR[-2:])
+    review = review_vertebrae(hu, SPACING, np.zeros_like(labels), PAPER)
+    assert review.no_vertebra == "the model found no vertebra (T1-L5) in this series"
+
+
+def test_review_renames_only_an_unambiguous_shift_and_records_the_network_names():
+    names = [LEVELS[LEVELS.index(lv) - 1] for lv in THORACOLUMBAR]
+    hu, labels = synthetic_spine(THORACOLUMBAR, names, sacrum=True)
+    review = review_vertebrae(hu, SPACING, labels, PAPER)
+    assert review.naming["applied"] and review.naming["network_names"] == names
+    assert [v.level for v in named_vertebrae(review.labels, SPACING, PAPER)] == THORACOLUMBAR
+    assert "renamed by +1" in naming_note(review.naming)
+    # ribs alone (no sacrum in view): the same shift is reported, not applied
+    hu, labels = synthetic_spine(THORACOLUMBAR[:-1], names[:-1])
+    review = review_vertebrae(hu, SPACING, labels, PAPER)
+    assert review.naming["verdict"] == "shifted" and not review.naming["applied"]
+    assert np.array_equal(review.labels, labels)
+    assert "not applied" in naming_note(review.naming)
+
+
+def test_review_drops_a_label_far_off_the_column():
+    hu, labels = synthetic_spine(THORACOLUMBAR)
+    labels[10:20, 60:70, 5:15] = LEVELS.index("T3") + 1  # a "T3" on the lateral edge, nowhere near the spine
+    review = review_vertebrae(hu, SPACING, labels, PAPER)
+    assert [d["level"] for d in review.naming["dropped"]] == ["T3"]
+    assert not (review.labels == LEVELS.index("T3") + 1).any()
+    assert review.naming["verdict"] == "consistent"

@@ -5,7 +5,9 @@ Subcommands (each a small function below):
 * ``phantom``     write synthetic spine CTs with ground truth (NIfTI, DICOM or nnU-Net raw)
 * ``models``      ``list`` / ``verify NAME_OR_PATH`` / ``install PATH_OR_ZIP`` model bundles
 * ``train-demo``  reproduce the bundled demo model from scratch (CPU, about an hour)
-* ``evaluate``    per-vertebra Dice, level identification and lesion classes of a model on cases
+* ``evaluate``    per-vertebra Dice, level identification and lesion classes of a model on cases;
+                  on unlabelled scans (``--scans``), vertebrae found, column, anatomical naming
+                  check, lesion calls and a QC picture per scan
 * ``process``     the pipeline offline on DICOM files and folders (``cli_process.py``)
 * ``jobs``        ``list`` / ``show ID`` the jobs recorded in the node's database (``cli_jobs.py``)
 * ``serve``       run the DICOM node; ``echo AE@host:port`` C-ECHOes a peer (``cli_serve.py``)
@@ -215,11 +217,17 @@ def cmd_train_demo(args) -> int:
 # --- evaluate ------------------------------------------------------------------------------------------
 
 def _evaluate_parser(sub) -> None:
-    p = sub.add_parser("evaluate", help="Dice, level identification and lesion classes on reference cases")
+    p = sub.add_parser("evaluate", help="Dice, level identification and lesion classes on reference cases; "
+                                        "on scans without reference: vertebrae, column, naming checks, QC pictures")
     p.add_argument("--model", default="spine-phantom-demo", help="bundle name or folder")
     p.add_argument("--cases", type=Path, help="a case folder, or a folder of case folders")
     p.add_argument("--ct", type=Path, help="instead of --cases: one CT (image file or DICOM series folder)")
-    p.add_argument("--reference", type=Path, help="with --ct: its reference vertebra label map")
+    p.add_argument("--reference", type=Path,
+                   help="with --ct: its reference vertebra label map (without it, --ct is evaluated unlabelled)")
+    p.add_argument("--scans", type=Path, nargs="+", metavar="PATH",
+                   help="unlabelled CTs: DICOM folders (every series in them) or image files")
+    p.add_argument("--qc-dir", type=Path,
+                   help="unlabelled: folder of the QC pictures (default: next to --json, else ./spine-node-qc)")
     p.add_argument("--convention", default="auto", choices=("auto", "paper", "verse", "totalsegmentator"),
                    help="numbering of the reference labels")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
@@ -231,6 +239,8 @@ def _evaluate_parser(sub) -> None:
 
 
 def cmd_evaluate(args) -> int:
+    if args.scans or (args.ct and not args.reference):
+        return cmd_evaluate_unlabelled(args)
     from research.evaluation import evaluate_case, format_table, summarise
     from pipelines.model.segmenter import Segmenter
     from pipelines.lesions import ThresholdClassifier
@@ -251,6 +261,36 @@ def cmd_evaluate(args) -> int:
     report = summarise(results)
     report["model"] = {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256}
     print(format_table(report))
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1, default=str))
+    return 0
+
+
+def cmd_evaluate_unlabelled(args) -> int:
+    """``evaluate`` on scans without reference labels: what the node finds, checked against the anatomy."""
+    from pipelines.options import PipelineOptions
+    from research.evaluation import discover_scans, evaluate_unlabelled, format_unlabelled, summarise_unlabelled
+
+    if args.cases or args.reference:
+        raise NodeError("--scans (or --ct without --reference) evaluates unlabelled scans; --cases and "
+                        "--reference are for labelled cases")
+    scans = discover_scans([*(args.scans or []), *([args.ct] if args.ct else [])])
+    options = PipelineOptions(model=str(args.model), device=args.device, step_size=args.step_size,
+                              models_dir=str(installed_models_dir()))
+    qc_dir = args.qc_dir or (args.json.parent / "qc" if args.json else Path("spine-node-qc"))
+    results = []
+    for scan in scans:
+        result = evaluate_unlabelled(scan, options, qc_dir)
+        print(f"{scan.name}: {len(result['vertebrae'])} vertebrae ({', '.join(result['levels']) or 'none'}), "
+              f"naming {(result['naming'] or {}).get('verdict', '-')}", flush=True)
+        results.append(result)
+    report = summarise_unlabelled(results)
+    from pipelines.model.bundles import find_bundle
+
+    bundle = find_bundle(args.model, installed_models_dir())
+    report["model"] = {"name": bundle.name, "version": bundle.version, "sha256": bundle.sha256}
+    print(format_unlabelled(report))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(report, indent=1, default=str))

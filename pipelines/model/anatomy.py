@@ -559,3 +559,113 @@ def shifted_label_map(label_map: dict[int, str], offset: int) -> dict[int, int]:
         i = LEVELS.index(level) + offset
         out[label] = id_of.get(LEVELS[i], 0) if 0 <= i < len(LEVELS) else 0
     return out
+
+
+# --- is this a spine at all? ------------------------------------------------------------------------
+
+MIN_TRUNK_WIDTH_MM = 180.0  # a trunk at T1-L5 is wider than this; a head, a neck or a limb is not
+BODY_HU = -300.0            # soft tissue and bone: the patient, not the air or the table's foam
+MAX_MIDLINE_OFFSET = 0.25   # a vertebra sits within this fraction of the trunk's width of its middle
+MIN_POSTERIOR_DEPTH = 0.45  # ... and behind this fraction of the trunk's depth, from the front
+
+
+def trunk_position(hu: np.ndarray, spacing, vertebra: NamedVertebra) -> dict:
+    """Where a named vertebra sits in the cross-section of the body at its centre slice, in words and numbers.
+
+    Width of the body (its largest piece above ``BODY_HU``) at the vertebra's centre
+    slice, the vertebra's left-right offset from the body's middle as a fraction of the
+    width, and its depth from the front as a fraction of the body's front-back extent.
+    """
+    z = int(round(vertebra.centroid_mm[0] / float(spacing[0])))
+    z = min(max(z, 0), hu.shape[0] - 1)
+    body, count = ndimage.label(hu[z] > BODY_HU)
+    if count == 0:
+        return {"level": vertebra.level, "inside_trunk": False, "reason": "no body in its slice"}
+    largest = np.argmax(np.bincount(body.ravel())[1:]) + 1
+    rows, cols = np.nonzero(body == largest)
+    width = (cols.max() - cols.min() + 1) * float(spacing[2])
+    depth = (rows.max() - rows.min() + 1) * float(spacing[1])
+    y, x = vertebra.centroid_mm[1] / float(spacing[1]), vertebra.centroid_mm[2] / float(spacing[2])
+    offset = abs(x - (cols.min() + cols.max()) / 2) * float(spacing[2]) / width
+    posterior = (y - rows.min()) * float(spacing[1]) / depth
+    problems = []
+    if width < MIN_TRUNK_WIDTH_MM:
+        problems.append(f"the body is {width:.0f} mm wide there, narrower than a trunk ({MIN_TRUNK_WIDTH_MM:.0f} mm)")
+    if offset > MAX_MIDLINE_OFFSET:
+        problems.append(f"it lies {100 * offset:.0f} % of the body's width off the midline")
+    if posterior < MIN_POSTERIOR_DEPTH:
+        problems.append(f"it lies in the front half of the body ({100 * posterior:.0f} % of its depth)")
+    return {"level": vertebra.level, "inside_trunk": not problems, "body_width_mm": round(float(width), 1),
+            "midline_offset": round(float(offset), 3), "depth_from_front": round(float(posterior), 3),
+            "reason": "; ".join(problems) or "behind the middle of a trunk, near its midline"}
+
+
+@dataclass
+class Review:
+    """The outcome of ``review_vertebrae``: the labels to report (LPS), the naming record, and why nothing is reported."""
+
+    labels: np.ndarray
+    naming: dict
+    no_vertebra: str | None = None
+
+
+def review_vertebrae(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dict[int, str]) -> Review:
+    """Check the network's vertebrae against the CT: are they a spine, and does the anatomy agree with their names?
+
+    * No vertebra at all, or none inside a trunk (a head, a knee, a phantom of something
+      else): the labels are emptied and ``no_vertebra`` says why; no lesion is reported then.
+    * Vertebrae outside the trunk's column while others are in it (a label on the scapula)
+      are dropped, and the record lists them with the reason.
+    * Then ``check_naming`` gives the verdict; a shift is applied to the labels only when
+      it is unambiguous (``NamingCheck.apply``), and the record says whether it was.
+    """
+    vertebrae = named_vertebrae(labels, spacing, label_map)
+    if not vertebrae:
+        reason = "the model found no vertebra (T1-L5) in this series"
+        return Review(labels, {"rule": RULE, "verdict": "no_vertebra", "reason": reason, "evidence": {}}, reason)
+    positions = [trunk_position(hu, spacing, v) for v in vertebrae]
+    if not any(p["inside_trunk"] for p in positions):
+        reason = ("no vertebra found: what the model took for vertebrae (" + ", ".join(v.level for v in vertebrae)
+                  + ") does not lie in a trunk: " + "; ".join(f"{p['level']}: {p['reason']}" for p in positions)
+                  + ". Is this a spine CT?")
+        empty = np.where(_is_vertebra(labels, label_map), 0, labels).astype(labels.dtype)
+        return Review(empty, {"rule": RULE, "verdict": "no_vertebra", "reason": reason,
+                              "evidence": {"positions": positions}}, reason)
+    outside = [p for p in positions if not p["inside_trunk"]]
+    if outside:
+        id_of = {level: label for label, level in label_map.items()}
+        labels = np.where(np.isin(labels, [id_of[p["level"]] for p in outside]), 0, labels).astype(labels.dtype)
+    check = check_naming(hu, spacing, labels, label_map)
+    check.evidence["positions"] = positions
+    record = {**check.as_dict(), "applied": False,
+              "dropped": [{"level": p["level"], "reason": f"not a vertebra of the spine: {p['reason']}"}
+                          for p in outside]}
+    if check.verdict == "shifted" and check.apply and check.offset:
+        lut = np.arange(max(256, int(labels.max()) + 1), dtype=labels.dtype)
+        for old, new in shifted_label_map(label_map, check.offset).items():
+            lut[old] = new
+        labels = lut[labels]
+        record["applied"] = True
+        record["network_names"] = [v.level for v in vertebrae]
+    return Review(labels, record)
+
+
+def _is_vertebra(labels: np.ndarray, label_map: dict[int, str]) -> np.ndarray:
+    ids = [label for label, level in label_map.items() if level in LEVELS]
+    return np.isin(labels, ids)
+
+
+def naming_note(naming: dict) -> str | None:
+    """One sentence for the SR and the QC picture when the naming is not plainly confirmed; None when it is."""
+    verdict = naming.get("verdict")
+    if verdict in (None, "consistent"):
+        return None
+    if verdict == "no_vertebra":
+        return naming["reason"]
+    if verdict == "shifted" and naming.get("applied"):
+        return (f"Vertebra levels renamed by {naming['offset']:+d} from the network's names on anatomical evidence: "
+                f"{naming['reason']}")
+    if verdict == "shifted":
+        return (f"Vertebra levels uncertain: the anatomy suggests the names are off by {naming['offset']:+d} level(s), "
+                f"not applied (the evidence is not unambiguous): {naming['reason']}")
+    return f"Vertebra levels could not be confirmed on anatomical evidence: {naming['reason']}"
