@@ -28,6 +28,7 @@ from pipelines.errors import PipelineError
 from storage.errors import StorageError
 
 from dicom_node.cli import dataset as cli_dataset, jobs as cli_jobs, process as cli_process, serve as cli_serve
+from dicom_node.cli import train as cli_train
 from dicom_node.cli import operations as cli_operations
 from dicom_node.errors import NodeError
 
@@ -61,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     cli_serve.add_parsers(sub)
     cli_operations.add_parsers(sub)  # purge, retrieve (issue 17)
     cli_dataset.add_parser(sub)
+    cli_train.add_parser(sub)
     return parser
 
 
