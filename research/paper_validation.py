@@ -207,7 +207,7 @@ def validate(bundle, dataset_dir: Path, segmenter_for: Callable, classifier=None
     scores = []
     for case_id in ids:
         fold = held.get(case_id)
-        key = (fold,) if fold is not None else tuple(bundle.folds)
+        key = (str(fold),) if fold is not None else tuple(str(f) for f in bundle.folds)
         if key not in segmenters:
             segmenters[key] = segmenter_for(bundle, key)
         truth = {"vertebrae": {lv: {"lesion": cls} for (c, lv), cls in lesions.items() if c == case_id}}
@@ -294,11 +294,30 @@ def format_comparison(result: dict) -> str:
 
 # --- the command line's part --------------------------------------------------------------------------------------
 
-def run_cli(args, models_dir, find_bundle: Callable, segmenter_for: Callable, classifier=None, out=print) -> int:
+def segmenter_factory(device: str = "auto", step_size: float = 0.5, relabel: bool = True) -> Callable:
+    """``make(bundle, folds)`` -> volume -> label map, with the bundle restricted to ``folds`` (one held-out fold)."""
+    def make(bundle, folds):
+        from pipelines.model.bundles import ModelBundle
+        from pipelines.model.segmenter import Segmenter
+
+        if tuple(str(f) for f in folds) != tuple(str(f) for f in bundle.folds):
+            manifest = {**bundle.manifest, "nnunet": {**bundle.manifest["nnunet"], "folds": [str(f) for f in folds]}}
+            bundle = ModelBundle(bundle.path, manifest, bundle.label_map)
+        segmenter = Segmenter(bundle, device=device, step_size=step_size, relabel=relabel)
+        return lambda volume: segmenter.segment(volume.array, volume.spacing).labels
+    return make
+
+
+def run_cli(args, models_dir, out=print) -> int:
     """``spine-node evaluate --dataset DATASET [--compare BUNDLE]``: the validation table(s), JSON with ``--json``."""
+    from pipelines.lesions import ThresholdClassifier
+    from pipelines.model.bundles import find_bundle
+
     if not getattr(args, "dataset", None):
         raise PaperValidationError("--compare needs --dataset DATASET_DIR (an imported dataset with its lesion table)")
     dataset = Path(args.dataset)
+    segmenter_for = segmenter_factory(args.device, args.step_size, not args.no_relabel)
+    classifier = ThresholdClassifier()
     main = find_bundle(args.model, models_dir)
     reports = {"a": validation_report(validate(main, dataset, segmenter_for, classifier, log=out), _model(main))}
     out(format_validation(reports["a"]))

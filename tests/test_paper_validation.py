@@ -109,3 +109,81 @@ def test_validation_table_sets_the_papers_figures_beside_the_models():
     scores = _scores([0.95, 0.93, 0.91, 0.90], ["none", "lytic", "none", "mixed"], folds=[0, 0, 1, 1])
     text = format_validation(validation_report(scores, {"name": "m", "version": "1"}))
     assert "94.33 % ± 2.24 %" in text and "fold 0" in text and "with lesions" in text
+
+
+# --- validate(): a bundle on an imported dataset, held-out folds, two models compared -------------------------
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory):
+    from research.datasets.tcia import import_collection
+    from research.datasets.tcia_phantom import write_collection
+
+    root = tmp_path_factory.mktemp("pv")
+    write_collection(root / "coll", [41, 42, 43], ["HFS", "FFS"], spacing=(5.0, 4.0, 4.0))
+    import_collection(root / "coll", root / "coll" / "lesions.xlsx", root / "ds", log=lambda *_: None)
+    return root / "ds"
+
+
+class _Bundle:
+    """What validate() reads of a bundle: name, folds, manifest, label map."""
+
+    def __init__(self, name, folds=("all",), splits=None):
+        from pipelines.levels import preset
+
+        self.name, self.version, self.sha256, self.path = name, "1", "0" * 64, name
+        self.folds = folds
+        self.manifest = {"nnunet": {"folds": list(folds)}, "cross_validation": {"splits": splits or []}}
+        self.label_map = preset("paper")
+
+
+def _reference_segmenter(erode: int, calls: list):
+    """segmenter_for(bundle, folds) whose model returns the case's reference labels, eroded ``erode`` times.
+
+    The reference is the one ``evaluate_case`` read just before segmenting (see the monkeypatch below).
+    """
+    from scipy import ndimage
+
+    def make(bundle, folds):
+        calls.append((bundle.name, tuple(folds)))
+
+        def segment(volume):
+            return _current_reference["labels"] if not erode else \
+                np.where(ndimage.binary_erosion(_current_reference["labels"] > 0, iterations=erode),
+                         _current_reference["labels"], 0)
+        return segment
+    return make
+
+
+_current_reference: dict = {}
+
+
+def test_validate_scores_each_case_with_its_held_out_fold_and_compare_finds_the_better_model(dataset, monkeypatch):
+    from research import evaluation
+    from research.datasets.raw import read_lesion_table
+    from research.paper_validation import validate
+
+    real_read = evaluation.read_volume
+
+    def read_and_remember(path):
+        volume = real_read(path)
+        if "labelsTr" in str(path):
+            _current_reference["labels"] = np.rint(volume.array).astype(np.int32)
+        return volume
+
+    monkeypatch.setattr(evaluation, "read_volume", read_and_remember)
+    ids = sorted(p.name[:-7] for p in (dataset / "labelsTr").glob("*.nii.gz"))
+    splits = [{"train": [c for c in ids if c != ids[f]], "val": [ids[f]]} for f in range(3)]
+    calls: list = []
+    perfect = validate(_Bundle("cv", ("0", "1", "2"), splits), dataset, _reference_segmenter(0, calls), log=lambda *_: None)
+    assert sorted(calls) == [("cv", ("0",)), ("cv", ("1",)), ("cv", ("2",))]  # each case by the fold that held it out
+    assert {s.fold for s in perfect} == {0, 1, 2}
+    assert all(s.dice == 1.0 for s in perfect)
+    assert {(s.case, s.level): s.lesion for s in perfect} == read_lesion_table(dataset)
+    eroded = validate(_Bundle("other"), dataset, _reference_segmenter(1, calls), log=lambda *_: None)
+    assert ("other", ("all",)) in calls
+    result = compare(perfect, eroded, "cv", "other")
+    assert result["all"]["n"] == len(perfect) and result["all"]["mean_difference"] > 0.05
+    assert result["all"]["p_value"] < 0.001
+    assert result["lesion_vertebrae"]["n"] == sum(s.lesion != "none" for s in perfect)
+    text = format_validation(validation_report(perfect, {"name": "cv"}))
+    assert "100.00 % ± 0.00 %" in text and "fold 2" in text

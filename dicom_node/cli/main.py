@@ -237,10 +237,17 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--step-size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
     p.add_argument("--no-relabel", action="store_true",
                    help="keep the network's level names (skip the head-to-feet consistency step)")
+    p.add_argument("--dataset", type=Path, help="an imported dataset (spine-node dataset import-*): the paper's "
+                                               "validation on its cases, held-out fold per case (research/paper_validation.py)")
+    p.add_argument("--compare", metavar="BUNDLE", help="with --dataset: a second bundle on the same cases; paired "
+                                                       "Dice difference with a Wilcoxon signed-rank test")
     p.set_defaults(handler=cmd_evaluate)
 
 
 def cmd_evaluate(args) -> int:
+    if args.dataset or args.compare:
+        from research.paper_validation import run_cli
+        return run_cli(args, installed_models_dir())
     if args.scans or (args.ct and not args.reference):
         return cmd_evaluate_unlabelled(args)
     from research.evaluation import evaluate_case, format_table, summarise
