@@ -106,9 +106,12 @@ class Proxy:
         self._pairs: list[socket.socket] = []
         self._lock = threading.Lock()
         self._listener: socket.socket | None = None
+        self.down = False
         self.restore()
 
     def restore(self) -> None:
+        with self._lock:
+            self.down = False
         listener = socket.socket()
         listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         listener.bind((LOOPBACK, self.port))
@@ -125,6 +128,10 @@ class Proxy:
             upstream = socket.create_connection(self.target, timeout=5)
             upstream.settimeout(None)
             with self._lock:
+                if self.down:  # cut while this one was being connected: it dies with the others
+                    client.close()
+                    upstream.close()
+                    continue
                 self._pairs += [client, upstream]
             for a, b in ((client, upstream), (upstream, client)):
                 threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
@@ -145,6 +152,7 @@ class Proxy:
     def cut(self) -> None:
         self._listener.close()
         with self._lock:
+            self.down = True
             pairs, self._pairs = self._pairs, []
         for sock in pairs:
             try:
