@@ -251,3 +251,27 @@ def test_the_qc_picture_of_a_job_is_served_and_shown_on_its_page(served, tmp_pat
     assert picture.content == (folder / "qc.png").read_bytes()
     assert 'id="qc"' in client.get(f"/jobs/{seeded.job_id}").text
     assert client.get("/jobs/9999/qc.png").status_code == 404
+
+
+def test_the_key_images_secondary_capture_is_the_jobs_qc_picture(served, tmp_path):
+    import numpy as np
+    from pydicom.dataset import Dataset, FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    client, seeded = served
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID = ds.file_meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 20, 30, 3, "RGB"
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation, ds.PlanarConfiguration = 8, 8, 7, 0, 0
+    ds.PixelData = np.full((20, 30, 3), 120, np.uint8).tobytes()
+    path = tmp_path / "data" / "outputs" / str(seeded.job_id) / "sc.dcm"
+    ds.save_as(path, enforce_file_format=True)
+    seeded.store.record_output(seeded.job_id, kind="sc", sop_instance_uid=ds.SOPInstanceUID,
+                               sop_class_uid=ds.SOPClassUID, series_instance_uid=generate_uid(), path=path,
+                               destinations=[])
+    picture = client.get(f"/jobs/{seeded.job_id}/qc.png")
+    assert picture.status_code == 200 and picture.content.startswith(b"\x89PNG")
+    assert 'id="qc"' in client.get(f"/jobs/{seeded.job_id}").text
