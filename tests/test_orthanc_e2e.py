@@ -203,6 +203,8 @@ def _read(client: OrthancApiClient, instance_id: str) -> pydicom.Dataset:
 @pytest.fixture(scope="module", params=CASES)
 def returned(request, uploads, client, node) -> Returned:
     """A case's SEG and SR, once Orthanc stores both under the source study."""
+    if request.param not in uploads:
+        pytest.skip(f"shared real CT series not present ({REAL_CT})")
     source = uploads[request.param]
     ids = wait_until(lambda: _study_outputs(client, node, source), RESULT_TIMEOUT,
                      f"the SEG and SR of the {request.param} series in its study in Orthanc", interval=1.0)
