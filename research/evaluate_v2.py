@@ -62,10 +62,11 @@ def score(predicted: np.ndarray, reference: np.ndarray, model_map: dict[int, str
 def real_thorax(segmenter, root: Path) -> dict:
     """The whole real chest CT: what the model finds there."""
     ct = read_volume(root / "real-ct-thorax-dicom")
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     labels = segmenter.segment(ct.array, ct.spacing).labels
     report = column_report(labels, ct.spacing, segmenter.bundle.label_map)
     report["seconds"] = round(time.perf_counter() - t0, 1)
+    report["cpu_seconds"] = round(time.process_time() - c0, 1)
     return report
 
 
@@ -109,6 +110,34 @@ def held_out_phantoms(segmenter, generator: str, seeds: list[int], spacing=None)
                   for c in cases]}
 
 
+def inference_benchmark(segmenter) -> dict:
+    """``benchmarks/inference_cpu.py``'s 512x512x300 volume (0.8x0.8x1 mm, v1 phantom seed 200000): time and memory.
+
+    Besides the wall time, the process CPU time is given: on these shared cores (load 10+)
+    the wall time says more about the other users than about the model; CPU time / 2 is
+    what an otherwise idle 2-core machine would take.
+    """
+    import resource
+
+    from research.phantoms.anatomy import sample_anatomy
+    from research.phantoms.generator import Grid, render
+
+    shape, spacing = (300, 512, 512), (1.0, 0.8, 0.8)
+    rng = np.random.default_rng(200000)
+    anat = sample_anatomy(rng)
+    top = anat.vertebra("T6").centre[2]
+    origin = (anat.trunk_centre[0] - 255.5 * spacing[2], anat.trunk_centre[1] + 20 - 255.5 * spacing[1],
+              top - (shape[0] - 1) * spacing[0])
+    hu, *_ = render(anat, Grid(shape, spacing, origin), rng, blur_mm=0.7, noise_hu=20.0)
+    wall, cpu = time.perf_counter(), time.process_time()
+    result = segmenter.segment(hu, spacing)
+    return {"volume": "512x512x300 at 0.8x0.8x1 mm", "wall_s": round(time.perf_counter() - wall, 1),
+            "cpu_s": round(time.process_time() - cpu, 1),
+            "peak_rss_gb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 ** 2, 2),
+            "timings_s": {k: round(v, 1) for k, v in result.timings_s.items()},
+            "os_load_1min": round(__import__("os").getloadavg()[0], 1)}
+
+
 def main(argv: list[str] | None = None) -> int:
     """Evaluate a bundle; print and optionally write the report as JSON."""
     from pipelines.model.bundles import verify_bundle
@@ -126,6 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     sets = args.sets.split(",")
     report: dict = {"model": str(args.model), "version": segmenter.bundle.version}
     seeds = list(range(100000, 100000 + args.n))
+    if "bench" in sets:
+        report["inference_512x512x300"] = inference_benchmark(segmenter)
+        print("bench", json.dumps(report["inference_512x512x300"]), flush=True)
     if "thorax" in sets:
         report["real_thorax"] = real_thorax(segmenter, root)
         print("thorax", json.dumps({k: v for k, v in report["real_thorax"].items() if k != "vertebrae"}), flush=True)
