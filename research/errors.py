@@ -8,6 +8,7 @@ They derive from ``pipelines.errors.PipelineError`` so that ``spine-node`` print
     │   └── CaseRefused            one case of a collection is refused (``code`` + reason);
     │                              the importer records it and goes on with the others
     ├── TrainingError              the training protocol cannot run or resume
+    ├── ModelImportError           an nnU-Net / TotalSegmentator results folder cannot become a bundle
     └── PaperValidationError       a validation or comparison cannot be computed
 """
 from __future__ import annotations
@@ -35,6 +36,10 @@ class CaseRefused(DatasetError):
 
 class TrainingError(ResearchError):
     """The training protocol cannot start, resume or produce its bundle."""
+
+
+class ModelImportError(ResearchError):
+    """A trained-model folder cannot be made a bundle (not found, ambiguous, label names that map to no level)."""
 
 
 class PaperValidationError(ResearchError):

@@ -126,3 +126,124 @@ def test_the_real_totalsegmentator_labels_on_the_real_dicom_ct_import_as_t11_and
     report = import_totalseg(tmp_path / "in", tmp_path / "out", "totalsegmentator", log=lambda *_: None)
     assert report["refused"] == []
     assert [lv for lv, n in report["per_level"].items() if n] == ["T11", "T12"]
+
+
+# --- bundles from TotalSegmentator's layout (research/model_import.py, spine-node models import-*) -----------
+
+DEMO = __import__("pathlib").Path(__file__).resolve().parents[1] / "models" / "spine-phantom-demo"
+TS_TRAINED = "nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres"
+
+
+def _totalsegmentator_layout(root):
+    """The demo model's weights laid out as TotalSegmentator's Dataset292, with its ids and label names.
+
+    The network's output channels are permuted from the paper's ids to Dataset292's (sacrum,
+    S1 and C1..C7, which the demo never learnt, get a bias that keeps them from ever winning),
+    so the same weights must name every vertebra the same once imported.
+    """
+    import json
+
+    import torch
+
+    from pipelines.levels import LEVELS
+
+    folder = root / "Dataset292_TotalSegmentator_part2_vertebrae_1532subj" / TS_TRAINED
+    (folder / "fold_0").mkdir(parents=True)
+    names = {"background": 0, **{name: label for label, name in DATASET292_NAMES.items()}}
+    dataset = json.loads((DEMO / "nnunet" / "dataset.json").read_text())
+    dataset["labels"] = names
+    (folder / "dataset.json").write_text(json.dumps(dataset))
+    (folder / "plans.json").write_text((DEMO / "nnunet" / "plans.json").read_text())
+    state = torch.load(DEMO / "nnunet" / "fold_all" / "checkpoint_final.pth", map_location="cpu", weights_only=False)
+    vertebrae = preset("totalsegmentator-vertebrae")
+    for key in [k for k in state["network_weights"] if k.startswith("decoder.seg_layers.")]:
+        old = state["network_weights"][key]
+        new = torch.zeros((27, *old.shape[1:]), dtype=old.dtype)
+        if key.endswith("bias"):
+            new[:] = -1e4
+        new[0] = old[0]
+        for ts_id, level in vertebrae.items():
+            if level in LEVELS:
+                new[ts_id] = old[LEVELS.index(level) + 1]
+        state["network_weights"][key] = new
+    state["init_args"]["dataset_json"] = dataset
+    torch.save(state, folder / "fold_0" / "checkpoint_final.pth")
+    return root
+
+
+def test_import_totalsegmentator_derives_dataset292s_label_map_from_its_label_names(tmp_path):
+    from pipelines.model.bundles import verify_bundle
+    from research.model_import import import_totalsegmentator
+
+    weights = _totalsegmentator_layout(tmp_path / "weights")
+    bundle = verify_bundle(import_totalsegmentator(weights, tmp_path / "bundle", licence="test weights",
+                                                   intended_use="tests only"))
+    assert bundle.label_map == preset("totalsegmentator-vertebrae")
+    assert bundle.manifest["licence"] == "test weights" and bundle.manifest["intended_use"] == "tests only"
+    assert bundle.folds == ("0",)
+    assert bundle.manifest["source"]["dataset"].startswith("Dataset292_")
+
+
+def test_import_nnunet_refuses_label_names_it_cannot_map_unless_told_to_leave_them_out(tmp_path):
+    import json
+
+    from research.errors import ModelImportError
+    from research.model_import import import_nnunet
+
+    weights = _totalsegmentator_layout(tmp_path / "weights")
+    dataset_json = next(weights.rglob("dataset.json"))
+    data = json.loads(dataset_json.read_text())
+    data["labels"]["liver"] = 27
+    dataset_json.write_text(json.dumps(data))
+    common = dict(name="m", version="1", licence="x", intended_use="y", training_data="z")
+    with pytest.raises(ModelImportError, match="liver name no vertebra level"):
+        import_nnunet(weights, tmp_path / "bundle", **common)
+    with pytest.raises(ModelImportError, match="state the weights' licence"):
+        import_nnunet(weights, tmp_path / "bundle", **{**common, "licence": " "})
+
+
+def test_import_totalsegmentator_refuses_a_folder_whose_ids_are_not_dataset292s(tmp_path):
+    import json
+
+    from research.errors import ModelImportError
+    from research.model_import import import_totalsegmentator
+
+    weights = _totalsegmentator_layout(tmp_path / "weights")
+    dataset_json = next(weights.rglob("dataset.json"))
+    data = json.loads(dataset_json.read_text())
+    data["labels"]["vertebrae_T1"], data["labels"]["vertebrae_T2"] = 18, 19  # swapped
+    dataset_json.write_text(json.dumps(data))
+    with pytest.raises(ModelImportError, match="differ from the totalsegmentator-vertebrae preset"):
+        import_totalsegmentator(weights, tmp_path / "bundle", licence="x", intended_use="y")
+
+
+def test_models_import_totalsegmentator_command_prints_the_label_map(tmp_path, capsys):
+    from dicom_node.cli.main import main
+
+    weights = _totalsegmentator_layout(tmp_path / "weights")
+    status = main(["models", "import-totalsegmentator", str(weights), "--out", str(tmp_path / "ts"),
+                   "--licence", "Apache-2.0 (test)", "--intended-use", "tests"])
+    printed = capsys.readouterr().out
+    assert status == 0 and "3=L5" in printed and "19=T1" in printed and "1=sacrum" in printed
+
+
+@pytest.mark.slow
+def test_a_bundle_imported_from_totalsegmentators_layout_names_the_levels_as_the_same_weights_do(tmp_path):
+    """Level identification on a phantom: the TS-layout import equals the demo bundle (paper map) it was made from."""
+    from pipelines.levels import LEVELS
+    from pipelines.model.bundles import verify_bundle
+    from pipelines.model.segmenter import Segmenter
+    from research.model_import import import_totalsegmentator
+    from research.phantoms.generator import make_phantom
+
+    weights = _totalsegmentator_layout(tmp_path / "weights")
+    imported = verify_bundle(import_totalsegmentator(weights, tmp_path / "bundle", licence="x", intended_use="y"))
+    original = verify_bundle(DEMO)
+    phantom = make_phantom(200003, spacing=(2.5, 2.5, 2.5), matrix=None)
+    named = {}
+    for bundle in (imported, original):
+        labels = Segmenter(bundle, device="cpu").segment(phantom.image.astype(np.float32), phantom.grid.spacing).labels
+        named[bundle.name] = np.vectorize(lambda i, m=bundle.label_map: LEVELS.index(m[i]) + 1
+                                          if m.get(i) in LEVELS else 0)(labels)
+    assert (named[original.name] > 0).any()
+    np.testing.assert_array_equal(named[imported.name], named[original.name])

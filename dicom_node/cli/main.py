@@ -139,6 +139,7 @@ def _models_parser(sub) -> None:
     i.add_argument("source", type=Path)
     i.add_argument("--into", type=Path, help="models folder (default: $SPINE_NODE_MODELS_DIR or DATA_DIR/models)")
     i.set_defaults(handler=cmd_models_install)
+    cli_train.add_import_parsers(msub)
 
 
 def cmd_models_list(args) -> int:

@@ -1,5 +1,8 @@
 """``spine-node train --dataset DATASET_DIR --out BUNDLE_DIR``: the paper's nnU-Net baseline, as a bundle.
 
+Also ``spine-node models import-nnunet MODEL_DIR`` and ``models import-totalsegmentator WEIGHTS_DIR``:
+bundles from results folders that nnU-Net or TotalSegmentator wrote (``research/model_import.py``).
+
 The defaults are the paper's protocol (nnU-Net v2 ``3d_fullres``, the plain trainer with its
 own schedule, 3-fold cross-validation, CUDA); every other setting is an option
 (``research/train_nnunet.py`` says what each step does). Run it again with the same
@@ -72,4 +75,46 @@ def cmd_train(args: argparse.Namespace) -> int:
                              "dice": cv["dice"], "lesions": None}))
     print(f"bundle written to {bundle} (folds {', '.join(manifest['nnunet']['folds'])}); "
           f"install it with: spine-node models install {bundle}")
+    return 0
+
+
+def add_import_parsers(msub) -> None:
+    """``models import-nnunet`` and ``models import-totalsegmentator`` (under the ``models`` command)."""
+    for command, helptext in (("import-nnunet", "make a bundle from an nnU-Net results folder"),
+                              ("import-totalsegmentator", "make a bundle from TotalSegmentator's vertebrae "
+                                                          "weights (Dataset292)")):
+        p = msub.add_parser(command, help=helptext)
+        p.add_argument("source", type=Path, help="the results / weights folder (any level of DatasetNNN_*/...)")
+        p.add_argument("--out", required=True, type=Path, help="the bundle folder to write (then: models install)")
+        p.add_argument("--licence", required=True, help="the weights' licence, as you received them")
+        p.add_argument("--intended-use", required=True, help="what the weights may be used for")
+        p.add_argument("--folds", nargs="+", help="folds to use (default: every fold with a checkpoint_final.pth)")
+        p.add_argument("--name", help="bundle name")
+        p.add_argument("--version", default="1", help="bundle version")
+        if command == "import-nnunet":
+            p.add_argument("--training-data", required=True, help="what the model was trained on")
+            p.add_argument("--configuration", help="which configuration, when the folder holds several")
+            p.add_argument("--ignore-unmapped", action="store_true",
+                           help="leave out labels whose names name no vertebra (instead of refusing)")
+        p.set_defaults(handler=cmd_import_model, import_command=command)
+
+
+def cmd_import_model(args: argparse.Namespace) -> int:
+    from pipelines.model.bundles import verify_bundle
+    from research.model_import import import_nnunet, import_totalsegmentator
+
+    if args.import_command == "import-totalsegmentator":
+        bundle = import_totalsegmentator(args.source, args.out, licence=args.licence, intended_use=args.intended_use,
+                                         name=args.name or "totalsegmentator-vertebrae", version=args.version,
+                                         folds=args.folds)
+    else:
+        bundle = import_nnunet(args.source, args.out, name=args.name or args.out.name, version=args.version,
+                               licence=args.licence, intended_use=args.intended_use, training_data=args.training_data,
+                               configuration=args.configuration, folds=args.folds,
+                               ignore_unmapped=args.ignore_unmapped)
+    verified = verify_bundle(bundle)
+    levels = sorted(verified.label_map.items())
+    print(f"{verified.name} {verified.version}: bundle written to {bundle} (folds {', '.join(verified.folds)})")
+    print("  labels " + ", ".join(f"{k}={v}" for k, v in levels))
+    print(f"  install it with: spine-node models install {bundle}")
     return 0
