@@ -182,6 +182,7 @@ def test_review_reports_no_vertebra_when_the_pieces_lie_in_no_trunk():
     hu[:, :, np.abs(xx[0, 0] - AXIS_YX[1]) * SPACING[2] > 60] = AIR  # a limb, 120 mm wide
     review = review_vertebrae(hu, SPACING, labels, PAPER)
     assert review.no_vertebra and "does not lie in a trunk" in review.no_vertebra
+    assert review.no_vertebra.endswith("Is this a spine CT?")
     assert not review.labels.any()
     assert review.naming["verdict"] == "no_vertebra"
     assert naming_note(review.naming) == review.no_vertebra

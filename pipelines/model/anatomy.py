@@ -625,9 +625,11 @@ def review_vertebrae(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dic
         return Review(labels, {"rule": RULE, "verdict": "no_vertebra", "reason": reason, "evidence": {}}, reason)
     positions = [trunk_position(hu, spacing, v) for v in vertebrae]
     if not any(p["inside_trunk"] for p in positions):
+        narrow = all(p.get("body_width_mm", 0.0) < MIN_TRUNK_WIDTH_MM for p in positions)
         reason = ("no vertebra found: what the model took for vertebrae (" + ", ".join(v.level for v in vertebrae)
-                  + ") does not lie in a trunk: " + "; ".join(f"{p['level']}: {p['reason']}" for p in positions)
-                  + ". Is this a spine CT?")
+                  + (") does not lie in a trunk: " if narrow else ") lies off the spine: ")
+                  + "; ".join(f"{p['level']}: {p['reason']}" for p in positions)
+                  + (". Is this a spine CT?" if narrow else ""))
         empty = np.where(_is_vertebra(labels, label_map), 0, labels).astype(labels.dtype)
         return Review(empty, {"rule": RULE, "verdict": "no_vertebra", "reason": reason,
                               "evidence": {"positions": positions}}, reason)
