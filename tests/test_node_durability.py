@@ -19,25 +19,19 @@ from sqlalchemy import delete
 
 from dicom_node.runtime.completion import complete_series
 from dicom_node.runtime.reconcile import reconcile_instances
-from dicom_node.dimse.scp import Receiver, ScpSettings, start_scp
-from storage import InstanceFiles, Store, open_database
+from storage import InstanceFiles, Store
 from storage.models import Instance
-from support.dimse import LOOPBACK, free_port, non_dicom_payload, send_c_store as send
+from support.dimse import non_dicom_payload, send_c_store as send
+from support.inprocess_node import RunningScp
 from support.synthetic_ct import ct_datasets, save, volume
 
 
 @pytest.fixture
 def scp(tmp_path):
     """The real SCP on a store and files under tmp_path."""
-    store = Store(open_database(f"sqlite:///{tmp_path / 'node.db'}"))
-    files = InstanceFiles(tmp_path / "data")
-    receiver = Receiver(store, files)
-    port = free_port()
-    server = start_scp(ScpSettings("SPINENODE", LOOPBACK, port, ()), receiver)
-    yield {"store": store, "files": files, "port": port}
-    server.shutdown()
-    receiver.close()
-    store.db.close()
+    running = RunningScp(tmp_path)
+    yield running
+    running.close()
 
 
 @pytest.fixture
@@ -63,8 +57,8 @@ def lose_rename(files: InstanceFiles, path: Path) -> Path:
 
 
 def test_acknowledged_instances_whose_rows_and_renames_were_lost_are_all_back_after_reconciliation(scp, series):
-    store, files = scp["store"], scp["files"]
-    assert send(scp["port"], series) == [0] * len(series)
+    store, files = scp.store, scp.files
+    assert send(scp.port, series) == [0] * len(series)
     stored = {r.sop_instance_uid: r.path for r in store.series_instances(series_uid(series))}
     acknowledged = {uid: path.read_bytes() for uid, path in stored.items()}
     lose_rows(store)
@@ -83,15 +77,15 @@ def test_acknowledged_instances_whose_rows_and_renames_were_lost_are_all_back_af
 
 
 def test_instances_with_their_rows_are_left_alone(scp, series):
-    assert send(scp["port"], series) == [0] * len(series)
-    before = scp["store"].series_instances(series_uid(series))
-    done = reconcile_instances(scp["store"], scp["files"])
+    assert send(scp.port, series) == [0] * len(series)
+    before = scp.store.series_instances(series_uid(series))
+    done = reconcile_instances(scp.store, scp.files)
     assert (done.placed, done.removed, done.recorded, done.unreadable) == ([], [], [], [])
-    assert scp["store"].series_instances(series_uid(series)) == before
+    assert scp.store.series_instances(series_uid(series)) == before
 
 
 def test_partial_writes_and_refused_payloads_left_by_a_crash_are_removed_never_recorded(scp, series):
-    store, files = scp["store"], scp["files"]
+    store, files = scp.store, scp.files
     partial = files.incoming("1.2.3.4", series[0].read_bytes())
     partial.write()
     with open(partial.path, "r+b") as handle:  # the power cut came in the middle of the write
@@ -110,7 +104,7 @@ def test_a_refused_payload_leaves_no_file_behind(scp, tmp_path, monkeypatch):
     monkeypatch.setattr(_config, "STORE_SEND_CHUNKED_DATASET", True)  # send the broken bytes as they are
     garbage = non_dicom_payload(tmp_path / "garbage.dcm")
 
-    [status] = send(scp["port"], [garbage])
+    [status] = send(scp.port, [garbage])
 
     assert 0xC000 <= status <= 0xCFFF
-    assert list(scp["files"].incoming_dir.iterdir()) == [] and scp["files"].instance_files() == []
+    assert list(scp.files.incoming_dir.iterdir()) == [] and scp.files.instance_files() == []

@@ -16,13 +16,13 @@ import pydicom
 import pytest
 from pynetdicom import AE
 
-from dicom_node.dimse.scp import Receiver, ScpSettings, start_scp
 from dicom_node.dimse.status import StoreStatus
 from dicom_node.runtime.completion import complete_series
 from dicom_node.runtime.dispatch import Dispatcher
 from pipelines.options import PipelineOptions
-from storage import InstanceFiles, Store, StorageError, open_database
-from support.dimse import LOOPBACK, free_port, send_c_store
+from storage import InstanceFiles, Store, StorageError
+from support.dimse import LOOPBACK, send_c_store
+from support.inprocess_node import RunningScp
 from support.synthetic_ct import ct_datasets, save, volume
 
 LATER = timedelta(hours=1)  # "now" for completion, far past any quiet period
@@ -31,15 +31,9 @@ LATER = timedelta(hours=1)  # "now" for completion, far past any quiet period
 @pytest.fixture
 def node(tmp_path):
     """Store + files + receiver + SCP (default admission), like one running node without its loops."""
-    store = Store(open_database(f"sqlite:///{tmp_path / 'node.db'}"))
-    files = InstanceFiles(tmp_path / "data")
-    receiver = Receiver(store, files)
-    port = free_port()
-    server = start_scp(ScpSettings("SPINENODE", LOOPBACK, port), receiver)
-    yield {"store": store, "files": files, "receiver": receiver, "port": port, "tmp": tmp_path}
-    server.shutdown()
-    receiver.close()
-    store.db.close()
+    running = RunningScp(tmp_path)
+    yield running
+    running.close()
 
 
 def _series(tmp_path: Path, name: str, slices: int = 6) -> list[Path]:
@@ -54,11 +48,11 @@ def _complete(node, stable_age_s: float = 30.0, after: timedelta = LATER, since=
     """complete_series as the node's loop calls it (on older code, without what it did not know)."""
     import inspect
 
-    receiver = node["receiver"]
+    receiver = node.receiver
     getattr(receiver, "flush_marks", lambda: None)()
     known = inspect.signature(complete_series).parameters
     extra = {"since": since, "extra_marks": getattr(receiver, "unwritten_marks", dict)()}
-    return complete_series(node["store"], stable_age_s, now=datetime.now(timezone.utc) + after,
+    return complete_series(node.store, stable_age_s, now=datetime.now(timezone.utc) + after,
                            **{name: value for name, value in extra.items() if name in known})
 
 
@@ -99,7 +93,7 @@ def test_downtime_is_not_quiet_time(node, tmp_path):
     """
     files = _series(tmp_path, "restart")
     sent = [files[0], files[1], files[3]]  # slice 3 still to come: a gap, so only the quiet period completes it
-    assert send_c_store(node["port"], sent) == [0] * 3
+    assert send_c_store(node.port, sent) == [0] * 3
     started = datetime.now(timezone.utc) + timedelta(minutes=10)  # the node "restarts" 10 min later
     assert _complete(node, after=timedelta(minutes=10, seconds=5), since=started) == []
     assert len(_complete(node, after=timedelta(minutes=10, seconds=31), since=started)) == 1
@@ -112,14 +106,14 @@ def test_aborted_association_holds_the_series_until_it_is_sent_again(node, tmp_p
     """
     files = _series(tmp_path, "aborted")
     key = _key(files)
-    _send_then_abort(node["port"], files[:3])
-    _wait_for_event(node["store"], key, "incomplete")
+    _send_then_abort(node.port, files[:3])
+    _wait_for_event(node.store, key, "incomplete")
     assert _complete(node) == [], "a series whose association was aborted must wait for the sender to send again"
-    assert send_c_store(node["port"], files) == [0] * len(files)  # the resend: 3 identical, 3 new, released
+    assert send_c_store(node.port, files) == [0] * len(files)  # the resend: 3 identical, 3 new, released
     assert _complete(node, after=timedelta(seconds=5)) == [], "held: the quiet period must follow the resend"
     [job] = _complete(node)
-    assert node["store"].get_job(job).series_version == 1
-    assert len(node["store"].series_instances(key)) == 6
+    assert node.store.get_job(job).series_version == 1
+    assert len(node.store.series_instances(key)) == 6
 
 
 def test_refused_instances_hold_their_series(node, tmp_path, monkeypatch):
@@ -129,7 +123,7 @@ def test_refused_instances_hold_their_series(node, tmp_path, monkeypatch):
     """
     files = _series(tmp_path, "refused")
     key = _key(files)
-    real_incoming = node["files"].incoming
+    real_incoming = node.files.incoming
     refused = {str(pydicom.dcmread(p, stop_before_pixels=True).SOPInstanceUID) for p in files[3:]}
 
     def full_disk(sop_uid, data):
@@ -137,13 +131,13 @@ def test_refused_instances_hold_their_series(node, tmp_path, monkeypatch):
             raise StorageError("cannot write: No space left on device")
         return real_incoming(sop_uid, data)
 
-    monkeypatch.setattr(node["files"], "incoming", full_disk)
-    statuses = send_c_store(node["port"], files)
+    monkeypatch.setattr(node.files, "incoming", full_disk)
+    statuses = send_c_store(node.port, files)
     assert statuses == [0, 0, 0] + [StoreStatus.OUT_OF_RESOURCES] * 3
-    assert "incomplete" in _series_events(node["store"], key)
+    assert "incomplete" in _series_events(node.store, key)
     assert _complete(node) == [], "a series the node refused instances of is not complete"
-    monkeypatch.setattr(node["files"], "incoming", real_incoming)
-    assert send_c_store(node["port"], files[3:]) == [0] * 3
+    monkeypatch.setattr(node.files, "incoming", real_incoming)
+    assert send_c_store(node.port, files[3:]) == [0] * 3
     assert _complete(node, after=timedelta(seconds=5)) == []
     assert len(_complete(node)) == 1
 
@@ -156,13 +150,13 @@ def test_outputs_of_a_version_superseded_while_it_ran_are_not_queued(node, tmp_p
     """
     from storage import SupersededError
 
-    store = node["store"]
+    store = node.store
     files = _series(tmp_path, "superseded", slices=7)
-    assert send_c_store(node["port"], files[:6]) == [0] * 6
+    assert send_c_store(node.port, files[:6]) == [0] * 6
     [job_id] = _complete(node)
     job = store.claim_next_job("test")
     assert job.id == job_id
-    assert send_c_store(node["port"], files[6:]) == [0]  # re-opens the series: version 2
+    assert send_c_store(node.port, files[6:]) == [0]  # re-opens the series: version 2
     with pytest.raises(SupersededError):
         store.record_output(job.id, kind="seg", sop_instance_uid="2.25.1", sop_class_uid="1.2", path="/x",
                             series_instance_uid="2.25.2", destinations=["DEST@127.0.0.1:1"], series_version=1)
@@ -178,13 +172,13 @@ def test_identical_resend_reopens_nothing(node, tmp_path):
 
     Before: every resend re-opened the series (version 2) and produced a second SEG + SR.
     """
-    store = node["store"]
+    store = node.store
     files = _series(tmp_path, "resend")
     key = _key(files)
-    assert send_c_store(node["port"], files) == [0] * 6
+    assert send_c_store(node.port, files) == [0] * 6
     [job] = _complete(node)
     store.finish_job(store.claim_next_job("test").id, state="done")
-    assert send_c_store(node["port"], files) == [0] * 6
+    assert send_c_store(node.port, files) == [0] * 6
     assert store.get_series(key).version == 1 and store.get_series(key).state == "done"
     assert _complete(node) == [] and store.queued_jobs() == []
     del job
@@ -197,10 +191,10 @@ def test_one_series_on_two_associations_at_once_gives_one_job(node, tmp_path):
     """
     import threading
 
-    store = node["store"]
+    store = node.store
     files = _series(tmp_path, "twice")
     results = []
-    threads = [threading.Thread(target=lambda: results.append(send_c_store(node["port"], files)))
+    threads = [threading.Thread(target=lambda: results.append(send_c_store(node.port, files)))
                for _ in range(2)]
     for thread in threads:
         thread.start()
@@ -209,7 +203,7 @@ def test_one_series_on_two_associations_at_once_gives_one_job(node, tmp_path):
     assert results == [[0] * 6, [0] * 6]
     jobs = _complete(node)
     assert len(jobs) == 1 and store.get_series(_key(files)).version == 1
-    assert send_c_store(node["port"], files) == [0] * 6
+    assert send_c_store(node.port, files) == [0] * 6
     assert _complete(node) == [] and len(store.list_jobs()) == 1
 
 
@@ -228,11 +222,11 @@ def test_a_job_whose_end_could_not_be_recorded_is_recorded_once_storage_answers(
 
     Before: the job stayed 'running' for ever ("could not record its end"); only a restart requeued it.
     """
-    store = node["store"]
+    store = node.store
     files = _series(tmp_path, "stuck")
-    assert send_c_store(node["port"], files) == [0] * 6
+    assert send_c_store(node.port, files) == [0] * 6
     _complete(node)
-    dispatcher = _dispatcher(store, node["files"])
+    dispatcher = _dispatcher(store, node.files)
     monkeypatch.setattr(dispatcher, "_process", lambda job: ("failed", None, None, "cannot write outputs: disk full"))
     real_finish = store.finish_job
     calls = []
@@ -258,11 +252,11 @@ def test_watchdog_requeues_a_running_job_without_a_live_worker(node, tmp_path):
 
     Before: nothing looked for such jobs while the node ran.
     """
-    store = node["store"]
+    store = node.store
     files = _series(tmp_path, "orphan")
-    assert send_c_store(node["port"], files) == [0] * 6
+    assert send_c_store(node.port, files) == [0] * 6
     _complete(node)
-    dispatcher = _dispatcher(store, node["files"])
+    dispatcher = _dispatcher(store, node.files)
     job = store.claim_next_job("test-node")
     dispatcher._claimed.add(job.id)  # claimed here; its thread is gone (as if it died)
     assert dispatcher.watch() == [job.id]
@@ -277,13 +271,13 @@ def test_a_duplicate_moved_to_another_series_leaves_no_file_behind(node, tmp_pat
     from pydicom.uid import generate_uid
 
     files = _series(tmp_path, "moved", slices=2)
-    assert send_c_store(node["port"], files[:1]) == [0]
+    assert send_c_store(node.port, files[:1]) == [0]
     ds = pydicom.dcmread(files[0])
     ds.SeriesInstanceUID = generate_uid(entropy_srcs=["moved elsewhere"])
     moved = tmp_path / "moved.dcm"
     ds.save_as(moved, enforce_file_format=True)
-    assert send_c_store(node["port"], [moved]) == [0]
-    [(uid, path)] = node["files"].instance_files()
+    assert send_c_store(node.port, [moved]) == [0]
+    [(uid, path)] = node.files.instance_files()
     assert uid == str(ds.SOPInstanceUID) and str(ds.SeriesInstanceUID) in str(path)
 
 
@@ -294,10 +288,10 @@ def test_reconcile_removes_an_orphan_copy_whose_row_names_the_newer_file(node, t
     from dicom_node.runtime.reconcile import reconcile_instances
 
     files = _series(tmp_path, "orphan-copy", slices=2)
-    assert send_c_store(node["port"], files[:1]) == [0]
-    [(uid, path)] = node["files"].instance_files()
+    assert send_c_store(node.port, files[:1]) == [0]
+    [(uid, path)] = node.files.instance_files()
     stale = path.parent.parent / "1.2.826.0.1.3680043.10.99" / path.name
     stale.parent.mkdir()
     shutil.copy(path, stale)
-    done = reconcile_instances(node["store"], node["files"])
+    done = reconcile_instances(node.store, node.files)
     assert done.orphans == [stale] and not stale.exists() and path.exists()

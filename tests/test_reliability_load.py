@@ -15,10 +15,9 @@ import threading
 
 import pytest
 
-from dicom_node.dimse.scp import Receiver, ScpSettings, start_scp
 from dicom_node.runtime.completion import complete_series
-from storage import InstanceFiles, Store, open_database
-from support.dimse import LOOPBACK, acknowledged_uids, free_port, storescu_command
+from support.dimse import acknowledged_uids, storescu_command
+from support.inprocess_node import RunningScp
 from support.synthetic_ct import ct_datasets, save, volume
 
 pytestmark = pytest.mark.peer
@@ -29,11 +28,8 @@ SLICES = 6
 def test_concurrent_associations_are_all_accepted_and_nothing_is_lost(tmp_path, senders):
     series = [save(ct_datasets(volume(slices=SLICES, seed=n), name=f"load-{senders}-{n}"), tmp_path / f"s{n}")
               for n in range(senders)]
-    store = Store(open_database(f"sqlite:///{tmp_path / 'node.db'}"))
-    files = InstanceFiles(tmp_path / "data")
-    receiver = Receiver(store, files)
-    port = free_port()
-    server = start_scp(ScpSettings("SPINENODE", LOOPBACK, port), receiver)
+    scp = RunningScp(tmp_path)
+    store, files, port = scp.store, scp.files, scp.port
     try:
         start = threading.Barrier(senders)
         outputs: list[str | None] = [None] * senders
@@ -61,6 +57,4 @@ def test_concurrent_associations_are_all_accepted_and_nothing_is_lost(tmp_path, 
         assert acknowledged == on_disk == rows == inputs
         assert len(jobs) == senders
     finally:
-        server.shutdown()
-        receiver.close()
-        store.db.close()
+        scp.close()

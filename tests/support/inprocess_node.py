@@ -1,6 +1,7 @@
 """A node in-process for tests about what the node does around the pipeline, and a stub worker task.
 
-The SCP, the store and the dispatcher are the real ones. ``stub_analysis`` stands in for
+``RunningScp`` is the real SCP on a SQLite store and instance files under a folder (a node
+without its loops); ``InProcessNode`` adds the real dispatcher. ``stub_analysis`` stands in for
 ``pipelines.process.analyse`` (one vertebra, L1, wherever the volume is bright), so that a
 test of the orchestration does not wait for nnU-Net; ``StubExecutor`` runs it as the
 node's executors do. ``test_node_e2e`` and ``test_one_pipeline`` run the real model.
@@ -58,6 +59,24 @@ class StubExecutor:
         pass
 
 
+class RunningScp:
+    """The real SCP (its Receiver) as ``SPINENODE`` on a free loopback port, over a SQLite store and instance
+    files under ``root`` (``files``: another folder for them); ``settings`` are more ScpSettings fields."""
+
+    def __init__(self, root: Path, files: Path | None = None, on_released=None, **settings):
+        self.root = root
+        self.store = Store(open_database(f"sqlite:///{root / 'node.db'}"))
+        self.files = InstanceFiles(files or root / "data")
+        self.receiver = Receiver(self.store, self.files, on_released=on_released)
+        self.port = free_port()
+        self.server = start_scp(ScpSettings("SPINENODE", LOOPBACK, self.port, **settings), self.receiver)
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.receiver.close()
+        self.store.db.close()
+
+
 @dataclass
 class InProcessNode:
     """Store + SCP + dispatcher, driven step by step by the test; ``close`` stops the SCP."""
@@ -68,10 +87,8 @@ class InProcessNode:
     destinations: list[str] = field(default_factory=list)
 
     def __post_init__(self):
-        self.store = Store(open_database(f"sqlite:///{self.root / 'node.db'}"))
-        self.files = InstanceFiles(self.root / "data")
-        self.port = free_port()
-        self.server = start_scp(ScpSettings("SPINENODE", LOOPBACK, self.port, ()), Receiver(self.store, self.files))
+        self.scp = RunningScp(self.root)
+        self.store, self.files, self.port = self.scp.store, self.scp.files, self.scp.port
         self.dispatcher = Dispatcher(self.store, self.files, self.executor, self.options,
                                      lambda job: list(self.destinations), "test-node")
 
@@ -84,8 +101,7 @@ class InProcessNode:
         return [self.store.job_detail(job_id) for job_id in created]
 
     def close(self) -> None:
-        self.server.shutdown()
-        self.store.db.close()
+        self.scp.close()
 
 
 def ct_series(name: str, slices: int, size: int = 16) -> list[pydicom.Dataset]:
