@@ -23,7 +23,7 @@ from pipelines.outputs.contours import Outline, fill
 from pipelines.outputs.rtstruct import OutputNotBuilt, build_rtstruct
 from research.phantoms.generator import make_phantom
 from support.programs import dciodvfy_messages
-from support.seg_sr_cases import MODEL, PHANTOM, enhanced_case, phantom_case, resampled_case, save_dataset
+from support.seg_sr_cases import MODEL, PHANTOM, named_case, phantom_case, resampled_case, save_dataset
 
 CASES = ("HFS", "FFS", "OBLIQUE", "enhanced")
 MIN_DICE = 0.95
@@ -39,8 +39,7 @@ def phantom():
 @pytest.fixture(scope="module", params=CASES)
 def written(request, phantom, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
-    case = enhanced_case(phantom, folder)[0] if request.param == "enhanced" else phantom_case(phantom, request.param,
-                                                                                               folder)
+    case = named_case(phantom, request.param, folder)
     rtstruct = build_rtstruct(case.series, case.labels, case.findings, MODEL)
     return case, save_dataset(rtstruct, folder / "rtstruct.dcm"), folder
 

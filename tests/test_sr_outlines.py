@@ -21,7 +21,7 @@ from pipelines.outputs.seg import build_seg
 from pipelines.outputs.sr import build_sr
 from research.phantoms.generator import make_phantom
 from support.programs import dciodvfy_messages, require
-from support.seg_sr_cases import MODEL, PHANTOM, enhanced_case, phantom_case, resampled_case, save_dataset
+from support.seg_sr_cases import MODEL, PHANTOM, named_case, save_dataset
 
 PRIVATE_WARNING = ("Warning - Unrecognized defined term <99VERTMET> for value 1 of attribute "
                    "<Coding Scheme Designator>")
@@ -36,12 +36,7 @@ def phantom():
 @pytest.fixture(scope="module", params=CASES)
 def written(request, phantom, tmp_path_factory):
     folder = tmp_path_factory.mktemp(request.param)
-    if request.param == "enhanced":
-        case, _ = enhanced_case(phantom, folder)
-    elif request.param == "resampled":
-        case = resampled_case(phantom, folder)
-    else:
-        case = phantom_case(phantom, request.param, folder)
+    case = named_case(phantom, request.param, folder)
     seg = build_seg(case.series, case.labels, case.findings, MODEL)
     boxes = label_boxes(case.labels)
     outlines = {f.label: centre_outline(case.labels, f.label, boxes[f.label]) for f in case.findings}

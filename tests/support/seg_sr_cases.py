@@ -362,6 +362,15 @@ def resampled_case(phantom, folder: Path) -> Case:
     return Case("resampled", series, labels, findings_for(labels, PAPER, series), phantom.labels.copy(), grid)
 
 
+
+def named_case(phantom, name: str, folder: Path) -> Case:
+    """The phantom as case ``name``: a patient position (HFS, FFS, HFP, FFP), OBLIQUE, "enhanced" or "resampled"."""
+    if name == "enhanced":
+        return enhanced_case(phantom, folder)[0]
+    if name == "resampled":
+        return resampled_case(phantom, folder)
+    return phantom_case(phantom, name, folder)
+
 def save_dataset(ds, path: Path) -> Path:
     """Write a SEG or SR as a DICOM file for the validators and readers (folders created); return the path."""
     path.parent.mkdir(parents=True, exist_ok=True)
