@@ -22,6 +22,7 @@ AXIS_YX = (75, 125)
 PITCH = {"C": 18.0, "T": 22.0, "L": 32.0}
 BONE, SOFT, AIR = 700.0, 40.0, -1000.0
 BACK_MM = 50.0
+FLANK_MM = 118.0
 
 
 def _pitch(level: str) -> float:
@@ -33,7 +34,7 @@ def synthetic_spine(levels: list[str], names: list[str | None] | None = None, sa
     """HU and labels (LPS z, y, x; axis 0 to the head) of the vertebrae ``levels`` (head to feet).
 
     The body fills the field in front of the skin of the back (``BACK_MM`` behind the
-    axis). ``names[i]`` is the level label map gives vertebra i (None: unlabelled); a C7 or an
+    axis) and between the flanks (``FLANK_MM`` either side). ``names[i]`` is the level label map gives vertebra i (None: unlabelled); a C7 or an
     L-level gets no rib, T1-T12 get one on each side. ``margin_mm`` is the scan beyond
     the top and the bottom vertebra (the sacrum, 50 mm, comes in addition).
     """
@@ -47,6 +48,7 @@ def synthetic_spine(levels: list[str], names: list[str | None] | None = None, sa
     _, yy, xx = np.indices((1, *SHAPE_YX))
     dx, dy = (xx - AXIS_YX[1]) * SPACING[2], (yy - AXIS_YX[0]) * SPACING[1]
     hu[:, dy[0, :, 0] > BACK_MM, :] = AIR  # the back's skin, 50 mm behind the canal: the spine lies in the back half
+    hu[:, :, np.abs(dx[0, 0]) > FLANK_MM] = AIR  # the flanks, inside the field of view
     top = total - margin_mm[0]
     for level, height, name in zip(levels, heights, names):
         bottom = top - height
@@ -216,3 +218,11 @@ def test_review_drops_a_label_far_off_the_column():
     assert [d["level"] for d in review.naming["dropped"]] == ["T3"]
     assert not (review.labels == LEVELS.index("T3") + 1).any()
     assert review.naming["verdict"] == "consistent"
+
+
+def test_review_keeps_vertebrae_of_a_targeted_reconstruction_whose_field_cuts_the_body():
+    hu, labels = synthetic_spine(THORACOLUMBAR[-4:])
+    narrow = slice(AXIS_YX[1] - 70, AXIS_YX[1] + 70)  # a 140 mm field centred on the spine
+    review = review_vertebrae(hu[:, :, narrow], SPACING, labels[:, :, narrow], PAPER)
+    assert review.no_vertebra is None
+    assert all(p["inside_trunk"] and p["field_cuts_body"] for p in review.naming["evidence"]["positions"])

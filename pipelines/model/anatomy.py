@@ -575,6 +575,8 @@ def trunk_position(hu: np.ndarray, spacing, vertebra: NamedVertebra) -> dict:
     Width of the body (its largest piece above ``BODY_HU``) at the vertebra's centre
     slice, the vertebra's left-right offset from the body's middle as a fraction of the
     width, and its depth from the front as a fraction of the body's front-back extent.
+    Where the field of view cuts the body (a targeted spine reconstruction), the cut
+    direction is not judged.
     """
     z = int(round(vertebra.centroid_mm[0] / float(spacing[0])))
     z = min(max(z, 0), hu.shape[0] - 1)
@@ -588,15 +590,19 @@ def trunk_position(hu: np.ndarray, spacing, vertebra: NamedVertebra) -> dict:
     y, x = vertebra.centroid_mm[1] / float(spacing[1]), vertebra.centroid_mm[2] / float(spacing[2])
     offset = abs(x - (cols.min() + cols.max()) / 2) * float(spacing[2]) / width
     posterior = (y - rows.min()) * float(spacing[1]) / depth
+    # A targeted spine reconstruction (150-250 mm field) cuts the body: what the field cuts is not judged.
+    cut_sides = cols.min() == 0 or cols.max() == body.shape[1] - 1
+    cut_front_back = rows.min() == 0 or rows.max() == body.shape[0] - 1
     problems = []
-    if width < MIN_TRUNK_WIDTH_MM:
+    if width < MIN_TRUNK_WIDTH_MM and not cut_sides:
         problems.append(f"the body is {width:.0f} mm wide there, narrower than a trunk ({MIN_TRUNK_WIDTH_MM:.0f} mm)")
-    if offset > MAX_MIDLINE_OFFSET:
+    if offset > MAX_MIDLINE_OFFSET and not cut_sides:
         problems.append(f"it lies {100 * offset:.0f} % of the body's width off the midline")
-    if posterior < MIN_POSTERIOR_DEPTH:
+    if posterior < MIN_POSTERIOR_DEPTH and not cut_front_back:
         problems.append(f"it lies in the front half of the body ({100 * posterior:.0f} % of its depth)")
     return {"level": vertebra.level, "inside_trunk": not problems, "body_width_mm": round(float(width), 1),
             "midline_offset": round(float(offset), 3), "depth_from_front": round(float(posterior), 3),
+            "field_cuts_body": bool(cut_sides or cut_front_back),
             "reason": "; ".join(problems) or "behind the middle of a trunk, near its midline"}
 
 
