@@ -3,7 +3,8 @@
 ``OhifServer`` is a small threaded HTTP server (standard library) on 127.0.0.1:
 
 * ``/app-config.js`` is viewer/app-config.js: one DICOMweb data source at ``/dicom-web``;
-* ``/dicom-web/...`` is forwarded to the Orthanc's DICOMweb plugin (same origin: no CORS);
+* ``/dicom-web/...`` is forwarded to the Orthanc's DICOMweb plugin (same origin: no CORS),
+  Orthanc's own origin in its DICOM JSON (BulkDataURIs) rewritten to this server's;
 * every other path is a file of the viewer's ``dist/``, and a path that is no file (a route
   of the single-page app, such as ``/viewer``) gets ``index.html``.
 
@@ -113,7 +114,12 @@ class OhifServer:
                                  {"Content-Type": "text/plain"})
                     return
                 kept = {k: answer.headers[k] for k in FORWARDED_ANSWER_HEADERS if k in answer.headers}
-                self._answer(answer.status_code, answer.content, kept)
+                body = answer.content
+                if "json" in answer.headers.get("Content-Type", ""):
+                    # Orthanc writes BulkDataURIs with its own origin; the viewer must fetch them from ours
+                    # (as a reverse proxy's rewrite does), or the browser refuses them (CORS).
+                    body = body.replace(server.dicomweb_url.encode(), f"{server.url}/dicom-web".encode())
+                self._answer(answer.status_code, body, kept)
 
             def _answer(self, status: int, body: bytes, headers: dict[str, str]) -> None:
                 server.requests.append((self.path, int(status)))
