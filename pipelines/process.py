@@ -24,7 +24,7 @@ from scipy import ndimage
 
 from pipelines.records import CTSeries, Geometry, ModelIdentity, VertebraFinding
 from pipelines.levels import LEVELS
-from pipelines.lesions import ThresholdClassifier
+from pipelines.lesions import ThresholdClassifier, estimate_noise
 from pipelines.model.anatomy import naming_note, review_vertebrae
 from pipelines.model.orientation import lps_reorientation
 from pipelines.measure.report import measure_spine, series_report
@@ -116,14 +116,20 @@ def vertebra_findings(hu: np.ndarray, labels: np.ndarray, spacing, label_map: di
 
 def classify_lesions(hu: np.ndarray, labels: np.ndarray, spacing, findings: list[VertebraFinding],
                      thresholds: dict | None = None) -> None:
-    """Set each finding's lesion class and features, looking only inside its bounding box."""
+    """Set each finding's lesion class and features, looking only inside its bounding box.
+
+    The series' noise is measured once, on the whole volume's flat soft tissue, and every
+    vertebra is judged against it; the box keeps a 3-voxel margin (clipped to the scan), so
+    a vertebra that reaches the first or last slice is seen as cut by the scan.
+    """
     classifier = ThresholdClassifier(thresholds)  # a dict: unknown keys and bad values get a clear error
+    noise = estimate_noise(hu, spacing)
     boxes = ndimage.find_objects(labels)
     for finding in findings:
         box = _grow(boxes[finding.label - 1], labels.shape, 3)
-        result = classifier.classify(hu[box], labels[box] == finding.label, spacing)
+        result = classifier.classify(hu[box], labels[box] == finding.label, spacing, noise.sd_hu)
         finding.lesion = result.kind
-        finding.features = result.features
+        finding.features = {**result.features, "series_noise_voxels": noise.voxels}
 
 
 def _grow(box: tuple[slice, ...], shape, margin: int) -> tuple[slice, ...]:

@@ -11,7 +11,8 @@ No SNOMED CT concept for "osteolytic / osteoblastic / mixed lesion" could be con
 so the lesion class is coded in a private scheme, ``99VERTMET`` (a private designator
 must begin with "99"), which every object that uses it declares in its
 CodingSchemeIdentificationSequence (``coding_scheme_identification()``). Generic readers
-also get the standard (94222008, SCT, "Bony metastasis") = Present / Absent.
+also get the standard (94222008, SCT, "Bony metastasis") = Present / Absent, or
+(82334004, SCT, "Indeterminate") for the class ``indeterminate`` (``metastasis_value``).
 
 Colours: the standard gives none per vertebra, so spine-node fixes its own palette
 (``LEVEL_COLOURS``), a hue wheel walked in steps of 7/17 of a turn so that neighbouring
@@ -40,6 +41,7 @@ MEAN = CodedConcept.from_code(codes.SCT.Mean)                                   
 BONY_METASTASIS = CodedConcept.from_code(codes.SCT.BonyMetastasis)              # 94222008
 PRESENT = CodedConcept.from_code(codes.SCT.Present)                             # 52101004
 ABSENT = CodedConcept.from_code(codes.SCT.Absent)                               # 272519000
+INDETERMINATE = CodedConcept.from_code(codes.SCT.Indeterminate)                 # 82334004
 CT_PROCEDURE = CodedConcept.from_code(codes.LN.CTUnspecifiedBodyRegion)         # 25045-6 LN
 
 PRIVATE_SCHEME = "99VERTMET"
@@ -51,6 +53,7 @@ LESION_CODES: dict[str, CodedConcept] = {
     "lytic": CodedConcept("VML-010", PRIVATE_SCHEME, "Osteolytic lesion"),
     "blastic": CodedConcept("VML-011", PRIVATE_SCHEME, "Osteoblastic (sclerotic) lesion"),
     "mixed": CodedConcept("VML-012", PRIVATE_SCHEME, "Mixed lytic-blastic lesion"),
+    "indeterminate": CodedConcept("VML-014", PRIVATE_SCHEME, "Indeterminate: no lesion call"),
 }
 
 LEVEL_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -93,11 +96,24 @@ def level_colour(level: str) -> tuple[int, int, int]:
 
 
 def lesion_code(lesion: str) -> CodedConcept:
-    """The private-scheme code of a lesion class (none | lytic | blastic | mixed)."""
+    """The private-scheme code of a lesion class (none | lytic | blastic | mixed | indeterminate)."""
     try:
         return LESION_CODES[lesion]
     except KeyError:
         raise ValueError(f"lesion class {lesion!r} is not one of {', '.join(LESION_CLASSES)}") from None
+
+
+def metastasis_value(lesion: str) -> CodedConcept:
+    """The value of (94222008, SCT, "Bony metastasis") for a lesion class: Present, Absent or Indeterminate.
+
+    Only lytic, blastic and mixed are Present. ``indeterminate`` (weak evidence, a vertebra
+    cut by the scan, too little bone) is (82334004, SCT, "Indeterminate"): never reported as
+    a metastasis, nor as its absence.
+    """
+    lesion_code(lesion)  # an unknown class is refused with the same sentence
+    if lesion == "none":
+        return ABSENT
+    return INDETERMINATE if lesion == "indeterminate" else PRESENT
 
 
 def coding_scheme_identification() -> CodingSchemeIdentificationItem:
