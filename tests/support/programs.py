@@ -18,14 +18,15 @@ import pytest
 
 from support.paths import VENV_BIN
 
-# DCMTK, dicom3tools, dcmqi, Orthanc, PostgreSQL's programs, Docker, hadolint, a browser.
+# DCMTK, dicom3tools, dcmqi, Orthanc, PostgreSQL's programs, Docker, hadolint, a browser, Node.js, poppler.
 PEER_PROGRAMS = frozenset({
     "storescp", "storescu", "echoscu", "findscu", "movescu", "getscu", "dcmsend", "dcmrecv", "dcmconv", "dcmcjpeg",
-    "dcmdjpeg", "dcmcjpls", "dcmdjpls", "dcmcrle", "dcmdrle", "dcmdump", "dsrdump", "dcmodify",
+    "dcmdjpeg", "dcmcjpls", "dcmdjpls", "dcmcrle", "dcmdrle", "dcmdump", "dsrdump", "dcmodify", "dcm2pdf",
+    "pdf2dcm", "img2dcm", "dcmj2pnm", "dcm2pnm", "dcmqrscp",
     "dciodvfy", "dcentvfy", "dcdump", "dckey",
     "segimage2itkimage", "itkimage2segimage", "tid1500reader", "tid1500writer",
     "Orthanc", "psql", "pg_ctl", "postgres", "initdb", "createdb", "docker", "hadolint",
-    "chromium", "chromium-browser", "google-chrome",
+    "chromium", "chromium-browser", "google-chrome", "node", "npm", "npx", "pdftotext", "pdftoppm", "pdfinfo",
 })
 
 
