@@ -124,9 +124,15 @@ class Receiver:
                 self.on_released(keys)
 
     def aborted(self, event: evt.Event) -> None:
+        """An aborted association's series are held as incomplete, unless the node itself ended it for idling.
+
+        pynetdicom aborts an association idle for ``network_timeout`` (60 s): the sender had
+        sent nothing for that long after its last acknowledged instance, which tells nothing
+        missing; such a series completes by the quiet period as usual.
+        """
         keys = self._forget(event)
         self._record_association(event, "aborted")
-        if keys:
+        if keys and not _idle_timeout(event.assoc):
             self.mark_incomplete(keys, "association aborted")
 
     # --- incomplete series ----------------------------------------------------------------------------------
@@ -321,6 +327,14 @@ class _WriteFailed(Exception):
         super().__init__(str(error))
         self.error = error
         self.header = header
+
+
+def _idle_timeout(assoc) -> bool:
+    """Whether the node aborted this association because it was idle (pynetdicom's network timeout)."""
+    try:
+        return bool(assoc.dul.idle_timer_expired())
+    except Exception:  # noqa: BLE001 - not knowing means: treat the abort as the peer's
+        return False
 
 
 def _uid_or_none(value: str) -> str | None:
