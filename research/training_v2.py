@@ -26,9 +26,17 @@ V0_3_0_WEIGHTS = "git:fac7426:models/spine-phantom-demo/nnunet/fold_all/checkpoi
 
 RECIPE_V2 = DemoRecipe(
     n_cases=120, spacing_mm=2.0, patch_size=(80, 64, 64), features=(8, 16, 32, 64, 96), batch_size=2,
-    epochs=70, iterations_per_epoch=50, val_iterations_per_epoch=2, optimizer="adamw", initial_lr=1e-3,
+    epochs=7, iterations_per_epoch=50, val_iterations_per_epoch=2, optimizer="adamw", initial_lr=1e-3,
     batch_dice=True, seed_offset=0, warm_start=V0_3_0_WEIGHTS, generator="v2", render_processes=2)
-"""What the shipped v2 weights were trained with (seeds 0..119 of the v2 generator)."""
+"""Step 1 of the shipped v2 weights (seeds 0..119 of the v2 generator), warm-started from v0.3.0."""
+
+STEPS_V2: list[dict] = [
+    {},
+    {"epochs": 40, "initial_lr": 5e-4, "warm_start": "previous"},
+]
+"""The training steps: each a change of RECIPE_V2; "previous" warm-starts from the step before's final
+checkpoint. The shipped run chose each step's epochs with a time budget (--budget-min) on shared cores;
+the epochs written here are the ones it ran (see the bundle's manifest, recipe.steps)."""
 
 
 def dataset_json_v2(num_training: int) -> dict:
@@ -68,7 +76,7 @@ def write_training_set_v2(raw: Path, recipe: DemoRecipe, log=print) -> Path:
     return raw
 
 
-def manifest_v2(recipe: DemoRecipe, minutes: float) -> dict:
+def manifest_v2(recipe: DemoRecipe, minutes: float, steps: list[dict] | None = None) -> dict:
     """Manifest fields of a v2 bundle: explicit T1-L5 label map plus the auxiliary labels."""
     from research.phantoms.v2.anatomy import AUXILIARY_LABELS
 
@@ -86,48 +94,72 @@ def manifest_v2(recipe: DemoRecipe, minutes: float) -> dict:
         "label_map": {str(i + 1): level for i, level in enumerate(LEVELS)},
         "auxiliary_labels": {str(label): name for label, name in AUXILIARY_LABELS.items()},
         "recipe": {**asdict(recipe), "training_minutes": round(minutes, 1),
-                   "trainer": TRAINER, "configuration": CONFIGURATION, "plans": PLANS},
+                   "trainer": TRAINER, "configuration": CONFIGURATION, "plans": PLANS,
+                   **({"steps": steps} if steps else {})},
     }
 
 
-def train_only(workdir: Path, bundle_dir: Path, recipe: DemoRecipe, device_name: str, log=print) -> Path:
-    """Steps 4-5 of the recipe on phantoms already rendered and preprocessed in ``workdir``."""
+def prepare_data(workdir: Path, recipe: DemoRecipe, log=print) -> None:
+    """Steps 1-2 of the recipe: render the v2 phantoms and let nnU-Net plan and preprocess them."""
+    from research.training import plan_and_preprocess, set_nnunet_paths, write_training_set
+
+    paths = set_nnunet_paths(workdir)
+    log(f"rendering {recipe.n_cases} v2 training phantoms at {recipe.spacing_mm} mm")
+    write_training_set(paths["nnUNet_raw"], recipe)
+    log("nnU-Net fingerprint, plan and preprocessing")
+    plan_and_preprocess(recipe)
+
+
+def run_steps(workdir: Path, bundle_dir: Path, device_name: str = "cpu", start_step: int = 1,
+              budget_min: float | None = None, log=print) -> Path:
+    """Train STEPS_V2 from ``start_step`` on the preprocessed phantoms in ``workdir``; write the bundle.
+
+    Each step's final checkpoint is kept as ``workdir/step<k>_checkpoint_final.pth`` so that a
+    later step (or a restart from it) can warm-start from it. ``budget_min`` fits the last
+    step into that many minutes (``fit_to_budget``); the epochs it ran are recorded.
+    """
+    import shutil
+
     from pipelines.model.bundles import write_bundle
     from research.training import FOLD, set_nnunet_paths, torch_threads, train
 
     set_nnunet_paths(workdir)
     torch_threads(device_name)
-    started = time.time()
-    log(f"training up to {recipe.epochs} epochs x {recipe.iterations_per_epoch} iterations on {device_name}")
-    output = train(recipe, device_name)
+    record, output, started = [], None, time.time()
+    for k in range(start_step, len(STEPS_V2) + 1):
+        recipe = replace(RECIPE_V2, **STEPS_V2[k - 1], extra={})
+        if recipe.warm_start == "previous":
+            recipe.warm_start = str(workdir / f"step{k - 1}_checkpoint_final.pth")
+        if budget_min and k == len(STEPS_V2):
+            recipe.time_budget_min = budget_min
+        t0 = time.time()
+        log(f"step {k}: up to {recipe.epochs} epochs from {recipe.warm_start}, lr {recipe.initial_lr}")
+        output = train(recipe, device_name)
+        shutil.copy2(output / f"fold_{FOLD}" / "checkpoint_final.pth", workdir / f"step{k}_checkpoint_final.pth")
+        record.append({"step": k, "warm_start": STEPS_V2[k - 1].get("warm_start", RECIPE_V2.warm_start),
+                       "epochs": recipe.epochs, "epochs_run": recipe.extra.get("epochs_run"),
+                       "initial_lr": recipe.initial_lr, "time_budget_min": recipe.time_budget_min,
+                       "minutes": round((time.time() - t0) / 60, 1)})
+        log(f"step {k} done: {record[-1]}")
     minutes = (time.time() - started) / 60
-    log(f"trained in {minutes:.1f} min ({recipe.extra.get('epochs_run')} epochs); writing the bundle to {bundle_dir}")
-    return write_bundle(output, bundle_dir, manifest_v2(recipe, minutes), FOLD)
+    return write_bundle(output, bundle_dir, manifest_v2(RECIPE_V2, minutes, record), FOLD)
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Train the v2 demo model end to end and write its bundle."""
-    from research.training import train_demo
-
+    """Render, preprocess and train every step of the v2 recipe; write the bundle."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("spine-node-data/train-demo-v2"))
     parser.add_argument("--out", type=Path, default=Path("models/spine-phantom-demo"))
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--cases", type=int)
-    parser.add_argument("--budget-min", type=float, help="fit the epochs into this many minutes (shared CPUs)")
-    parser.add_argument("--skip-data", action="store_true",
-                        help="train on the workdir's already preprocessed phantoms (a restart of the same recipe)")
+    parser.add_argument("--skip-data", action="store_true", help="use the workdir's already preprocessed phantoms")
+    parser.add_argument("--start-step", type=int, default=1, help="resume at this step (needs the previous one's checkpoint)")
+    parser.add_argument("--budget-min", type=float, help="fit the last step into this many minutes (shared CPUs)")
     args = parser.parse_args(argv)
-    changes = {k: v for k, v in (("epochs", args.epochs), ("n_cases", args.cases), ("time_budget_min", args.budget_min))
-               if v}
-    recipe = replace(RECIPE_V2, **changes, extra={})
     started = time.time()
     log = lambda m: print(time.strftime("%H:%M:%S"), m, flush=True)  # noqa: E731
-    if args.skip_data:
-        bundle = train_only(args.workdir, args.out, recipe, args.device, log)
-    else:
-        bundle = train_demo(args.workdir, args.out, recipe, args.device, log=log)
+    if not args.skip_data:
+        prepare_data(args.workdir, RECIPE_V2, log)
+    bundle = run_steps(args.workdir, args.out, args.device, args.start_step, args.budget_min, log)
     print(f"bundle written to {bundle} in {(time.time() - started) / 60:.1f} min", flush=True)
     return 0
 

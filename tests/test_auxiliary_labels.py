@@ -136,3 +136,27 @@ def test_warm_start_keeps_the_old_classes_output_weights(tmp_path):
     warm_start(trainer, tmp_path / "old.pth")
     assert torch.equal(trainer.network.weight[:3], old.weight)
     assert torch.equal(trainer.network.bias[:3], old.bias)
+
+
+def test_the_last_rib_bearing_vertebra_is_named_t12_when_the_network_is_unsure():
+    # six vertebrae, truly T9-L2; the network calls each half one level, half the next, one level high
+    low = _split(_column([101, 102, 103, 104, 105, 106]),
+                 {100 + k: (7 + k, 8 + k) for k in range(1, 7)})  # (T8/T9), (T9/T10) ... (L1/L2)
+    top = low.shape[0] - 2
+    for k in range(4):  # ribs beside the first four (T9-T12)
+        low[top - 10 * k - 6:top - 10 * k - 2, 5:10, 14:20] = 20
+    without_ribs = _segmenter({})._clean(np.where(low == 20, 0, low).astype(np.uint8), (2.5, 2.5, 2.5))
+    with_ribs = _segmenter({20: "rib"})._clean(low.copy(), (2.5, 2.5, 2.5))
+    assert set(np.unique(without_ribs)) == {0, 8, 9, 10, 11, 12, 13}  # one level high: ties go up
+    assert set(np.unique(with_ribs)) == {0, 9, 10, 11, 12, 13, 14}
+    last_rib_piece_z = top - 30 - 4
+    assert with_ribs[last_rib_piece_z, 8, 8] == 12
+
+
+def test_ribs_say_nothing_where_the_scan_stops_at_the_last_rib_bearing_vertebra():
+    from pipelines.model.postprocess import rib_bonus
+
+    levels = ["T1", "T2", "T12", "L1"]
+    bonus = rib_bonus([False, True, True], levels)
+    assert bonus[2].sum() == 0  # no rib-free vertebra below: the scan may end above T12
+    assert bonus[1][levels.index("T1")] > 0  # a rib-free one above: the first rib-bearing is T1

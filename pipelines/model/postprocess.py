@@ -36,6 +36,9 @@ MIN_PIECE_ML = 2.0  # the smallest vertebra (T1) is about 10 ml; a sliver cut by
 DIP_RATIO = 0.3     # a cross-section under 30 % of the bone above and below it is a disc
 MIN_PART_MM = 10.0  # no cut leaves a part thinner than this (a thoracic vertebra is ~20 mm disc to disc)
 FOUND_WEIGHT = 0.5  # a piece the network found is a vertebra of T1-L5 rather than C7 or the sacrum
+RIB_WEIGHT = 2.0    # the last rib-bearing vertebra above one without ribs is T12 (the first below one without, T1)
+MIN_RIB_CONTACT = 5  # voxels of rib within RIB_REACH of a vertebra for it to bear a rib
+RIB_REACH = 2        # voxels
 
 
 def remove_fragments(labels: np.ndarray, spacing, min_fraction: float = MIN_FRACTION) -> np.ndarray:
@@ -145,13 +148,16 @@ def disc_cuts(area: np.ndarray, min_part: int, ratio: float = DIP_RATIO) -> list
 
 def name_column(labels: np.ndarray, spacing, label_map: dict[int, str], levels: list[str],
                 superior_axis: int = 0, min_ml: float = MIN_PIECE_ML,
-                anchors: dict[str, float] | None = None) -> np.ndarray:
+                anchors: dict[str, float] | None = None, rib_label: int | None = None) -> np.ndarray:
     """A new label map: every vertebra one piece with one level, levels consecutive head to feet.
 
     Labels that are not vertebrae (a bundle may also segment ribs or organs) are kept as
     they are. ``superior_axis`` is the array axis whose index grows towards the head.
     ``anchors`` weighs the votes for some levels more (a model's auxiliary C7 and sacrum,
     the landmarks one counts from); without it every level's vote counts once.
+    ``rib_label`` (a model's auxiliary rib class) adds the rib-bearing count: the lowest
+    vertebra touching a rib, with a rib-free one below it, gets ``RIB_WEIGHT`` votes for T12,
+    and the highest, with a rib-free one above it, for T1.
     """
     is_vertebra = np.zeros(256, bool)
     is_vertebra[[label for label, level in label_map.items() if level in levels]] = True
@@ -163,7 +169,10 @@ def name_column(labels: np.ndarray, spacing, label_map: dict[int, str], levels: 
         return out
     stack, hosts = _stack(pieces)
     weights = None if not anchors else np.array([anchors.get(level, 1.0) for level in levels])
-    offset = best_offset([votes_of[i] for i in stack], len(levels), weights)
+    bonus = None
+    if rib_label is not None:
+        bonus = rib_bonus(rib_bearing([pieces[i] for i in stack], labels, rib_label), levels)
+    offset = best_offset([votes_of[i] for i in stack], len(levels), weights, bonus)
     target = {i: offset + k for k, i in enumerate(stack)}
     target.update({i: target[host] for i, host in hosts.items()})
     id_of = {level: label for label, level in label_map.items()}
@@ -173,7 +182,41 @@ def name_column(labels: np.ndarray, spacing, label_map: dict[int, str], levels: 
     return out
 
 
-def best_offset(votes: list[np.ndarray], n_levels: int, level_weights: np.ndarray | None = None) -> int:
+def rib_bearing(column: list[_Piece], labels: np.ndarray, rib_label: int) -> list[bool]:
+    """For each column piece (head to feet): does a rib touch it (within RIB_REACH voxels)?"""
+    rib = labels == rib_label
+    if not rib.any():
+        return [False] * len(column)
+    flags = []
+    for piece in column:
+        box = tuple(slice(max(b.start - RIB_REACH, 0), min(b.stop + RIB_REACH, n)) for b, n in zip(piece.box, labels.shape))
+        mask = np.zeros(tuple(b.stop - b.start for b in box), bool)
+        mask[tuple(slice(p.start - b.start, p.stop - b.start) for p, b in zip(piece.box, box))] = piece.mask
+        grown = ndimage.binary_dilation(mask, iterations=RIB_REACH)
+        flags.append(int((grown & rib[box]).sum()) >= MIN_RIB_CONTACT)
+    return flags
+
+
+def rib_bonus(flags: list[bool], levels: list[str]) -> list[np.ndarray]:
+    """Extra votes from the rib-bearing count: T12 for the last rib-bearing piece, T1 for the first.
+
+    Each end counts only where the column goes on past it without ribs (a scan that stops at
+    T10 says nothing about T12).
+    """
+    bonus = [np.zeros(len(levels)) for _ in flags]
+    bearing = [k for k, flag in enumerate(flags) if flag]
+    if not bearing or "T12" not in levels or "T1" not in levels:
+        return bonus
+    last, first = max(bearing), min(bearing)
+    if last + 1 < len(flags) and not flags[last + 1]:
+        bonus[last][levels.index("T12")] += RIB_WEIGHT
+    if first >= 1 and not flags[first - 1]:
+        bonus[first][levels.index("T1")] += RIB_WEIGHT
+    return bonus
+
+
+def best_offset(votes: list[np.ndarray], n_levels: int, level_weights: np.ndarray | None = None,
+                bonus: list[np.ndarray] | None = None) -> int:
     """The offset s (piece k, head to feet, is level s + k) the network's labels agree with best.
 
     ``votes[k]`` counts piece k's voxels per level. Each piece gives one vote, split by
@@ -184,6 +227,8 @@ def best_offset(votes: list[np.ndarray], n_levels: int, level_weights: np.ndarra
     shares = [v / max(float(v.sum()), 1.0) for v in votes]
     if level_weights is not None:
         shares = [share * level_weights for share in shares]
+    if bonus is not None:  # votes from outside the network's labels (the rib-bearing count)
+        shares = [share + extra for share, extra in zip(shares, bonus)]
 
     def score(s: int) -> float:
         inside = [share[s + k] for k, share in enumerate(shares) if 0 <= s + k < n_levels]

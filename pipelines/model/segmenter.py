@@ -151,7 +151,8 @@ class Segmenter:
                 elif name == "sacrum":
                     label_map[label], levels = name, levels + [name]
             anchors = {name: ANCHOR_WEIGHT for name in self.auxiliary.values() if name in ("C7", "sacrum")}
-            low = name_column(low, low_spacing, label_map, levels, superior_axis=0, anchors=anchors)
+            rib = next((label for label, name in self.auxiliary.items() if name == "rib"), None)
+            low = name_column(low, low_spacing, label_map, levels, superior_axis=0, anchors=anchors, rib_label=rib)
         if self.auxiliary:
             low[np.isin(low, list(self.auxiliary))] = 0
         return low
