@@ -30,6 +30,13 @@ def _metric(text: str, name: str) -> float:
     return float(match.group(1))
 
 
+def _dashboard_up(url: str) -> bool:
+    try:
+        return httpx.get(url + "/healthz", timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _job(url: str, job_id: int) -> dict:
     return httpx.get(f"{url}/api/jobs/{job_id}", timeout=10).json()
 
@@ -53,7 +60,8 @@ def test_a_series_sent_by_storescu_is_on_the_dashboard_and_a_requeue_from_the_pa
         "SPINE_NODE_STABLE_AGE": "5", "SPINE_NODE_RETRY_MAX_S": "2", "SPINE_NODE_HTTP_PORT": str(http_port)})
     url = f"http://127.0.0.1:{http_port}"
     try:
-        node.start()
+        node.start(timeout=180)
+        wait_until(lambda: _dashboard_up(url), 60, "the node's dashboard")  # it starts just after the SCP
         storescu(node.port, files)
         series_uid = str(__import__("pydicom").dcmread(files[0], stop_before_pixels=True).SeriesInstanceUID)
         with Browser() as browser:

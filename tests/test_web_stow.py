@@ -31,6 +31,14 @@ def multipart(parts: list[bytes], content_type: str = "application/dicom") -> by
     return body + f"--{BOUNDARY}--\r\n".encode()
 
 
+def _dashboard_up(port: int) -> bool:
+    """The node's web server answers (it starts just after the SCP, which is what NodeProcess waits for)."""
+    try:
+        return httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=10).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 def _uids(answer: dict, tag: str) -> list[str]:
     return [item["00081155"]["Value"][0] for item in answer.get(tag, {}).get("Value", []) if "00081155" in item]
 
@@ -113,16 +121,21 @@ def test_stow_survives_sigkill_mid_request_without_losing_an_acknowledged_instan
                                            "SPINE_NODE_DESTINATIONS": "PACS@127.0.0.1:4242"})
     url = f"http://127.0.0.1:{http_port}/dicom-web/studies"
     try:
-        node.start()
+        node.start(timeout=180)  # a loaded machine: the worker's model load is slow
+        wait_until(lambda: _dashboard_up(http_port), 60, "the node's dashboard")
         answer = httpx.post(url, content=multipart([p.read_bytes() for p in first_paths]),
-                            headers={"Content-Type": CONTENT_TYPE}, timeout=60)
+                            headers={"Content-Type": CONTENT_TYPE}, timeout=120)
         assert answer.status_code == 200
         acknowledged = _uids(answer.json(), "00081199")
         assert len(acknowledged) == 4
 
+        under_way = threading.Event()
+
         def slow_body():
-            for path in second_paths:
+            for n, path in enumerate(second_paths):
                 yield f"--{BOUNDARY}\r\nContent-Type: application/dicom\r\n\r\n".encode() + path.read_bytes() + b"\r\n"
+                if n == 2:
+                    under_way.set()
                 time.sleep(0.1)
             yield f"--{BOUNDARY}--\r\n".encode()
 
@@ -137,17 +150,16 @@ def test_stow_survives_sigkill_mid_request_without_losing_an_acknowledged_instan
 
         sender = threading.Thread(target=send)
         sender.start()
-        time.sleep(1.0)  # a part of the body is on its way
-        node.kill()
+        assert under_way.wait(60), "the second request never started"
+        node.kill()  # three parts sent, 37 to go: the node has answered nothing of this request
         sender.join(30)
         assert "answer" not in outcome, "the killed node answered the interrupted request"
 
-        node.start()
+        node.start(timeout=180)
         store = Store(open_database(f"sqlite:///{tmp_path / 'data' / 'spine-node.db'}", create=False))
         instances = {i.sop_instance_uid: i for i in store.series_instances(str(first[0].SeriesInstanceUID))}
         for uid in acknowledged:
             assert uid in instances and instances[uid].path.exists()
-        wait_until(lambda: httpx.get(f"http://127.0.0.1:{http_port}/healthz", timeout=5).status_code == 200, 30,
-                   "the restarted node's dashboard")
+        wait_until(lambda: _dashboard_up(http_port), 90, "the restarted node's dashboard")
     finally:
         node.stop()
