@@ -10,9 +10,9 @@ are uploaded to a real Orthanc (Debian, DICOMweb plugin). The prebuilt OHIF view
 * the SEG opens on the CT, and the segmentation panel lists one segment per vertebra, named
   with its level ("L1 vertebra", ...), in the SEG's order;
 * the SR opens in OHIF's SR viewport: each vertebra's outline (TID 1410, SCOORD on the CT
-  slice through its centre) is drawn with the first five numbers of its tracked finding
-  (volume, mean HU, ...; OHIF 3.13 shows five lines, numbers first, then "Finding Site: L1
-  vertebra"), and stepping through the SR's measurements shows every vertebra's volume;
+  slice through its centre) is drawn and named with its level, and a marker at its centre
+  carries the numbers of its TID 1411 group (volume, mean HU, ...); stepping through the
+  SR's measurements shows every vertebra's name and volume;
 * no error reaches the browser's console and no page error is thrown (the old SR threw
   "Cannot read properties of undefined (reading 'ReferencedSOPSequence')"), and every request
   the viewer made was answered.
@@ -156,25 +156,28 @@ def test_the_seg_opens_on_the_ct_with_one_segment_per_level(page, processed):
     assert not page.errors, "\n".join(page.errors)
 
 
-def test_the_sr_draws_an_outline_for_every_vertebra_labelled_with_its_measurements(page, processed):
-    """Each outline is labelled with its vertebra's volume (and its level, while OHIF's label box of five
-    lines has room for it: the spine report's heights come first); stepping through the SR's
-    measurements with OHIF's arrows shows every vertebra's volume once."""
+def test_the_sr_draws_every_vertebra_named_by_level_with_its_numbers(page, processed):
+    """Stepping through the SR's measurements with OHIF's arrows shows, for every vertebra, its
+    outline labelled with its level ("Finding Site: L1 vertebra", OHIF writes the code 363698007)
+    and its centre marker labelled with its volume (and the other numbers of its TID 1411 group)."""
     thumbnail(page, "SR").dblclick()
     viewport = page.locator('[data-cy="viewport-pane"]').first
-    page.get_by_text(re.compile(r"Volume: \d+\.\d\d ml")).first.wait_for(timeout=LOAD_TIMEOUT_MS)
+    page.get_by_text(re.compile(r"(Volume: \d+\.\d\d ml)|(363698007|Finding Site): [TL]\d{1,2} vertebra")).first.wait_for(
+        timeout=LOAD_TIMEOUT_MS)
     page.wait_for_timeout(2000)
     page.screenshot(path=str(ARTIFACTS / "ohif-sr.png"))
-    expected = {f"Volume: {volume:.2f} ml": level for level, volume in processed.volumes.items()}
-    shown = set()
-    for step in range(len(processed.levels) + 1):  # OHIF's arrows step through the SR's measurements
+    volumes = {f"Volume: {volume:.2f} ml": level for level, volume in processed.volumes.items()}
+    named, measured = set(), set()
+    for step in range(2 * len(processed.levels) + 1):  # an outline and a marker per vertebra
         text = viewport.inner_text()
-        shown.update(level for label, level in expected.items() if label in text)
+        named.update(re.findall(r"(?:363698007|Finding Site): ([TL]\d{1,2}) vertebra", text))
+        measured.update(level for label, level in volumes.items() if label in text)
         if step == 1:
             page.screenshot(path=str(ARTIFACTS / "ohif-sr-next.png"))
         page.locator('[data-cy="viewport-action-arrows-right"]').click()
         page.wait_for_timeout(1500)
-    assert shown == set(processed.levels), f"the SR viewport showed the outlines of {sorted(shown)}"
+    assert named == set(processed.levels), f"outlines named {sorted(named)}, expected {processed.levels}"
+    assert measured == set(processed.levels), f"volumes shown for {sorted(measured)}"
     assert not page.errors, "\n".join(page.errors)
 
 

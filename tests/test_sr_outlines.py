@@ -1,4 +1,4 @@
-"""The SR's TID 1410 outlines, one per vertebra, for viewers that draw only image coordinates (OHIF).
+"""The SR's TID 1410 outlines and name markers, per vertebra, for viewers that draw only image coordinates (OHIF).
 
 Pinned: dciodvfy gives only the declared private-scheme warnings; highdicom and DCMTK's
 dsrdump read the groups back; each outline is a closed SCOORD POLYLINE on the CT image (or
@@ -51,7 +51,8 @@ def planar_groups(path):
 @pytest.mark.peer
 def test_dciodvfy_gives_only_the_declared_private_code_warnings(written):
     case, _, _, path = written
-    assert sorted(dciodvfy_messages(path)) == [PRIVATE_WARNING] * (4 * len(case.findings) + 1)
+    # the lesion class (concept name and value) in the TID 1411, outline and name groups, and the declaration
+    assert sorted(dciodvfy_messages(path)) == [PRIVATE_WARNING] * (6 * len(case.findings) + 1)
 
 
 @pytest.mark.peer
@@ -64,20 +65,36 @@ def test_dsrdump_renders_each_outline(written):
     assert len(drawn) == len(case.findings), run.stdout[-3000:]
 
 
-def test_one_outline_group_per_vertebra_with_the_segment_tracking_uid_level_and_lesion(written):
+def _uid(group) -> str:
+    return next(item.UID for item in group[0].ContentSequence if item.ValueType == "UIDREF")
+
+
+def _sites(group) -> list[str]:
+    return [item.ConceptCodeSequence[0].CodeValue for item in group[0].ContentSequence
+            if item.ConceptNameCodeSequence[0].CodeValue == "363698007"]
+
+
+def test_an_outline_and_a_name_group_per_vertebra_with_level_and_lesion(written):
+    """Outlines carry the segment's Tracking UID (one tracked finding with the TID 1411 group);
+    name markers are tracked findings of their own, named by level."""
     case, seg, _, path = written
     groups = planar_groups(path)
     tracking = {int(s.SegmentNumber): str(s.TrackingUID) for s in seg.SegmentSequence}
     ordered = sorted(case.findings, key=lambda f: f.segment_number)
-    assert len(groups) == len(ordered)
-    for group, finding in zip(groups, ordered):
-        uid = next(item.UID for item in group[0].ContentSequence if item.ValueType == "UIDREF")
-        assert uid == tracking[finding.segment_number]
-        sites = [item.ConceptCodeSequence[0].CodeValue for item in group[0].ContentSequence
-                 if item.ConceptNameCodeSequence[0].CodeValue == "363698007"]
-        assert sites == [vertebra_code(finding.level).value]
-        lesion = [e.value.meaning for e in group.get_qualitative_evaluations(name=LESION_TYPE)]
-        assert len(lesion) == 1
+    assert len(groups) == 2 * len(ordered)
+    outlines, names = groups[:len(ordered)], groups[len(ordered):]
+    for outline, name, finding in zip(outlines, names, ordered):
+        assert _uid(outline) == tracking[finding.segment_number]
+        assert _uid(name) not in tracking.values()
+        identifier = next(item.TextValue for item in name[0].ContentSequence if item.ValueType == "TEXT"
+                          and item.ConceptNameCodeSequence[0].CodeValue == "112039")
+        assert identifier == f"{finding.level} vertebra"
+        for group in (outline, name):
+            assert _sites(group) == [vertebra_code(finding.level).value]
+            lesion = [e.value.meaning for e in group.get_qualitative_evaluations(name=LESION_TYPE)]
+            assert len(lesion) == 1
+        region = _region(name)
+        assert region.GraphicType == ("POINT" if case.series.resampled else "CIRCLE")
 
 
 def _region(group):
@@ -87,7 +104,7 @@ def _region(group):
 def test_each_outline_is_closed_and_on_the_ct_slice_through_the_vertebra_centre(written):
     case, _, outlines, path = written
     ordered = sorted(case.findings, key=lambda f: f.segment_number)
-    for group, finding in zip(planar_groups(path), ordered):
+    for group, finding in zip(planar_groups(path)[:len(ordered)], ordered):
         region = _region(group)
         points = np.asarray(region.GraphicData, float)
         outline = outlines[finding.label]

@@ -24,7 +24,10 @@ Written with highdicom, in the source study, as DICOM_REFERENCE.md §3.4 lays ou
   vertebra's outline on the slice through its centre as a closed SCOORD POLYLINE on that CT
   image (SCOORD3D in the frame of reference for a resampled volume), its finding site and
   lesion class, with the same Tracking UID as its TID 1411 group, so that OHIF merges the
-  two and labels the outline with the volume, mean HU and level.
+  two and labels the outline with the volume, mean HU and the other numbers; then one
+  TID 1410 group per vertebra naming it (``name_group``: a small marker at the top of the
+  outline, a tracked finding of its own with the level and lesion class and no number, so
+  that OHIF's five-line label shows the level).
 """
 from __future__ import annotations
 
@@ -161,13 +164,18 @@ def _frame_number(series: CTSeries, k: int) -> int:
     return int(np.argmin(np.linalg.norm(positions - series.geometry.frame_position(k), axis=1))) + 1
 
 
+MARKER_RADIUS_PX = 2.0
+"""Radius of the circle that names a vertebra at the top of its outline."""
+
+
 def outline_group(finding: VertebraFinding, segment: Dataset, outline: Outline, series: CTSeries,
                   algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
     """TID 1410 for one vertebra: its outline on the slice through its centre, its level and lesion class.
 
     The group carries the SEG segment's Tracking UID, as the TID 1411 group of the same
-    vertebra does: it is one tracked finding, and OHIF merges the groups of one Tracking UID
-    (the outline is drawn, labelled with the volume, mean HU and finding site of both).
+    vertebra does: it is one tracked finding. OHIF 3.13 cannot show a group without image
+    coordinates (it fails on the TID 1411 groups alone) and merges the groups of one
+    Tracking UID: the outline is drawn with the volume, mean HU and other numbers of both.
     """
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
         tracking_identifier=hd.sr.TrackingIdentifier(uid=segment.get("TrackingUID") or hd.UID(),
@@ -176,11 +184,60 @@ def outline_group(finding: VertebraFinding, segment: Dataset, outline: Outline, 
         finding_type=VERTEBRA,
         finding_sites=[hd.sr.FindingSite(anatomic_location=vertebra_code(finding.level))],
         algorithm_id=algorithm,
-        qualitative_evaluations=[
-            hd.sr.QualitativeEvaluation(name=LESION_TYPE, value=lesion_code(finding.lesion)),
-            hd.sr.QualitativeEvaluation(name=BONY_METASTASIS,
-                                        value=metastasis_value(finding.lesion)),
-        ],
+        qualitative_evaluations=_lesion_evaluations(finding),
+    )
+
+
+def _lesion_evaluations(finding: VertebraFinding) -> list[hd.sr.QualitativeEvaluation]:
+    return [hd.sr.QualitativeEvaluation(name=LESION_TYPE, value=lesion_code(finding.lesion)),
+            hd.sr.QualitativeEvaluation(name=BONY_METASTASIS, value=metastasis_value(finding.lesion))]
+
+
+def name_region(outline: Outline, series: CTSeries) -> hd.sr.ImageRegion | hd.sr.ImageRegion3D:
+    """A small circle at the top of the outline (SCOORD on its CT image; a SCOORD3D point when resampled)."""
+    top = outline.rc[np.argmin(outline.rc[:-1, 0])]
+    if series.resampled:
+        return hd.sr.ImageRegion3D(graphic_type=hd.sr.GraphicTypeValues3D.POINT,
+                                   graphic_data=Outline(outline.k, top[None, :]).patient(series.geometry),
+                                   frame_of_reference_uid=series.source_images[0].FrameOfReferenceUID)
+    region = outline_region(outline, series)
+    column, row = top[1] + 0.5, top[0] + 0.5
+    return hd.sr.ImageRegion(graphic_type=hd.sr.GraphicTypeValues.CIRCLE,
+                             graphic_data=np.array([[column, row], [column + MARKER_RADIUS_PX, row]]),
+                             source_image=_source_of(region), pixel_origin_interpretation=_pixel_origin_of(region))
+
+
+def _source_of(region: hd.sr.ImageRegion) -> hd.sr.SourceImageForRegion:
+    reference = region.ContentSequence[0].ReferencedSOPSequence[0]
+    frames = reference.get("ReferencedFrameNumber")
+    return hd.sr.SourceImageForRegion(
+        referenced_sop_class_uid=reference.ReferencedSOPClassUID,
+        referenced_sop_instance_uid=reference.ReferencedSOPInstanceUID,
+        referenced_frame_numbers=[int(frames)] if frames is not None else None)
+
+
+def _pixel_origin_of(region: hd.sr.ImageRegion):
+    value = region.get("PixelOriginInterpretation")
+    return hd.sr.PixelOriginInterpretationValues(value) if value else None
+
+
+def name_group(finding: VertebraFinding, segment: Dataset, outline: Outline, series: CTSeries,
+               algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations:
+    """TID 1410 naming the vertebra: a small marker at the top of its outline, its level and lesion class.
+
+    A tracked finding of its own ("L1 vertebra", a UID derived from the segment's) with no
+    number: OHIF shows five label lines, numbers first and the finding site last, so the
+    outline's numbers would push the level out of its label; this one's label is the level.
+    """
+    segment_uid = str(segment.get("TrackingUID") or hd.UID())
+    return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(uid=generate_uid(entropy_srcs=[segment_uid, "name"]),
+                                                     identifier=f"{finding.level} vertebra"),
+        referenced_region=name_region(outline, series),
+        finding_type=VERTEBRA,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=vertebra_code(finding.level))],
+        algorithm_id=algorithm,
+        qualitative_evaluations=_lesion_evaluations(finding),
     )
 
 
@@ -228,8 +285,9 @@ def build_sr(series: CTSeries, seg: Dataset | None, findings: list[VertebraFindi
         segments = _segments(seg)
         ordered = sorted(findings, key=lambda f: f.segment_number)
         groups = [measurement_group(f, _check_finding(f, segments, seg), seg, series, algorithm) for f in ordered]
-        groups += [outline_group(f, segments[f.segment_number], outlines[f.label], series, algorithm)
-                   for f in ordered if outlines and f.label in outlines]
+        outlined = [f for f in ordered if outlines and f.label in outlines]
+        groups += [outline_group(f, segments[f.segment_number], outlines[f.label], series, algorithm) for f in outlined]
+        groups += [name_group(f, segments[f.segment_number], outlines[f.label], series, algorithm) for f in outlined]
     if comment:
         add_comment(groups[0], comment)
     report = hd.sr.MeasurementReport(
