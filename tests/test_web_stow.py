@@ -122,7 +122,7 @@ def test_stow_survives_sigkill_mid_request_without_losing_an_acknowledged_instan
     url = f"http://127.0.0.1:{http_port}/dicom-web/studies"
     try:
         node.start(timeout=180)  # a loaded machine: the worker's model load is slow
-        wait_until(lambda: _dashboard_up(http_port), 60, "the node's dashboard")
+        wait_until(lambda: _dashboard_up(http_port), 180, "the node's dashboard")
         answer = httpx.post(url, content=multipart([p.read_bytes() for p in first_paths]),
                             headers={"Content-Type": CONTENT_TYPE}, timeout=120)
         assert answer.status_code == 200
@@ -160,6 +160,6 @@ def test_stow_survives_sigkill_mid_request_without_losing_an_acknowledged_instan
         instances = {i.sop_instance_uid: i for i in store.series_instances(str(first[0].SeriesInstanceUID))}
         for uid in acknowledged:
             assert uid in instances and instances[uid].path.exists()
-        wait_until(lambda: _dashboard_up(http_port), 90, "the restarted node's dashboard")
+        wait_until(lambda: _dashboard_up(http_port), 180, "the restarted node's dashboard")
     finally:
         node.stop()
