@@ -67,8 +67,9 @@ def echo(port: int, called: str, calling: str = "ECHOSCU") -> bool:
 
 
 def node_environment(**variables: str) -> dict[str, str]:
-    """This process's environment without any SPINE_NODE_* variable, plus ``variables``."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("SPINE_NODE_")}, **variables}
+    """This process's environment without any SPINE_NODE_* variable, plus ``variables`` (dashboard off unless given)."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SPINE_NODE_")}
+    return {**base, "SPINE_NODE_HTTP_PORT": "0", **variables}
 
 
 def start_node(env: dict[str, str], log: Path, cwd: Path | None = None) -> subprocess.Popen:

@@ -19,8 +19,13 @@ from support.waiting import wait_until
 
 
 def node_environment(**variables: str) -> dict[str, str]:
-    """This process's environment without any SPINE_NODE_* variable, plus ``variables``."""
-    return {**{k: v for k, v in os.environ.items() if not k.startswith("SPINE_NODE_")}, **variables}
+    """This process's environment without any SPINE_NODE_* variable, plus ``variables``.
+
+    The dashboard is off unless a test asks for it (``SPINE_NODE_HTTP_PORT``): nodes of
+    parallel tests would all reach for its default port.
+    """
+    base = {k: v for k, v in os.environ.items() if not k.startswith("SPINE_NODE_")}
+    return {**base, "SPINE_NODE_HTTP_PORT": "0", **variables}
 
 
 class NodeProcess:
