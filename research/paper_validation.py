@@ -103,18 +103,24 @@ def cohen_kappa(truth: list[str], predicted: list[str], classes: tuple[str, ...]
 
 
 def lesion_agreement(scores: list[VertebraScore]) -> dict | None:
-    """Confusion (rows truth, columns predicted; ``missed`` when no class was given) and Cohen's kappa."""
+    """Confusion (rows truth, columns predicted; ``missed`` when no class was given) and Cohen's kappa.
+
+    A classifier may answer outside the four classes (e.g. ``indeterminate``): such answers get
+    their own column and count as disagreement in kappa.
+    """
     rows = [r for r in scores if r.lesion in LESION_CLASSES and r.lesion_predicted is not None]
     missed = [r for r in scores if r.lesion in LESION_CLASSES and r.lesion_predicted is None]
     if not rows and not missed:
         return None
-    matrix = {t: {p: 0 for p in (*LESION_CLASSES, "missed")} for t in LESION_CLASSES}
+    extra = sorted({r.lesion_predicted for r in rows} - set(LESION_CLASSES))
+    columns = (*LESION_CLASSES, *extra, "missed")
+    matrix = {t: {p: 0 for p in columns} for t in LESION_CLASSES}
     for r in rows:
         matrix[r.lesion][r.lesion_predicted] += 1
     for r in missed:
         matrix[r.lesion]["missed"] += 1
-    return {"matrix": matrix, "kappa": cohen_kappa([r.lesion for r in rows], [r.lesion_predicted for r in rows]),
-            "n": len(rows), "missed": len(missed)}
+    kappa = cohen_kappa([r.lesion for r in rows], [r.lesion_predicted for r in rows], (*LESION_CLASSES, *extra))
+    return {"matrix": matrix, "columns": list(columns), "kappa": kappa, "n": len(rows), "missed": len(missed)}
 
 
 def compare(a: list[VertebraScore], b: list[VertebraScore], name_a: str = "A", name_b: str = "B") -> dict:
@@ -264,10 +270,10 @@ def format_validation(report: dict) -> str:
     lesions = report.get("lesions")
     if lesions:
         lines.append("lesion classes (rows truth, columns predicted):")
-        columns = (*LESION_CLASSES, "missed")
-        lines.append(f"{'':<9}" + "".join(f"{c:>9}" for c in columns))
+        columns = lesions["columns"]
+        lines.append(f"{'':<9}" + "".join(f"{c:>14}" for c in columns))
         for truth, row in lesions["matrix"].items():
-            lines.append(f"{truth:<9}" + "".join(f"{row[c]:>9}" for c in columns))
+            lines.append(f"{truth:<9}" + "".join(f"{row[c]:>14}" for c in columns))
         kappa = lesions["kappa"]
         lines.append(f"Cohen's kappa {kappa:.3f} over {lesions['n']} vertebrae" if not math.isnan(kappa)
                      else f"Cohen's kappa undefined (one class only) over {lesions['n']} vertebrae")

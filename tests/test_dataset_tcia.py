@@ -199,6 +199,17 @@ def test_a_seg_frame_off_the_ct_slices_is_refused_for_geometry(collection, tmp_p
     assert _refused(_import(root, tmp_path)) == {cases[0].name: "seg_geometry"}
 
 
+def test_a_seg_without_its_frame_sequences_is_refused_as_unreadable_and_the_other_case_imported(collection, tmp_path):
+    root, cases = _copy(collection, tmp_path)
+    path = _seg_path(root, cases[1].name)
+    seg = pydicom.dcmread(path)
+    del seg.PerFrameFunctionalGroupsSequence
+    seg.save_as(path)
+    report = _import(root, tmp_path)
+    assert _refused(report) == {cases[1].name: "unreadable"}
+    assert report["imported"]["cases"] == 1
+
+
 def test_a_collection_where_every_case_is_refused_writes_nothing_and_says_why(collection, tmp_path):
     root, cases = _copy(collection, tmp_path)
     for case in cases:

@@ -58,6 +58,17 @@ def test_lesion_agreement_counts_missed_vertebrae_apart():
     assert agreement["matrix"]["mixed"]["missed"] == 1 and agreement["n"] == 2 and agreement["missed"] == 1
 
 
+def test_a_classifier_answer_outside_the_four_classes_gets_its_own_column_and_counts_as_disagreement():
+    scores = [VertebraScore("a", "T1", 0.9, lesion="lytic", lesion_predicted="lytic"),
+              VertebraScore("a", "T2", 0.9, lesion="none", lesion_predicted="none"),
+              VertebraScore("a", "T3", 0.9, lesion="none", lesion_predicted="indeterminate")]
+    agreement = lesion_agreement(scores)
+    assert agreement["columns"][-2:] == ["indeterminate", "missed"]
+    assert agreement["matrix"]["none"]["indeterminate"] == 1
+    assert 0 < agreement["kappa"] < 1
+    assert "indeterminate" in format_validation(validation_report(scores, {"name": "m"}))
+
+
 def test_compare_pairs_vertebrae_and_finds_a_consistent_gain_significant():
     rng = np.random.default_rng(0)
     base = rng.uniform(0.85, 0.95, 40)

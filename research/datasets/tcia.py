@@ -135,7 +135,7 @@ def import_collection(collection: Path | str, workbook: Path | str | None, out: 
     try:
         for folder in sorted(p for p in collection.iterdir() if p.is_dir() and not p.name.startswith(".")):
             try:
-                case, image, labels = read_case(folder, book, seen_series)
+                case, image, labels = _read_case_or_refuse(folder, book, seen_series)
                 writer.add(case, image, labels)
                 log(f"{case.case_id}: {len(case.levels)} vertebrae {case.levels[0]}-{case.levels[-1]}, "
                     f"lesions: {_lesion_text(case)}")
@@ -160,6 +160,17 @@ def _rows_without_case(book: Workbook, cases: list[ImportedCase], refusals: list
     known = {c.case_id for c in cases} | {c.source for c in cases} | {r.case for r in refusals}
     known |= {c.patient_id for c in cases}
     return [f"workbook rows for {name!r} match no case folder" for name in book.rows if name not in known]
+
+
+def _read_case_or_refuse(folder: Path, book: Workbook | None, seen_series: dict[str, str]):
+    """``read_case``, with a malformed object (missing attributes, undecodable pixels) refused as unreadable."""
+    try:
+        return read_case(folder, book, seen_series)
+    except CaseRefused:
+        raise
+    except (AttributeError, KeyError, IndexError, TypeError, ValueError, RuntimeError) as exc:
+        raise CaseRefused(folder.name, "unreadable", f"a DICOM object of the case is malformed "
+                          f"({type(exc).__name__}: {str(exc)[:120]})") from None
 
 
 def read_case(folder: Path, book: Workbook | None, seen_series: dict[str, str] | None = None
