@@ -19,6 +19,22 @@ get no lesion call. 1 mm series are interpolated from 1.5 / 2 mm sources (reslic
 
     .venv/bin/python benchmarks/lesion_real_bone.py [--reps 3] [--seed 0] [--thicknesses 1,2,3]
         [--json out.json] [--thresholds '{"call_z": 4}'] [--scans thorax,crop-l2-l4,t11-t12]
+
+Measured with the default thresholds, ``--reps 3 --seed 1`` (seed 0 was used to set them;
+seed 1 draws new lesions in the same 11 whole vertebrae: L3 and ten thoracic bodies),
+lesions 10-16 mm (mixed: two balls of 10-13 mm), lytic -10..50 HU, blastic 450..900 HU:
+
+    slices  sens lytic  blastic  mixed   spec    normal indeterminate   lesions  normals  cut: calls
+    1 mm       63.6 %    93.9 %  81.8 %  100 %    9.1 % (1 of 11)         99       11       0/4
+    2 mm       66.7 %    97.0 %  78.8 %  100 %    9.1 %                   99       11       0/4
+    3 mm       57.6 %   100.0 %  66.7 %  100 %    9.1 %                   99       11       0/4
+
+Per scan, lytic: the thorax 70.0 / 73.3 / 63.3 %, the lumbar L3 0 % at every thickness (its
+bone reads ~55 HU: a soft-tissue lesion is nearly isodense; the rule does not call it, by
+design). The lytic misses in the thorax are foci 90-110 HU below the bone (the call needs
+110: normal real bone here has a compact region 100-106 HU below, which must stay no
+lesion) or in small upper thoracic bodies that a 15 mm lesion fills. The targets (85 % per
+class, 95 % specificity) are met for blastic lesions and specificity only.
 """
 from __future__ import annotations
 

@@ -9,8 +9,10 @@ vertebra's own distribution*, at a smoothing scale tied to the scan's noise and 
 1. **No call on a partial vertebra.** A mask that reaches the first or last slice of the
    CT it is given was cut by the scan (callers pass the vertebra's box grown by a margin
    and clipped to the scan): the rest of it, and maybe its lesion, is outside, and the cut
-   face reads like a focus. Too small a body (``min_body_ml``) is the same. Both give
-   ``indeterminate``; the measurements of the visible part are still reported.
+   face reads like a focus. Too small a body (``min_body_ml``) or too small a deep
+   trabecular core (blastic zone under ``min_core_ml``: a mask on cortex or posterior
+   elements, not on a body) is the same. All give ``indeterminate``; the measurements of
+   what is there are still reported (``visible_part_class``).
 2. **Zones** (``zones.py``): surface onto the cortex, body by an opening of
    ``body_opening_mm``, the lytic zone (less ``lytic_shell_mm``) and the blastic zone
    (less ``cortex_mm``, away from the posterior elements by ``elements_margin_mm``), each
@@ -42,10 +44,10 @@ vertebra's own distribution*, at a smoothing scale tied to the scan's noise and 
    reference reading at most ``lytic_max_hu`` (soft tissue), or ``blastic_call_hu`` above
    it reading at least ``blastic_min_hu``; a core ``strong_z`` spreads off (quiet,
    uniform bone) needs only ``strong_thickness_mm`` and ``lytic_delta_hu`` /
-   ``blastic_delta_hu``. A focus is *weak* when it reaches ``weak_focus_mm3``,
-   ``weak_thickness_mm`` and ``weak_z`` only. Evidence of both kinds is mixed, of one kind
-   lytic or blastic; weak evidence alone is ``indeterminate``, never a lesion; nothing is
-   ``none``.
+   ``blastic_delta_hu`` (a hypodense one reading at most ``strong_lytic_max_hu``). A focus
+   is *weak* when it reaches ``weak_focus_mm3``, ``weak_thickness_mm`` and ``weak_z``
+   only. Evidence of both kinds is mixed, of one kind lytic or blastic; weak evidence alone
+   is ``indeterminate``, never a lesion; nothing is ``none``.
 
 Measured on real bone with lesions inserted (``benchmarks/lesion_real_bone.py``): a
 lytic lesion is told from normal bone by its HU below the bone more than by its z-score
@@ -96,7 +98,7 @@ class LesionThresholds:
     elements_margin_mm: float = 6.0  # blastic zone: distance kept from the posterior elements
     lytic_shell_mm: float = 1.0      # lytic zone: shell left out
     min_body_ml: float = 3.0         # a smaller body is too little bone to judge
-    min_anchor_ml: float = 0.5       # a smaller blastic zone (small body) gives way to the body less its cortex
+    min_core_ml: float = 0.5         # a smaller blastic zone (deep trabecular core) is too little bone to judge
     # scale and reference
     smooth_min_mm: float = 1.0       # Gaussian sigma: at least this ...
     smooth_max_mm: float = 3.0       # ... at most this ...
@@ -114,10 +116,11 @@ class LesionThresholds:
     call_thickness_mm: float = 4.0   # ... this thick ...
     call_z: float = 2.0              # ... its core this many spreads from the reference ...
     lytic_call_hu: float = 110.0     # ... and this many HU below it (hypodense) ...
-    lytic_max_hu: float = 150.0      # ... reading at most this (soft tissue, not bone)
+    lytic_max_hu: float = 100.0      # ... reading at most this (soft tissue, not bone)
     blastic_call_hu: float = 200.0   # ... or this many HU above it (hyperdense, and above blastic_min_hu)
     strong_z: float = 4.0            # a core this many spreads off needs only the deltas above ...
-    strong_thickness_mm: float = 2.5  # ... and this thickness
+    strong_thickness_mm: float = 2.5  # ... and this thickness, a hypodense core reading at most
+    strong_lytic_max_hu: float = 150.0  # ... this
     # weak evidence: indeterminate
     weak_focus_mm3: float = 20.0     # this large ...
     weak_thickness_mm: float = 2.5   # ... this thick ...
@@ -134,7 +137,8 @@ class LesionThresholds:
                 raise LesionConfigError(f"lesion threshold {name} must be positive, got {getattr(self, name)}")
         for name in ("cortex_mm", "margin_voxels", "elements_margin_mm", "lytic_shell_mm", "smooth_min_mm",
                      "lytic_delta_hu", "blastic_delta_hu", "min_body_ml", "voxel_z", "call_thickness_mm",
-                     "lytic_call_hu", "blastic_call_hu", "min_anchor_ml", "strong_z", "strong_thickness_mm",
+                     "lytic_call_hu", "blastic_call_hu", "min_core_ml", "strong_z", "strong_thickness_mm",
+                     "strong_lytic_max_hu",
                      "weak_thickness_mm"):
             if getattr(self, name) < 0:
                 raise LesionConfigError(f"lesion threshold {name} must not be negative, got {getattr(self, name)}")
@@ -249,16 +253,32 @@ class ThresholdClassifier:
                                       smooth, raw, spacing, sigma_mm, t)
         features.update(_focus_features(reference, spread, lytic_below, blastic_above, hypo, hyper))
         kind = _decide(hypo, hyper)
-        if partial or features["body_ml"] < t.min_body_ml:
+        why = _no_call(partial, features, t)
+        if why:
             features["visible_part_class"] = kind
             kind = "indeterminate"
-            why = ("partial vertebra: cut by the first or last slice of the scan" if partial
-                   else f"too little bone: body {features['body_ml']:g} ml, below {t.min_body_ml:g} ml")
             features["reason"] = f"{why}; no lesion call (the visible part reads {features['visible_part_class']})"
         else:
             features["reason"] = _reason(kind, hypo, hyper, features, t)
         features["thresholds"] = asdict(t)
         return LesionFinding(kind, features)
+
+
+def _no_call(partial: bool, features: dict, t: LesionThresholds) -> str | None:
+    """Why this vertebra gets no lesion call whatever it shows, or None.
+
+    Cut by the scan; too small a body; or too small a deep trabecular core (blastic zone):
+    a mask that is not on a vertebral body (cortex, posterior elements, a misplaced label)
+    has no such core, and its dense bone would pass for sclerosis.
+    """
+    if partial:
+        return "partial vertebra: cut by the first or last slice of the scan"
+    if features["body_ml"] < t.min_body_ml:
+        return f"too little bone: body {features['body_ml']:g} ml, below {t.min_body_ml:g} ml"
+    if features["blastic_zone_ml"] < t.min_core_ml:
+        return (f"too little trabecular bone to judge (core {features['blastic_zone_ml']:g} ml, below "
+                f"{t.min_core_ml:g} ml): the mask may not lie on a vertebral body")
+    return None
 
 
 def smoothing_sigma_mm(noise_hu: float | None, spacing, t: LesionThresholds) -> float:
@@ -338,7 +358,7 @@ def _judge(side: str, zones: dict, reference_zone: np.ndarray, smooth: np.ndarra
 
     Hypodense foci are outlined in the lytic zone. Hyperdense ones are outlined in the body
     less its cortex shell and count only when their centre (deepest voxel) lies in the
-    blastic zone (``_blastic_zone``): a focus centred at the pedicle roots is that dense
+    blastic zone: a focus centred at the pedicle roots is that dense
     bone, not a lesion, while a lesion near them is still measured whole.
 
     Measured three times. The first outlines a *seed* with a looser voxel threshold
@@ -356,7 +376,7 @@ def _judge(side: str, zones: dict, reference_zone: np.ndarray, smooth: np.ndarra
         if side == "hypodense":
             zone = centre_zone = zones["lytic"]
         else:
-            zone, centre_zone = zones["reference"], _blastic_zone(zones, spacing, t)
+            zone, centre_zone = zones["reference"], zones["blastic"]
         candidates = zone & ((smooth < threshold) if side == "hypodense" else (smooth > threshold))
         focus = _best_focus(candidates, centre_zone, (smooth - reference) / spread, smooth, raw, spacing, reference,
                             spread, t)
@@ -365,15 +385,6 @@ def _judge(side: str, zones: dict, reference_zone: np.ndarray, smooth: np.ndarra
             break
         excluded = region
     return focus, threshold
-
-
-def _blastic_zone(zones: dict, spacing, t: LesionThresholds) -> np.ndarray:
-    """Where hyperdense foci are outlined: the blastic zone, or in a small body whose blastic zone is under
-    ``min_anchor_ml`` (too narrow to hold a 10 mm lesion), the body less its cortex shell."""
-    voxel_ml = float(np.prod(spacing)) / 1000
-    if zones["blastic"].sum() * voxel_ml >= t.min_anchor_ml:
-        return zones["blastic"]
-    return zones["reference"] if zones["reference"].any() else zones["lytic"]
 
 
 def _region(focus: Focus | None, spacing, sigma_mm: float, t: LesionThresholds) -> np.ndarray | bool:
@@ -452,12 +463,15 @@ def _contrast_enough(core_hu: float, reference: float, core_z: float, t: LesionT
 
     ``lytic_call_hu`` / ``blastic_call_hu`` below / above it; or, where the core stands
     ``strong_z`` spreads off (quiet, uniform bone), the smaller ``lytic_delta_hu`` /
-    ``blastic_delta_hu``. A hypodense core must also read ``lytic_max_hu`` or less, a
-    hyperdense one ``blastic_min_hu`` or more.
+    ``blastic_delta_hu``. A hypodense core must also read ``lytic_max_hu`` or less
+    (``strong_lytic_max_hu`` in quiet bone): a tumour is soft tissue, and normal bone only
+    *looks* hypodense where a blastic lesion has raised the reference. A hyperdense core
+    must read ``blastic_min_hu`` or more.
     """
     if core_hu < reference:
-        needed = t.lytic_delta_hu if core_z >= t.strong_z else t.lytic_call_hu
-        return reference - core_hu >= needed and core_hu <= t.lytic_max_hu
+        if core_z >= t.strong_z:
+            return reference - core_hu >= t.lytic_delta_hu and core_hu <= t.strong_lytic_max_hu
+        return reference - core_hu >= t.lytic_call_hu and core_hu <= t.lytic_max_hu
     needed = t.blastic_delta_hu if core_z >= t.strong_z else t.blastic_call_hu
     return core_hu - reference >= needed and core_hu >= t.blastic_min_hu
 
