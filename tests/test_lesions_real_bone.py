@@ -184,3 +184,17 @@ def test_indeterminate_is_coded_as_such_and_never_as_a_bony_metastasis():
     assert all(metastasis_value(k) == PRESENT for k in LESION_KINDS)
     with pytest.raises(ValueError, match="is not one of"):
         metastasis_value("maybe")
+
+
+def test_a_mask_on_dense_bone_without_a_trabecular_core_gets_no_lesion_call():
+    # a label on cortex / posterior elements (as a model trained on phantoms puts on a real chest CT): a dense
+    # plate 7 mm thick, no deep trabecular core; its dense bone must not pass for a blastic lesion
+    rng = np.random.default_rng(2)
+    hu = rng.normal(40, 20, (30, 60, 60)).astype(np.float32)
+    mask = np.zeros(hu.shape, bool)
+    mask[5:25, 10:50, 27:34] = True
+    hu[mask] = rng.normal(250, 30, int(mask.sum()))
+    hu[12:18, 25:35, 28:33] = 800.0
+    finding = ThresholdClassifier().classify(hu, mask, (1.0, 1.0, 1.0), 20.0)
+    assert finding.kind == "indeterminate", finding.features["reason"]
+    assert finding.features["reason"].startswith(("too little trabecular bone", "too little bone"))
