@@ -70,3 +70,22 @@ def test_the_real_verse_crop_imports_as_l2_to_l4_on_its_own_grid(tmp_path):
     assert written.GetSize() == ct.GetSize() and np.allclose(written.GetDirection(), ct.GetDirection())
     labels = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "out" / "labelsTr" / "sub-ct_label-22.nii.gz")))
     assert set(np.unique(labels)) == {0, LEVELS.index("L2") + 1, LEVELS.index("L3") + 1, LEVELS.index("L4") + 1}
+
+
+def test_imported_datasets_combine_into_one_and_a_case_in_two_of_them_is_refused_once(tmp_path):
+    import csv
+
+    from research.datasets.raw import combine
+
+    _subject(tmp_path / "v1", "sub-a", [16, 17])
+    _subject(tmp_path / "v2", "sub-b", [20])
+    _subject(tmp_path / "v2", "sub-a", [16])
+    import_verse(tmp_path / "v1", tmp_path / "d1", log=lambda *_: None)
+    import_verse(tmp_path / "v2", tmp_path / "d2", log=lambda *_: None)
+    report = combine([tmp_path / "d1", tmp_path / "d2"], tmp_path / "all", log=lambda *_: None)
+    assert report["imported"]["cases"] == 2 and report["imported"]["vertebrae"] == 3
+    assert [(r["case"], r["code"]) for r in report["refused"]] == [("sub-a", "duplicate_case")]
+    with open(tmp_path / "all" / "lesions.csv", newline="") as handle:
+        assert {(r["case"], r["level"], r["class"]) for r in csv.DictReader(handle)} == \
+            {("sub-a", "T9", "unknown"), ("sub-a", "T10", "unknown"), ("sub-b", "L1", "unknown")}
+    assert sorted(p.name for p in (tmp_path / "all" / "labelsTr").iterdir()) == ["sub-a.nii.gz", "sub-b.nii.gz"]

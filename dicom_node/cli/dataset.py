@@ -3,6 +3,7 @@
 * ``import-tcia COLLECTION --lesions WORKBOOK.xlsx --out DATASET``  Spine-Mets-CT-SEG (CT + DICOM SEG)
 * ``import-verse FOLDER --out DATASET``                             VerSe NIfTI
 * ``import-totalseg FOLDER --out DATASET [--convention ...]``       TotalSegmentator-convention NIfTI
+* ``combine DATASET... --out DATASET``                               several imported datasets as one
 * ``tcia-phantoms --out COLLECTION --n N``                          a TCIA-shaped phantom collection
 
 Each import prints one line per case (imported, or refused with the reason), then the
@@ -37,6 +38,10 @@ def add_parser(sub) -> None:
     s.add_argument("--convention", default="totalsegmentator", choices=("totalsegmentator", "totalsegmentator-vertebrae"),
                    help="ids of a single label map: the merged 'total' output, or the Dataset292 vertebrae model")
     s.set_defaults(handler=cmd_import_totalseg)
+    c = dsub.add_parser("combine", help="one dataset from several imported ones (all in the paper's label map)")
+    c.add_argument("datasets", nargs="+", type=Path)
+    c.add_argument("--out", required=True, type=Path)
+    c.set_defaults(handler=cmd_combine)
     ph = dsub.add_parser("tcia-phantoms", help="write a TCIA-shaped collection of phantoms (CT + SEG + .xlsx)")
     ph.add_argument("--out", required=True, type=Path)
     ph.add_argument("--n", type=int, default=4)
@@ -72,6 +77,12 @@ def cmd_import_totalseg(args: argparse.Namespace) -> int:
     from research.datasets.totalseg import import_totalseg
 
     return _finish(import_totalseg(args.folder, args.out, args.convention))
+
+
+def cmd_combine(args: argparse.Namespace) -> int:
+    from research.datasets.raw import combine
+
+    return _finish(combine(args.datasets, args.out))
 
 
 def cmd_tcia_phantoms(args: argparse.Namespace) -> int:

@@ -109,6 +109,15 @@ class RawDatasetWriter:
         sitk.WriteImage(labels, str(self.staging / "labelsTr" / f"{case.case_id}.nii.gz"), useCompression=True)
         self.cases.append(case)
 
+    def add_files(self, case: ImportedCase, image: Path, labels: Path) -> None:
+        """Add a case already written by an importer (its two NIfTI files are copied, not re-encoded)."""
+        if self.has_case(case.case_id):
+            raise CaseRefused(case.case_id, "duplicate_case",
+                              f"the case is given twice ({case.source}); the first one was kept")
+        shutil.copy2(image, self.staging / "imagesTr" / f"{case.case_id}_0000.nii.gz")
+        shutil.copy2(labels, self.staging / "labelsTr" / f"{case.case_id}.nii.gz")
+        self.cases.append(case)
+
     def refuse(self, refusal: Refusal) -> None:
         self.refusals.append(refusal)
 
@@ -205,3 +214,30 @@ def format_report(report: dict) -> str:
     for refusal in report.get("refused", []):
         lines.append(f"refused {refusal['case']} [{refusal['code']}]: {refusal['reason']}")
     return "\n".join(lines)
+
+
+def combine(datasets: list[Path | str], out: Path | str, log=print) -> dict:
+    """One raw dataset from several imported ones (all in the paper's map); a case id given twice is refused.
+
+    The lesion table keeps each source's classes (``unknown`` for VerSe and TotalSegmentator
+    cases), so the paper's lesion figures count only the cases that have them.
+    """
+    writer = RawDatasetWriter(out, "SpineCombined", "combined by spine-node dataset combine")
+    try:
+        for dataset in map(Path, datasets):
+            cases_file = dataset / "cases.json"
+            if not cases_file.is_file():
+                raise DatasetError(f"{dataset}: no cases.json (not a dataset written by spine-node dataset import-*)")
+            for record in json.loads(cases_file.read_text()):
+                case = ImportedCase(**record)
+                try:
+                    writer.add_files(case, dataset / "imagesTr" / f"{case.case_id}_0000.nii.gz",
+                                     dataset / "labelsTr" / f"{case.case_id}.nii.gz")
+                    log(f"{case.case_id}: from {dataset.name}")
+                except CaseRefused as refused:
+                    writer.refuse(Refusal(refused.case, str(dataset), refused.code, refused.reason))
+                    log(f"refused {refused}")
+        return writer.finish({"source": "combined", "datasets": [str(d) for d in datasets]})
+    except BaseException:
+        writer.abandon()
+        raise
