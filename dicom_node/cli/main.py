@@ -231,7 +231,8 @@ def _evaluate_parser(sub) -> None:
                    help="unlabelled CTs: DICOM folders (every series in them) or image files")
     p.add_argument("--qc-dir", type=Path,
                    help="unlabelled: folder of the QC pictures (default: next to --json, else ./spine-node-qc)")
-    p.add_argument("--convention", default="auto", choices=("auto", "paper", "verse", "totalsegmentator"),
+    p.add_argument("--convention", default="auto",
+                   choices=("auto", "paper", "verse", "totalsegmentator", "totalsegmentator-vertebrae"),
                    help="numbering of the reference labels")
     p.add_argument("--json", type=Path, help="also write the report as JSON here")
     p.add_argument("--device", default="auto")
