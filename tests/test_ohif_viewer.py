@@ -41,7 +41,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.peer]
 
 ARTIFACTS = REPO / "build" / "test-artifacts" / "ohif"
 PHANTOM = dict(seed=100000, fov="lumbar", spacing=(3.0, 1.5, 1.5), matrix=192)  # 72 slices of 192x192
-LOAD_TIMEOUT_MS = 120_000
+LOAD_TIMEOUT_MS = 300_000  # generous: on a shared 2-core machine software WebGL and OHIF's loading crawl
 BROWSER_ARGS = ["--no-sandbox", "--disable-dev-shm-usage", "--use-gl=swiftshader", "--enable-unsafe-swiftshader",
                 "--ignore-gpu-blocklist"]  # no GPU here: WebGL on the CPU, as Cornerstone3D needs it
 TOUR_SHOWN = "localStorage.setItem('shownTours', JSON.stringify(['basicViewerTour']))"
@@ -112,6 +112,7 @@ def page(viewer, processed):
         browser = playwright.chromium.launch(executable_path=program, args=BROWSER_ARGS)
         try:
             page = browser.new_page(viewport={"width": 1600, "height": 1000})
+            page.set_default_timeout(LOAD_TIMEOUT_MS)  # every click and wait, not only the loads
             page.errors = []  # console errors and uncaught exceptions, as the test reports them
             page.on("console", lambda m: page.errors.append(f"console.{m.type}: {m.text}")
                     if m.type == "error" or "skipping annotation" in m.text else None)
