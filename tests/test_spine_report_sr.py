@@ -49,3 +49,12 @@ def test_the_spine_report_sr_is_valid_apart_from_its_declared_private_codes(repo
     errors = [m for m in dciodvfy_messages(path) if m.startswith("Error")]
     assert errors == []
     assert pydicom.dcmread(path).Modality == "SR"
+
+
+def test_the_reports_private_codes_mean_one_thing_each_in_the_scheme():
+    from pipelines.outputs import codes
+    from pipelines.outputs.report_items import PRIVATE_CODES
+
+    others = [codes.LESION_TYPE, *codes.LESION_CODES.values()]
+    values = [c.value for c in [*PRIVATE_CODES, *others]]
+    assert len(values) == len(set(values))

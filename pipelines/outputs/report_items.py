@@ -20,13 +20,13 @@ MEDIAN = CodedConcept.from_code(codes.SCT.Median)           # 373099004 SCT
 MILLIMETRE = CodedConcept.from_code(codes.UCUM.Millimeter)
 PERCENT = CodedConcept.from_code(codes.UCUM.Percent)
 NO_UNIT = CodedConcept("1", "UCUM", "no units")
-POSITIONS = {"anterior": CodedConcept("VML-011", PRIVATE_SCHEME, "Anterior vertebral body height"),
-             "middle": CodedConcept("VML-012", PRIVATE_SCHEME, "Middle vertebral body height"),
-             "posterior": CodedConcept("VML-013", PRIVATE_SCHEME, "Posterior vertebral body height")}
-HEIGHT_LOSS = CodedConcept("VML-014", PRIVATE_SCHEME, "Vertebral body height loss")
-GENANT_GRADE = CodedConcept("VML-015", PRIVATE_SCHEME, "Genant semi-quantitative fracture grade")
-LESION_VOLUME = CodedConcept("VML-016", PRIVATE_SCHEME, "Metastatic lesion volume")
-SINS_PARTIAL = CodedConcept("VML-017", PRIVATE_SCHEME, "SINS partial score (CT components)")
+POSITIONS = {"anterior": CodedConcept("VML-101", PRIVATE_SCHEME, "Anterior vertebral body height"),
+             "middle": CodedConcept("VML-102", PRIVATE_SCHEME, "Middle vertebral body height"),
+             "posterior": CodedConcept("VML-103", PRIVATE_SCHEME, "Posterior vertebral body height")}
+HEIGHT_LOSS = CodedConcept("VML-104", PRIVATE_SCHEME, "Vertebral body height loss")
+GENANT_GRADE = CodedConcept("VML-105", PRIVATE_SCHEME, "Genant semi-quantitative fracture grade")
+LESION_VOLUME = CodedConcept("VML-106", PRIVATE_SCHEME, "Metastatic lesion volume")
+SINS_PARTIAL = CodedConcept("VML-107", PRIVATE_SCHEME, "SINS partial score (CT components)")
 PRIVATE_CODES = [*POSITIONS.values(), HEIGHT_LOSS, GENANT_GRADE, LESION_VOLUME, SINS_PARTIAL]
 
 
