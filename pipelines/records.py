@@ -87,7 +87,7 @@ class VertebraFinding:
     voxels: int
     volume_ml: float
     mean_hu: float
-    lesion: str = "none"       # "none" | "lytic" | "blastic" | "mixed"
+    lesion: str = "none"       # "none" | "lytic" | "blastic" | "mixed" | "indeterminate" (no call made)
     features: dict[str, object] = field(default_factory=dict)  # numbers, the reason, the thresholds used
     segment_number: int = 0    # set by the SEG writer (1-based, in head-to-feet order)
     measurements: dict[str, object] = field(default_factory=dict)  # the spine report (pipelines.measure)

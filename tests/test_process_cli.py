@@ -18,6 +18,8 @@ import numpy as np
 import pydicom
 import pytest
 
+from pipelines.lesions import LESION_CLASSES
+
 from dicom_node.cli.main import main
 from research.phantoms.generator import make_phantom
 from research.phantoms.dicom import write_dicom_series
@@ -77,7 +79,7 @@ def test_a_phantom_series_gets_a_seg_an_sr_and_a_summary_that_agree(run):
     assert summary["vertebrae"], "the demo model finds lumbar vertebrae on a lumbar phantom"
     described = {d.SegmentNumber: d.SegmentLabel for d in seg.SegmentSequence}
     for v in summary["vertebrae"]:
-        assert v["lesion"] in {"none", "lytic", "blastic", "mixed"} and v["lesion_features"]
+        assert v["lesion"] in LESION_CLASSES and v["lesion_features"]
         assert v["level"] in described[v["segment_number"]]
     assert seg.StudyInstanceUID == sr.StudyInstanceUID == summary["study_instance_uid"]
     assert summary["seg_sop_instance_uid"] == seg.SOPInstanceUID and summary["sr_sop_instance_uid"] == sr.SOPInstanceUID

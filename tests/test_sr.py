@@ -93,7 +93,8 @@ def test_highdicom_finds_one_measurement_group_per_vertebra_with_its_segment_and
         assert math.isclose(mean_hu.value, finding.mean_hu, rel_tol=1e-9)
         evaluations = {(q.name.value, q.name.scheme_designator): q.value for q in group.get_qualitative_evaluations()}
         assert evaluations[("VML-001", PRIVATE_SCHEME)] == LESION_CODES[finding.lesion]
-        assert evaluations[("94222008", "SCT")].value == ("272519000" if finding.lesion == "none" else "52101004")
+        present = {"none": "272519000", "indeterminate": "82334004"}.get(finding.lesion, "52101004")
+        assert evaluations[("94222008", "SCT")].value == present  # Absent, Indeterminate, else Present
 
 
 @pytest.mark.peer
