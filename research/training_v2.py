@@ -32,7 +32,8 @@ RECIPE_V2 = DemoRecipe(
 
 STEPS_V2: list[dict] = [
     {},
-    {"epochs": 40, "initial_lr": 5e-4, "warm_start": "previous"},
+    {"epochs": 16, "initial_lr": 5e-4, "warm_start": "previous"},
+    {"epochs": 12, "initial_lr": 3e-4, "warm_start": "previous"},
 ]
 """The training steps: each a change of RECIPE_V2; "previous" warm-starts from the step before's final
 checkpoint. The shipped run chose each step's epochs with a time budget (--budget-min) on shared cores;
