@@ -184,7 +184,11 @@ def test_postgresql_outage_leaves_no_orphan_file_and_one_log_line(request, tmp_p
     server = start_scp(ScpSettings("SPINENODE", LOOPBACK, port), receiver)
     series = save(ct_datasets(volume(slices=9), name="pg-outage"), tmp_path / "series")
     key = str(pydicom.dcmread(series[0], stop_before_pixels=True).SeriesInstanceUID)
-    loop = Loop("completion", lambda: complete_series(store, 30), interval_s=0.2)
+    def completion_step():  # as the node's: the SCP's unwritten marks hold their series too
+        receiver.flush_marks()
+        return complete_series(store, 30, extra_marks=receiver.unwritten_marks())
+
+    loop = Loop("completion", completion_step, interval_s=0.2)
     caplog.set_level(logging.INFO, logger="dicom_node.runtime.node")
     try:
         assert send_c_store(port, series[:3]) == [0] * 3
