@@ -59,9 +59,9 @@ demo-model: setup
 	$(VENV)/bin/spine-node train-demo --workdir spine-node-data/train-demo --out models/spine-phantom-demo
 
 # The v2 recipe (issue 12): phantoms v2 (real VerSe shapes; needs ../shared/data), 2 mm, warm-started from
-# v0.3.0 taken from git history; the shipped v0.4.0 ran with --budget-min (see its manifest).
+# v0.3.0 taken from git history. Not shipped (README): the bundle goes to spine-node-data, not models/.
 demo-model-v2: setup
-	$(PY) -m research.training_v2 --workdir spine-node-data/train-demo-v2 --out models/spine-phantom-demo
+	$(PY) -m research.training_v2 --workdir spine-node-data/train-demo-v2 --out spine-node-data/spine-phantom-demo-v2
 
 benchmark: setup
 	$(PY) benchmarks/inference_cpu.py

@@ -150,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     """Render, preprocess and train every step of the v2 recipe; write the bundle."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workdir", type=Path, default=Path("spine-node-data/train-demo-v2"))
-    parser.add_argument("--out", type=Path, default=Path("models/spine-phantom-demo"))
+    parser.add_argument("--out", type=Path, default=Path("spine-node-data/spine-phantom-demo-v2"))
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--skip-data", action="store_true", help="use the workdir's already preprocessed phantoms")
     parser.add_argument("--start-step", type=int, default=1, help="resume at this step (needs the previous one's checkpoint)")
