@@ -390,7 +390,7 @@ def write_cv_bundle(trained: Path, folds: list[int], bundle_dir: Path, manifest_
     """A bundle of the k fold checkpoints (optimizer state dropped), verified, renamed into place."""
     import torch
 
-    from pipelines.model.bundles import FORMAT, MANIFEST, NNUNET_FOLDER, sha256_of, verify_bundle
+    from pipelines.model.bundles import FORMAT, NNUNET_FOLDER, publish_bundle, sha256_of
 
     bundle_dir = Path(bundle_dir)
     bundle_dir.parent.mkdir(parents=True, exist_ok=True)
@@ -413,13 +413,7 @@ def write_cv_bundle(trained: Path, folds: list[int], bundle_dir: Path, manifest_
                     "nnunet": {"folder": NNUNET_FOLDER, "folds": [str(f) for f in folds],
                                "checkpoint_name": "checkpoint_final.pth", **manifest_fields.get("nnunet", {})},
                     "checkpoints": checkpoints}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        verify_bundle(staging)
-        staging.chmod(0o755)
-        if bundle_dir.exists():
-            shutil.rmtree(bundle_dir)
-        staging.rename(bundle_dir)
-        return bundle_dir
+        return publish_bundle(staging, manifest, bundle_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
 

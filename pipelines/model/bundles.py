@@ -294,12 +294,17 @@ def write_bundle(trained_folder: Path, bundle_dir: Path, fields: dict, fold: str
                     "nnunet": {"folder": NNUNET_FOLDER, "folds": [fold], "checkpoint_name": checkpoint,
                                "trainer": state.get("trainer_name"), "configuration": state.get("init_args", {}).get("configuration")},
                     "checkpoints": {relative: sha256_of(staging / relative)}}
-        (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
-        verify_bundle(staging)
-        staging.chmod(0o755)  # mkdtemp made it 0700: the bundle must be readable by the node's user
-        if bundle_dir.exists():
-            shutil.rmtree(bundle_dir)
-        staging.rename(bundle_dir)
-        return bundle_dir
+        return publish_bundle(staging, manifest, bundle_dir)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+
+
+def publish_bundle(staging: Path, manifest: dict, bundle_dir: Path) -> Path:
+    """Write ``manifest`` into the staged bundle, verify it, and rename it into place (replacing an older one)."""
+    (staging / MANIFEST).write_text(json.dumps(manifest, indent=1) + "\n")
+    verify_bundle(staging)
+    staging.chmod(0o755)  # mkdtemp made it 0700: the bundle must be readable by the node's user
+    if bundle_dir.exists():
+        shutil.rmtree(bundle_dir)
+    staging.rename(bundle_dir)
+    return bundle_dir
