@@ -71,9 +71,17 @@ def send_c_store(port: int, paths: list[Path], calling: str = "SENDER", called: 
     assoc = ae.associate(LOOPBACK, port, ae_title=called)
     assert assoc.is_established, f"no association with {called} on port {port}"
     try:
-        return [int(assoc.send_c_store(path).Status) for path in paths]
+        return [_status(assoc.send_c_store(path)) for path in paths]
     finally:
         assoc.release()
+
+
+NO_RESPONSE = -1
+"""What ``send_c_store`` gives for a C-STORE that got no response (timeout or abort): a status no peer sends."""
+
+
+def _status(response) -> int:
+    return int(response.Status) if "Status" in response else NO_RESPONSE
 
 
 def storescu_command(port: int, files: list[Path], calling: str = "SENDER", called: str = "SPINENODE",
