@@ -57,13 +57,16 @@ def test_series_sent_by_storescu_come_back_as_seg_and_sr_and_sql_tells_the_story
         destination.start()
         wait_until(lambda: not store.pending_deliveries(), 120, "the outputs to be delivered")
         received = {str(ds.SOPInstanceUID): ds for ds in destination.received()}
-        for job in jobs:
-            assert set(job["output_uids"]) <= set(received)
-            assert {o["kind"] for o in job["outputs"]} == {"seg", "sr"}
-            _check_story(store, job["id"], database_url)
-
         phantom_uid = str(pydicom.dcmread(phantom_files[0], stop_before_pixels=True).SeriesInstanceUID)
         phantom_job = next(j for j in jobs if j["series_instance_uid"] == phantom_uid)
+        for job in jobs:
+            assert set(job["output_uids"]) <= set(received)
+            # the demo model's pieces on the 20-slice real crop lie off the spine: an SR saying
+            # "no vertebra found", no SEG (pipelines.model.anatomy); the phantom gets both
+            kinds = {o["kind"] for o in job["outputs"]}
+            assert kinds == {"seg", "sr"} if job is phantom_job else "sr" in kinds and kinds <= {"seg", "sr"}
+            _check_story(store, job["id"], database_url)
+
         seg = next(received[o["sop_instance_uid"]] for o in phantom_job["outputs"] if o["kind"] == "seg")
         assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == phantom_uid
         _check_instances(store, phantom_files, real_files)

@@ -62,7 +62,7 @@ def test_stored_instances_are_on_disk_as_sent_and_in_sql(node, small_series):
         assert row.calling_ae == "SENDER"
         assert row.geometry["position"] == [float(v) for v in original.ImagePositionPatient]
     wait_until(lambda: store.get_series(series_uid).released_at, 10, "the release to be recorded")
-    assert [series_uid] in node.released
+    wait_until(lambda: [series_uid] in node.released, 10, "the node to be told of the release")
 
 
 @pytest.mark.peer

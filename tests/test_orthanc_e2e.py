@@ -62,7 +62,11 @@ COMPREHENSIVE_3D_SR = "1.2.840.10008.5.1.4.1.1.88.34"
 VERTEBRA_CODES = {vertebra_code(level).value for level in LEVELS}
 SMALL_CT = dict(fov="lumbar", spacing=(3.0, 1.5, 1.5), matrix=192)  # 74 slices of 192x192
 RESULT_TIMEOUT = 600  # s: routing, then two inferences one after the other on a shared 2-core CPU
-CASES = ("phantom", pytest.param("real-jpeg2000", marks=pytest.mark.real_data))
+# The real JPEG 2000 series is 20 slices of T11-T12: the demo model's pieces there lie off the
+# spine, so the node answers with an SR saying "no vertebra found" and no SEG, and this module's
+# cases (which follow a SEG and an SR through Orthanc) run on the phantom only. JPEG 2000 stored
+# as sent is pinned by test_node_scp::test_jpeg2000_is_stored_without_decoding.
+CASES = ("phantom",)
 
 
 @dataclass
@@ -282,13 +286,16 @@ def check_sr(sr: pydicom.Dataset, seg: pydicom.Dataset, source: Source) -> None:
             segments[number].SegmentedPropertyTypeCodeSequence[0].CodeValue, "SCT")
         (volume,) = group.get_measurements(name=VOLUME)
         assert volume.unit.value == "ml" and volume.value > 0
-        (mean_hu,) = group.get_measurements(name=ATTENUATION)
+        # the vertebra's mean HU; the spine report adds its trabecular median under the same concept
+        (mean_hu,) = [m for m in group.get_measurements(name=ATTENUATION)
+                      if m.derivation is not None and m.derivation.value == "373098007"]
         assert mean_hu.unit.value == "[hnsf'U]" and math.isfinite(mean_hu.value)
         assert -1024 <= mean_hu.value <= 4000
         evaluations = {q.name.value: q.value for q in group.get_qualitative_evaluations()}
         lesion = evaluations["VML-001"]
         assert lesion in LESION_CODES.values(), lesion
-        metastasis = "272519000" if lesion == LESION_CODES["none"] else "52101004"  # Absent / Present
+        metastasis = ("272519000" if lesion == LESION_CODES["none"]  # Absent
+                      else "82334004" if lesion == LESION_CODES["indeterminate"] else "52101004")  # Indeterminate / Present
         assert evaluations["94222008"].value == metastasis
 
 
