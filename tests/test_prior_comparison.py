@@ -79,3 +79,11 @@ def test_the_node_compares_a_new_study_with_the_patients_prior_one(tmp_path):
     assert "change" not in first and second["change"]["prior"]["study_instance_uid"] == first["study_instance_uid"]
     assert second["change"]["vertebrae"]["L1"]["compared"] is True
     assert first["patient_key"] == second["patient_key"] and "MRN" not in first["patient_key"]
+
+
+def test_the_nodes_patient_secret_is_made_once_and_readable_by_the_node_only(tmp_path):
+    from dicom_node.runtime.node import PATIENT_SECRET_FILE, patient_secret
+
+    first = patient_secret(tmp_path)
+    assert len(bytes.fromhex(first)) == 32 and patient_secret(tmp_path) == first
+    assert (tmp_path / PATIENT_SECRET_FILE).stat().st_mode & 0o077 == 0
