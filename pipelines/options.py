@@ -59,6 +59,9 @@ class PipelineOptions:
     * ``outputs``: the objects written and sent, among ``OUTPUT_KINDS`` (``rtstruct``: RT
       Structure Set, ``sc``: key images, ``pdf``: encapsulated PDF report); the SEG and SR
       are always made (the summary needs them) but written only when listed.
+    * ``seg_variants``: further forms of the SEG to build, each ``(seg_type, all_frames)`` and
+      each with an SR of its own that references it (for callers that send different SEG forms
+      to different places); default none: only ``seg_type`` / ``seg_all_frames``.
     * ``min_slices``: a series with fewer distinct slices is refused.
     * ``lesion_thresholds``: overrides of the lesion classifier's numbers (checked here).
     * ``bone_density_threshold_hu`` and ``bone_density_source``: the L1 (else L2) trabecular
@@ -76,6 +79,7 @@ class PipelineOptions:
     seg_type: str = DEFAULT_SEG_TYPE
     seg_all_frames: bool = DEFAULT_SEG_ALL_FRAMES
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    seg_variants: tuple[tuple[str, bool], ...] = ()
     min_slices: int = DEFAULT_MIN_SLICES
     lesion_thresholds: dict | None = None
     bone_density_threshold_hu: float = DEFAULT_BONE_DENSITY_THRESHOLD_HU
@@ -99,6 +103,7 @@ class PipelineOptions:
         if not isinstance(self.seg_all_frames, bool):
             raise PipelineOptionError(f"seg_all_frames must be true or false, got {self.seg_all_frames!r}")
         self._check_outputs()
+        self._check_seg_variants()
         if isinstance(self.min_slices, bool) or not isinstance(self.min_slices, int) or self.min_slices < 2:
             raise PipelineOptionError(f"min_slices must be a whole number of at least 2, got {self.min_slices!r}")
         self._check_thresholds()
@@ -120,6 +125,22 @@ class PipelineOptions:
         if len(set(outputs)) != len(outputs):
             raise PipelineOptionError(f"outputs {', '.join(outputs)} names one object twice")
         object.__setattr__(self, "outputs", tuple(outputs))  # frozen: a list given becomes the tuple recorded
+
+    def _check_seg_variants(self) -> None:
+        variants = self.seg_variants
+        if isinstance(variants, str) or not isinstance(variants, (tuple, list)):
+            raise PipelineOptionError(f"seg_variants must be a list of (seg_type, all_frames), got {variants!r}")
+        checked = []
+        for variant in variants:
+            if (not isinstance(variant, (tuple, list)) or len(variant) != 2 or variant[0] not in SEG_TYPES
+                    or not isinstance(variant[1], bool)):
+                raise PipelineOptionError(f"SEG variant {variant!r} is not (one of {', '.join(SEG_TYPES)}, "
+                                          "true or false)")
+            checked.append((variant[0], variant[1]))
+        if (self.seg_type, self.seg_all_frames) in checked or len(set(checked)) != len(checked):
+            raise PipelineOptionError(f"seg_variants {checked} repeat a SEG form (the main one is "
+                                      f"{self.seg_type}, all_frames={self.seg_all_frames})")
+        object.__setattr__(self, "seg_variants", tuple(checked))
 
     def _check_thresholds(self) -> None:
         if self.lesion_thresholds is None:

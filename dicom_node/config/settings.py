@@ -17,7 +17,14 @@ SPINE_NODE_PORT            port                   DICOM port (11112)
 SPINE_NODE_ALLOWED_AES     allowed_aes            calling AE titles accepted; empty: any (empty)
 SPINE_NODE_DESTINATIONS    destinations           where outputs go: AE@host:port (C-STORE) and/or
                                                   stow:http://host:port/dicom-web (STOW-RS);
-                                                  empty: back to the calling AE, at its address in peers
+                                                  empty: back to the calling AE, at its address in peers.
+                                                  Each may end with its own profile in [...]: output kinds
+                                                  and binary|labelmap, all-frames|slab, notices|no-notices,
+                                                  e.g. PACS@10.0.0.5:104[seg,sr],RT@h:104[rtstruct,sc,pdf];
+                                                  file: a list of such texts, or [destinations.NAME] tables
+                                                  (address, outputs, seg_type, seg_all_frames, notices).
+                                                  What a destination does not name comes from the settings
+                                                  below; the node builds what any destination takes
 SPINE_NODE_PEERS           [peers] table          host and port of calling AEs, for "back to the caller":
                                                   variable AE@host:port,...; file table AE = "host:port"
 SPINE_NODE_STABLE_AGE      stable_age             seconds without a new instance before a series counts
@@ -33,6 +40,9 @@ SPINE_NODE_SEG_ALL_FRAMES  seg_all_frames         SEG frames for every CT slice,
 SPINE_NODE_OUTPUTS         outputs                objects made and sent: seg, sr, rtstruct (RT structure
                                                   set), sc (key images), pdf (encapsulated PDF, DOC);
                                                   variable comma-separated, file a list (seg,sr)
+SPINE_NODE_NOTICES         notices                a refused series or a failed job gets a small SR in its
+                                                  study, "Not processed" and the reason (true); never for
+                                                  a series of derived objects only (SR, SEG...)
 SPINE_NODE_BONE_DENSITY_THRESHOLD_HU  bone_density_threshold_hu   L1 (else L2) trabecular HU below which the
                                                   report flags low bone density (104)
 SPINE_NODE_BONE_DENSITY_SOURCE  bone_density_source  where that threshold comes from, quoted in every
@@ -102,6 +112,18 @@ current folder. An example file::
     [peers]
     ORTHANC = "10.0.0.5:4242"
     PACS = "pacs.example.org:104"
+
+Destinations with profiles, in the file (instead of the ``destinations`` list)::
+
+    [destinations.pacs]
+    address = "PACS@10.0.0.5:104"
+    outputs = ["seg", "sr"]
+    seg_type = "binary"
+
+    [destinations.planning]
+    address = "RTPLAN@10.0.0.7:104"
+    outputs = ["rtstruct", "sc", "pdf"]
+    notices = false
 """
 from __future__ import annotations
 
@@ -120,6 +142,7 @@ from pipelines.options import (DEFAULT_BONE_DENSITY_SOURCE, DEFAULT_BONE_DENSITY
                                DEFAULT_OUTPUTS, DEFAULT_SEG_ALL_FRAMES, OUTPUT_KINDS)
 
 from dicom_node.config import values as v
+from dicom_node.config.profiles import OutputProfile, needed_outputs, needed_seg_variants
 from dicom_node.config.values import DimsePeer, Invalid, StowDestination
 from dicom_node.errors import ConfigError
 
@@ -154,6 +177,8 @@ class NodeConfig:
     seg_type: str = DEFAULT_SEG_TYPE
     seg_all_frames: bool = DEFAULT_SEG_ALL_FRAMES
     outputs: tuple[str, ...] = DEFAULT_OUTPUTS
+    notices: bool = True                     # "not processed" notices, where a destination does not say
+    destination_profiles: Mapping[str, OutputProfile] = field(default_factory=lambda: MappingProxyType({}))
     lesion_thresholds: Mapping | None = None
     bone_density_threshold_hu: float = DEFAULT_BONE_DENSITY_THRESHOLD_HU
     bone_density_source: str = DEFAULT_BONE_DENSITY_SOURCE
@@ -196,11 +221,31 @@ class NodeConfig:
         peer = self.peers.get((calling_ae or "").strip())
         return [str(peer)] if peer else []
 
+    @property
+    def default_profile(self) -> OutputProfile:
+        """What a destination gets when it names nothing itself (and what the calling AE gets back)."""
+        return OutputProfile(self.outputs, self.seg_type, self.seg_all_frames, self.notices)
+
+    def profile_of(self, destination: str) -> OutputProfile:
+        """The output profile of a destination as ``destinations_for`` names it (the default for a calling AE)."""
+        return self.destination_profiles.get(destination, self.default_profile)
+
+    def profiles(self) -> list[OutputProfile]:
+        """The profile of every place outputs can go: each destination's, or the default for the calling AE."""
+        return [self.profile_of(str(d)) for d in self.destinations] or [self.default_profile]
+
     def pipeline_options(self) -> PipelineOptions:
-        """The pipeline options the configuration asks for (recorded with every job)."""
+        """The pipeline options the configuration asks for (recorded with every job).
+
+        What is built is the union of the destinations' profiles: every kind some destination
+        takes, and each SEG form some destination takes, once (the first one is the primary).
+        """
+        profiles = self.profiles()
+        primary, *variants = needed_seg_variants(profiles, (self.seg_type, self.seg_all_frames))
         return PipelineOptions(model=self.model, device=self.device, step_size=self.step_size,
-                               mirroring=self.mirroring, seg_type=self.seg_type, min_slices=self.min_slices,
-                               seg_all_frames=self.seg_all_frames, outputs=self.outputs,
+                               mirroring=self.mirroring, seg_type=primary[0], min_slices=self.min_slices,
+                               seg_all_frames=primary[1], outputs=needed_outputs(profiles),
+                               seg_variants=tuple(variants),
                                lesion_thresholds=dict(self.lesion_thresholds) if self.lesion_thresholds else None,
                                bone_density_threshold_hu=self.bone_density_threshold_hu,
                                bone_density_source=self.bone_density_source,
@@ -229,7 +274,9 @@ class NodeConfig:
         return [f"config file: {self.source or '(none)'}", f"data dir: {self.data_dir}", f"database: {shown}",
                 f"AE title {self.ae_title} on {self.host}:{self.port}, TLS {'on' if self.tls_enabled else 'off'}",
                 f"allowed calling AEs: {', '.join(self.allowed_aes) or 'any'}",
-                f"destinations: {', '.join(map(str, self.destinations)) or 'back to the calling AE'}",
+                "destinations: " + ("; ".join(f"{d} [{self.profile_of(str(d)).describe()}]"
+                                              for d in self.destinations)
+                                    or f"back to the calling AE [{self.default_profile.describe()}]"),
                 f"peers: {', '.join(map(str, self.peers.values())) or 'none'}",
                 f"model {self.model} on {self.device}, step {self.step_size:g}, mirroring {self.mirroring}, "
                 f"SEG {self.seg_type}, models dir {self.installed_models_dir}",
@@ -292,7 +339,7 @@ SETTINGS = (
     _Setting("host", lambda raw, _: v.text(raw, "a host name or address")),
     _Setting("port", lambda raw, _: v.port(raw)),
     _Setting("allowed_aes", lambda raw, _: v.each(raw, v.ae_title)),
-    _Setting("destinations", lambda raw, _: tuple(dict.fromkeys(v.each(raw, v.destination)))),
+    _Setting("destinations", lambda raw, _: v.destinations(raw)),
     _Setting("peers", lambda raw, _: v.peers(raw)),
     _Setting("stable_age", _positive("a number of seconds above 0")),
     _Setting("min_slices", lambda raw, _: v.integer(raw, 1, None, "a number of slices (1 or more)")),
@@ -303,6 +350,7 @@ SETTINGS = (
     _Setting("seg_type", lambda raw, _: v.choice(raw, SEG_TYPES)),
     _Setting("seg_all_frames", lambda raw, _: v.boolean(raw)),
     _Setting("outputs", lambda raw, _: tuple(dict.fromkeys(v.each(raw, lambda kind: v.choice(kind, OUTPUT_KINDS))))),
+    _Setting("notices", lambda raw, _: v.boolean(raw)),
     _Setting("bone_density_threshold_hu", lambda raw, _: v.number(raw, minimum=-200.0, maximum=500.0, inclusive_min=True,
                                                                   what="a number of HU in -200..500")),
     _Setting("bone_density_source", lambda raw, _: v.text(raw, "the source of the bone-density threshold")),
@@ -391,7 +439,18 @@ def load_config(path: Path | None, environ: Mapping[str, str]) -> NodeConfig:
     if environ.get(MODELS_DIR_VARIABLE, "").strip():
         values["models_dir"] = Path(os.path.abspath(Path(environ[MODELS_DIR_VARIABLE].strip()).expanduser()))
     values["peers"] = MappingProxyType(dict(values.get("peers", {})))
+    _resolve_destinations(values)
     return NodeConfig(**values, source=path, warnings=tuple(warnings))
+
+
+def _resolve_destinations(values: dict) -> None:
+    """Destinations as addresses (``destinations``) and their profiles, what they do not name taken from the
+    node-wide outputs, seg_type, seg_all_frames and notices (``destination_profiles``)."""
+    default = OutputProfile(values.get("outputs", DEFAULT_OUTPUTS), values.get("seg_type", DEFAULT_SEG_TYPE),
+                            values.get("seg_all_frames", DEFAULT_SEG_ALL_FRAMES), values.get("notices", True))
+    entries = values.pop("destinations", ())
+    values["destinations"] = tuple(entry.address for entry in entries)
+    values["destination_profiles"] = MappingProxyType({str(e.address): e.resolve(default) for e in entries})
 
 
 def _read_file(path: Path, mistakes: list[str]) -> dict:

@@ -14,6 +14,10 @@ from urllib.parse import urlsplit
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
+from pipelines.options import OUTPUT_KINDS, SEG_TYPES
+
+from dicom_node.config.profiles import OutputProfile
+
 _AE_CHARS = re.compile(r"^[\x20-\x5b\x5d-\x7e]+$")  # DICOM default repertoire, no backslash, no control chars
 _HOST = re.compile(r"^(\[[0-9A-Fa-f:.]+\]|[0-9A-Za-z._-]+)$")
 _TRUE = {"1", "true", "yes", "on"}
@@ -178,6 +182,123 @@ def destination(value: str) -> DimsePeer | StowDestination:
             raise Invalid(f"{value!r} has no valid port number") from None
         return StowDestination(url.rstrip("/"))
     return dimse_peer(value)
+
+
+@dataclass(frozen=True)
+class DestinationEntry:
+    """One destination as configured: its address and the profile settings it names (None: the node's own)."""
+
+    address: DimsePeer | StowDestination
+    outputs: tuple[str, ...] | None = None
+    seg_type: str | None = None
+    seg_all_frames: bool | None = None
+    notices: bool | None = None
+
+    def resolve(self, default: OutputProfile) -> OutputProfile:
+        """The destination's profile: what it names, the node-wide ``default`` for the rest."""
+        return OutputProfile(outputs=self.outputs or default.outputs, seg_type=self.seg_type or default.seg_type,
+                             seg_all_frames=default.seg_all_frames if self.seg_all_frames is None
+                             else self.seg_all_frames,
+                             notices=default.notices if self.notices is None else self.notices)
+
+
+_PROFILE = re.compile(r"^(?P<address>.*?)\s*\[(?P<profile>[A-Za-z0-9_,\s-]*)\]\s*$")
+PROFILE_WORDS = {"binary": ("seg_type", "binary"), "labelmap": ("seg_type", "labelmap"),
+                 "all-frames": ("seg_all_frames", True), "slab": ("seg_all_frames", False),
+                 "notices": ("notices", True), "no-notices": ("notices", False)}
+"""The words besides the output kinds that a destination's ``[...]`` may hold, and what each sets."""
+TABLE_KEYS = ("address", "outputs", "seg_type", "seg_all_frames", "notices")
+
+
+def split_destinations(value: str) -> list[str]:
+    """A comma-separated list whose items may hold commas inside ``[...]`` (``PACS@h:104[seg,sr], ...``)."""
+    parts, current, depth = [], [], 0
+    for char in value:
+        depth += (char == "[") - (char == "]")
+        if char == "," and depth <= 0:
+            parts.append("".join(current))
+            current = []
+        else:
+            current.append(char)
+    parts.append("".join(current))
+    return [part.strip() for part in parts if part.strip()]
+
+
+def destination_entry(value: str) -> DestinationEntry:
+    """``ADDRESS`` or ``ADDRESS[seg,sr,labelmap,all-frames,no-notices]``: an address and its profile words."""
+    found = _PROFILE.match(value)
+    if found is None:
+        return DestinationEntry(destination(value))
+    address = destination(found["address"])
+    words = [w.strip().lower() for w in found["profile"].split(",") if w.strip()]
+    if not words:
+        raise Invalid(f"{value!r}: the [...] names nothing (give output kinds such as [seg,sr])")
+    settings: dict[str, object] = {}
+    outputs = []
+    for word in words:
+        if word in OUTPUT_KINDS:
+            outputs.append(word)
+        elif word in PROFILE_WORDS:
+            name, setting = PROFILE_WORDS[word]
+            if settings.get(name, setting) != setting:
+                raise Invalid(f"{value!r}: {word!r} contradicts an earlier word in the [...]")
+            settings[name] = setting
+        else:
+            raise Invalid(f"{value!r}: {word!r} is not an output ({', '.join(OUTPUT_KINDS)}) nor one of "
+                          f"{', '.join(PROFILE_WORDS)}")
+    return DestinationEntry(address, outputs=tuple(dict.fromkeys(outputs)) or None, **settings)
+
+
+def destination_table(name: str, table) -> DestinationEntry:
+    """A TOML ``[destinations.NAME]`` table: ``address`` and, if wanted, outputs, seg_type, seg_all_frames, notices."""
+    if isinstance(table, str):
+        return destination_entry(table)
+    if not isinstance(table, dict):
+        raise Invalid(f"destination {name!r}: {table!r} is not a table with an address")
+    unknown = [key for key in table if key not in TABLE_KEYS]
+    if unknown:
+        raise Invalid(f"destination {name!r}: unknown key(s) {', '.join(map(repr, unknown))} "
+                      f"(a destination takes {', '.join(TABLE_KEYS)})")
+    if "address" not in table:
+        raise Invalid(f"destination {name!r}: no address (AE@host:port or stow:http://host:port/dicom-web)")
+    try:
+        outputs = each(table["outputs"], lambda kind: choice(kind, OUTPUT_KINDS)) if "outputs" in table else None
+        if outputs == ():
+            raise Invalid("outputs is empty (give one or more of " + ", ".join(OUTPUT_KINDS) + ")")
+        return DestinationEntry(
+            destination(text(table["address"], "AE@host:port or stow:http://host:port/dicom-web")),
+            outputs=tuple(dict.fromkeys(outputs)) if outputs else None,
+            seg_type=choice(table["seg_type"], SEG_TYPES) if "seg_type" in table else None,
+            seg_all_frames=boolean(table["seg_all_frames"]) if "seg_all_frames" in table else None,
+            notices=boolean(table["notices"]) if "notices" in table else None)
+    except Invalid as exc:
+        raise Invalid(f"destination {name!r}: {exc}") from None
+
+
+def destinations(value) -> tuple[DestinationEntry, ...]:
+    """The ``destinations`` setting: a comma-separated text, a list of texts, or a table of ``[destinations.NAME]``.
+
+    The same address named twice with the same profile counts once; with two profiles it is a mistake.
+    """
+    if isinstance(value, dict):
+        entries, bad = [], []
+        for name, table in value.items():
+            try:
+                entries.append(destination_table(name, table))
+            except Invalid as exc:
+                bad.append(str(exc))
+        if bad:
+            raise Invalid("; ".join(bad))
+    elif isinstance(value, str):
+        entries = list(each(split_destinations(value), destination_entry))
+    else:
+        entries = list(each(value, destination_entry))
+    by_address: dict[str, DestinationEntry] = {}
+    for entry in entries:
+        seen = by_address.setdefault(str(entry.address), entry)
+        if seen != entry:
+            raise Invalid(f"{entry.address} is named twice with different outputs")
+    return tuple(by_address.values())
 
 
 def peers(value) -> dict[str, DimsePeer]:
