@@ -4,6 +4,11 @@ Both send a batch of files to one destination and answer, per file, either ``Non
 (stored) or the reason it was not (the peer's failure status, or its HTTP answer). If the
 destination cannot be reached at all, ``DestinationUnreachable`` is raised for the batch.
 
+The SCU proposes exactly the SOP classes of the files it sends (the outbox sends each
+destination only what its profile takes), each with the transfer syntaxes the file can go
+in. An object whose class the destination accepts no context for, or refuses as "SOP class
+not supported", is ``Refused`` (its reason says so); the others in the batch are still sent.
+
 Destinations are strings: ``AE@host:port`` for DIMSE (``tls:AE@host:port`` over TLS),
 ``stow:http(s)://host:port/dicom-web`` for DICOMweb (the ``/studies`` resource is appended).
 
@@ -16,6 +21,7 @@ server against the same CA bundle (``verify``), or the system's when none is giv
 from __future__ import annotations
 
 import logging
+import re
 import ssl
 import uuid
 from pathlib import Path
@@ -23,7 +29,8 @@ from pathlib import Path
 import requests
 from pydicom import dcmread
 from pydicom.filereader import read_file_meta_info
-from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian
+from pydicom.uid import (UID, DeflatedExplicitVRLittleEndian, ExplicitVRBigEndian, ExplicitVRLittleEndian,
+                         ImplicitVRLittleEndian)
 from pynetdicom import AE
 from pynetdicom.sop_class import Verification
 
@@ -34,10 +41,18 @@ from dicom_node.errors import NodeError
 
 log = logging.getLogger(__name__)
 
+SOP_CLASS_NOT_SUPPORTED = 0x0122
+
 
 
 class DestinationUnreachable(NodeError):
     """No association (or HTTP connection) could be made with a destination: nothing was sent."""
+
+
+class Refused(str):
+    """Why a destination refused one object for good: it accepted no presentation context for its SOP class
+    (or transfer syntax), or answered "SOP class not supported". A ``str``, so it is recorded as any reason;
+    the outbox retries it at its longest interval, since the answer will not change until the peer does."""
 
 
 Destination = DimsePeer | StowDestination
@@ -81,36 +96,72 @@ def c_store(destination: DimsePeer, paths: list[Path], calling_ae: str, timeout_
     ae = AE(ae_title=calling_ae)
     ae.acse_timeout = ae.dimse_timeout = ae.network_timeout = timeout_s
     metas = {path: read_file_meta_info(path) for path in paths}
-    for sop_class, syntax in sorted({(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas.values()}):
-        syntaxes = list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))
+    for sop_class, syntaxes in requested_contexts(metas.values()):
         ae.add_requested_context(sop_class, syntaxes)
     tls = (ssl_context, destination.host) if ssl_context else None
     assoc = ae.associate(destination.host, destination.port, ae_title=destination.ae_title, tls_args=tls)
+    if not assoc.is_established and assoc.rejected_contexts and not assoc.accepted_contexts:
+        return {path: _refused(destination, meta) for path, meta in metas.items()}  # it answered: none of these
     if not assoc.is_established:
         raise DestinationUnreachable(f"no association with {destination} "
                                      f"({'rejected' if assoc.is_rejected else 'no answer or aborted'})")
+    accepted = {str(c.abstract_syntax) for c in assoc.accepted_contexts}
     results: dict[Path, str | None] = {}
     try:
-        for path in paths:
-            results[path] = _store_one(assoc, path)
+        for path, meta in metas.items():
+            sop_class = str(meta.MediaStorageSOPClassUID)
+            results[path] = _store_one(assoc, path) if sop_class in accepted else _refused(destination, meta)
     finally:
         if assoc.is_established:
             assoc.release()
     return results
 
 
+def requested_contexts(metas) -> list[tuple[str, list[str]]]:
+    """The presentation contexts for these files: exactly their SOP classes, each with the syntaxes it can go in.
+
+    A file in an uncompressed syntax can go in any uncompressed one (pynetdicom re-encodes it):
+    its own first, then explicit and implicit VR little endian; a compressed file only in its own.
+    """
+    contexts = []
+    for sop_class, syntax in sorted({(str(m.MediaStorageSOPClassUID), str(m.TransferSyntaxUID)) for m in metas}):
+        compressed = syntax not in (ExplicitVRLittleEndian, ImplicitVRLittleEndian, ExplicitVRBigEndian,
+                                    DeflatedExplicitVRLittleEndian)
+        contexts.append((sop_class, [syntax] if compressed
+                         else list(dict.fromkeys([syntax, ExplicitVRLittleEndian, ImplicitVRLittleEndian]))))
+    return contexts
+
+
+def _refused(destination: DimsePeer, meta) -> Refused:
+    sop_class, syntax = str(meta.MediaStorageSOPClassUID), UID(str(meta.TransferSyntaxUID))
+    return Refused(f"not sent: {destination} accepted no presentation context for {sop_class_name(sop_class)} "
+                   f"({sop_class}) in {syntax.name}: refused by the destination")
+
+
+def sop_class_name(uid: str) -> str:
+    """A SOP class's name for messages: pydicom's, else pynetdicom's keyword spelt out (newer classes)."""
+    name = UID(uid).name
+    if name != uid:
+        return name
+    from pynetdicom import sop_class
+
+    keyword = next((k for k, v in getattr(sop_class, "_STORAGE_CLASSES", {}).items() if v == uid), None)
+    return re.sub(r"(?<=[a-z])(?=[A-Z])", " ", keyword) if keyword else "SOP class"
+
+
 def _store_one(assoc, path: Path) -> str | None:
     try:
         response = assoc.send_c_store(dcmread(path))
-    except (ValueError, AttributeError) as exc:  # no accepted context for this SOP class / syntax
-        return f"not sent: {exc}"
+    except (ValueError, AttributeError) as exc:  # no accepted context for this syntax
+        return Refused(f"not sent: {exc}")
     if not response or "Status" not in response:
         return "no C-STORE response (timeout or association aborted)"
     status = int(response.Status)
     if is_stored(status):
         return None
     comment = str(response.get("ErrorComment", "") or "")
-    return f"destination answered 0x{status:04X}, {meaning(status)}" + (f" ({comment})" if comment else "")
+    reason = f"destination answered 0x{status:04X}, {meaning(status)}" + (f" ({comment})" if comment else "")
+    return Refused(reason) if status == SOP_CLASS_NOT_SUPPORTED else reason
 
 
 def stow_rs(base_url: str, paths: list[Path], timeout_s: float = 30.0,

@@ -4,7 +4,12 @@ One delivery row per output and destination (written by the job, ``Store.record_
 Each pass takes the rows that are due, sends them grouped by destination (one association
 per destination and pass), and records the outcome per row: delivered, or failed with the
 reason (the destination's failure status, or that it could not be reached) and the next
-attempt after an exponential backoff. Nothing is deleted here: an output's file stays on
+attempt after an exponential backoff. A refusal (the destination takes no presentation
+context for the object's SOP class, or answers "SOP class not supported": ``scu.Refused``)
+is recorded the same way, on that object's row only, and tried again at the longest interval
+(``retry_max_s``): the others of the batch are delivered, and a destination whose operator
+adds the class later still gets the object. To stop offering an object to a destination,
+leave its kind out of that destination's outputs. Nothing is deleted here: an output's file stays on
 disk after its delivery, as the provenance of what was sent.
 """
 from __future__ import annotations
@@ -18,7 +23,7 @@ from storage import DeliveryRow, Store, StorageError
 from storage.store import backoff_delay
 
 from dicom_node.errors import NodeError
-from dicom_node.dimse.scu import DestinationUnreachable, parse_destination, send
+from dicom_node.dimse.scu import DestinationUnreachable, Refused, parse_destination, send
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +87,7 @@ class Deliverer:
 
     def _failed(self, rows: Iterable[DeliveryRow], reason: str) -> None:
         for row in rows:
-            delay = self.delay(row.attempts + 1)
+            delay = self.retry_max_s if isinstance(reason, Refused) else self.delay(row.attempts + 1)
             log.warning("delivery of %s %s to %s failed (attempt %d, next in %.0f s): %s", row.kind,
                         row.sop_instance_uid, row.destination, row.attempts + 1, delay, reason)
             self._call(self.store.mark_delivery_failed, row.id, reason[:500], delay)
