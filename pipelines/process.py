@@ -56,6 +56,9 @@ class Outputs:
     # The optional objects made (kind, file name, dataset: rtstruct, sc, pdf) and the kinds to write and send.
     extra: list[tuple[str, str, Dataset]] = field(default_factory=list)
     kinds: tuple[str, ...] = ("seg", "sr")
+    # SOP Instance UID of each SEG and SR -> the SEG form (seg_type, all_frames) it is or references
+    # (``PipelineOptions.seg_variants``: one SEG and one SR per form; the caller routes each form).
+    variants: dict[str, tuple[str, bool]] = field(default_factory=dict)
 
 
 def load_segmenter(options: PipelineOptions):
@@ -141,21 +144,19 @@ def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions
                   prior_summary: dict | None = None) -> Outputs:
     """The SEG, the SR and the summary of an analysed series (new SOP Instance UIDs each call)."""
     from pipelines.outputs.optional import build_optional_outputs
-    from pipelines.outputs.seg import build_seg
-    from pipelines.outputs.sr import build_sr
 
-    timings: dict[str, float] = {}
-    seg = None
-    t0 = time.perf_counter()
-    if analysis.findings:
-        seg = build_seg(series, analysis.labels, analysis.findings, analysis.model,
-                        labelmap=options.seg_type == "labelmap", all_frames=options.seg_all_frames)
-    timings["seg"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    sr = build_sr(series, seg, analysis.findings, analysis.model, predecessor=predecessor_sr,
-                  outlines=vertebra_outlines(analysis.labels, analysis.findings),
-                  comment=naming_note(analysis.naming))
-    timings["sr"] = time.perf_counter() - t0
+    timings: dict[str, float] = {"seg": 0.0, "sr": 0.0}
+    outlines = vertebra_outlines(analysis.labels, analysis.findings)
+    primary = (options.seg_type, options.seg_all_frames)
+    seg, sr = _seg_and_sr(series, analysis, primary, predecessor_sr, outlines, timings)
+    variants = {str(sr.SOPInstanceUID): primary, **({str(seg.SOPInstanceUID): primary} if seg is not None else {})}
+    built = [(variant, *_seg_and_sr(series, analysis, variant, predecessor_sr, outlines, timings))
+             for variant in (options.seg_variants if seg is not None else ())]  # no SEG: one SR serves all
+    variant_objects = []
+    for variant, seg_v, sr_v in built:
+        variant_objects += [("seg", f"seg-{variant_name(variant)}.dcm", seg_v),
+                            ("sr", f"sr-{variant_name(variant)}.dcm", sr_v)]
+        variants.update({str(seg_v.SOPInstanceUID): variant, str(sr_v.SOPInstanceUID): variant})
     report = series_report(analysis.findings, series.source_images[0] if series.source_images else None,
                            options.density_rule())
     summary = make_summary(series, analysis, seg, sr, {**analysis.timings_s, **timings}, report)
@@ -167,7 +168,36 @@ def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions
     optional = build_optional_outputs(series, analysis.labels, analysis.findings, analysis.model, options.outputs)
     summary["timings_s"].update({k: round(v, 3) for k, v in optional.timings_s.items()})
     summary["outputs"] = {"kinds": list(options.outputs), "not_built": optional.not_built}
-    return Outputs(seg, sr, summary, {**timings, **optional.timings_s}, optional.datasets, options.outputs)
+    if built:
+        summary["seg_variants"] = [{"seg_type": variant[0], "all_frames": variant[1],
+                                    "seg_sop_instance_uid": str(seg_v.SOPInstanceUID),
+                                    "sr_sop_instance_uid": str(sr_v.SOPInstanceUID)} for variant, seg_v, sr_v in built]
+    return Outputs(seg, sr, summary, {**timings, **optional.timings_s}, [*variant_objects, *optional.datasets],
+                   options.outputs, variants)
+
+
+def variant_name(variant: tuple[str, bool]) -> str:
+    """A SEG form as a file-name word: ``labelmap``, ``binary-all-frames``..."""
+    return variant[0] + ("-all-frames" if variant[1] else "")
+
+
+def _seg_and_sr(series: CTSeries, analysis: Analysis, variant: tuple[str, bool], predecessor_sr: Dataset | None,
+                outlines: dict, timings: dict[str, float]) -> tuple[Dataset | None, Dataset]:
+    """One SEG form (None when no vertebra was found) and the SR that references it; the times added up."""
+    from pipelines.outputs.seg import build_seg
+    from pipelines.outputs.sr import build_sr
+
+    t0 = time.perf_counter()
+    seg = None
+    if analysis.findings:
+        seg = build_seg(series, analysis.labels, analysis.findings, analysis.model,
+                        labelmap=variant[0] == "labelmap", all_frames=variant[1])
+    timings["seg"] += time.perf_counter() - t0
+    t0 = time.perf_counter()
+    sr = build_sr(series, seg, analysis.findings, analysis.model, predecessor=predecessor_sr, outlines=outlines,
+                  comment=naming_note(analysis.naming))
+    timings["sr"] += time.perf_counter() - t0
+    return seg, sr
 
 
 def vertebra_outlines(labels: np.ndarray, findings: list[VertebraFinding]) -> dict:
