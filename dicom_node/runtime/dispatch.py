@@ -21,6 +21,10 @@ instance re-opened the series while the job ran: its outputs are not recorded fo
 delivery, ``Store.record_output(series_version=...)``). A job interrupted by the node
 stopping is left 'running' and is queued again at the next start.
 
+Each output goes only to the destinations whose profile takes it (``runtime.routing``); a
+job that ends 'rejected' or 'failed' queues a "not processed" SR (``pipelines.outputs.notice``)
+for the destinations that take notices.
+
 Jobs never stay stuck (D6): a job whose end cannot be recorded (the database away, the
 disk full) keeps its outcome in memory and ``run_once`` records it as soon as storage
 answers again, without a restart; and a watchdog in ``run_once`` puts back in the queue
@@ -45,11 +49,13 @@ from pydicom.dataset import Dataset
 
 from pipelines.errors import PipelineError, SeriesRejected
 from pipelines.options import PipelineOptions
+from pipelines.outputs.notice import build_notice, wants_notice
 from pipelines.process import analyse, load_segmenter, software_versions
 from pipelines.run import Outcome, add_write_time, encode, image_groups, run_series
 from storage import InstanceFiles, JobRow, StateError, Store, StorageError, SupersededError
 from storage.priors import prior_summary
 
+from dicom_node.runtime.routing import NOTICE_KIND, ProfileOf, everything, targets
 
 log = logging.getLogger(__name__)
 
@@ -171,12 +177,18 @@ class Dispatcher:
 
     def __init__(self, store: Store, files: InstanceFiles, executor, options: PipelineOptions,
                  destinations_for: Callable[[JobRow], list[str]], node_name: str, parallel: int = 1,
-                 on_outputs: Callable[[], None] | None = None, on_finished: Callable[[], None] | None = None):
+                 on_outputs: Callable[[], None] | None = None, on_finished: Callable[[], None] | None = None,
+                 profile_of: ProfileOf | None = None, disclaimer: str | None = None):
+        """``profile_of``: each destination's output profile (``NodeConfig.profile_of``); without it every
+        destination gets every object and no notice. ``disclaimer``: the configured model's "not for
+        clinical use" line, for the "not processed" notices (None: not a demonstration model)."""
         self.store = store
         self.files = files
         self.executor = executor
         self.options = options
         self.destinations_for = destinations_for
+        self.profile_of = profile_of or everything(options.outputs, options.seg_type, options.seg_all_frames)
+        self.disclaimer = disclaimer
         self.node_name = node_name
         self.parallel = parallel
         self.on_outputs = on_outputs
@@ -280,6 +292,8 @@ class Dispatcher:
                 return ""
             log.exception("job %d: internal error", job.id)
             state, timings, summary, error = "failed", None, None, f"internal error ({type(exc).__name__}: {exc})"
+        if state in ("rejected", "failed"):
+            self._notice(job, state, error or "")
         try:
             self.store.finish_job(job.id, state=state, timings=timings, error=error, summary=summary)
         except StorageError as exc:
@@ -364,6 +378,45 @@ class Dispatcher:
                 log.warning("job %d: predecessor SR %s unreadable: %s", job.id, output.sop_instance_uid, exc)
         return None
 
+    def _notice(self, job: JobRow, state: str, reason: str) -> None:
+        """Queue the "not processed" SR for the destinations that take notices; a notice never fails the job.
+
+        None when no destination wants one, when the series holds only derived objects or the
+        node's own (``notice.wants_notice``), or when this job already queued one (it ran again
+        after an interruption).
+        """
+        destinations = self.destinations_for(job)
+        wanted = targets(NOTICE_KIND, None, destinations, self.profile_of, (), None)
+        if not wanted:
+            return
+        try:
+            if any(o.kind == NOTICE_KIND for o in self.store.job_outputs(job.id)):
+                return
+            instances = self.store.series_instances(job.series_key)
+            header = _first_header(instances)
+            if header is None or not wants_notice([i.modality for i in instances], header.get("Manufacturer")):
+                return
+            ds = build_notice(header, [(i.sop_class_uid, i.sop_instance_uid) for i in instances],
+                              job.series_instance_uid, state=state, reason=reason, disclaimer=self.disclaimer)
+            path = self.files.write_output(job.id, "notice.dcm", encode(ds))
+            self.store.record_output(job.id, kind=NOTICE_KIND, sop_instance_uid=str(ds.SOPInstanceUID),
+                                     sop_class_uid=str(ds.SOPClassUID), series_instance_uid=str(ds.SeriesInstanceUID),
+                                     path=path, destinations=wanted, series_version=job.series_version)
+        except SupersededError:
+            return  # the series was re-opened: its next job speaks for it
+        except (PipelineError, StorageError, OSError) as exc:
+            log.warning("job %d: no 'not processed' notice: %s", job.id, exc)
+            self._try_event(job.id, "notice-not-made", str(exc))
+            return
+        if self.on_outputs:
+            self.on_outputs()
+
+    def _try_event(self, job_id: int, state: str, detail: str) -> None:
+        try:
+            self.store.add_event(job_id, state, detail)
+        except StorageError as exc:
+            log.debug("job %d: event %s not recorded: %s", job_id, state, exc)
+
     def _write_outputs(self, job: JobRow, outcome: Outcome, suffix: str = "") -> None:
         destinations = self.destinations_for(job)
         if not destinations and not suffix:
@@ -376,10 +429,17 @@ class Dispatcher:
         add_write_time(outcome, time.perf_counter() - t0)
         name, data = outcome.summary_document()
         self.files.write_output(job.id, _named(name, suffix), data)
+        variants = outcome.outputs.variants
+        built = {variants[str(ds.SOPInstanceUID)] for kind, ds, _ in written
+                 if kind == "seg" and str(ds.SOPInstanceUID) in variants}
+        primary = (self.options.seg_type, self.options.seg_all_frames) if outcome.outputs.seg is not None else None
         for kind, ds, path in written:
-            self.store.record_output(job.id, kind=kind, sop_instance_uid=str(ds.SOPInstanceUID),
-                                     sop_class_uid=str(ds.SOPClassUID), series_instance_uid=str(ds.SeriesInstanceUID),
-                                     path=path, destinations=destinations, series_version=job.series_version)
+            uid = str(ds.SOPInstanceUID)
+            self.store.record_output(job.id, kind=kind, sop_instance_uid=uid, sop_class_uid=str(ds.SOPClassUID),
+                                     series_instance_uid=str(ds.SeriesInstanceUID), path=path,
+                                     destinations=targets(kind, variants.get(uid), destinations, self.profile_of,
+                                                          built, primary),
+                                     series_version=job.series_version)
         if self.on_outputs:
             self.on_outputs()
 
@@ -391,6 +451,16 @@ class Dispatcher:
             threads = list(self._running.values())
         for thread in threads:
             thread.join(max(0.0, deadline - time.monotonic()))
+
+
+def _first_header(instances: list) -> Dataset | None:
+    """The header (no pixels) of the first stored instance that reads; None when none does."""
+    for instance in instances:
+        try:
+            return dcmread(instance.path, stop_before_pixels=True)
+        except (OSError, ValueError, EOFError) as exc:
+            log.debug("instance %s unreadable for the notice: %s", instance.sop_instance_uid, exc)
+    return None
 
 
 def _named(name: str, suffix: str) -> str:

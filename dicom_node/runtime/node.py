@@ -103,6 +103,25 @@ def check_model(options: PipelineOptions) -> None:
     verify_bundle(folders[0], load_weights=False)
 
 
+def model_disclaimer(options: PipelineOptions) -> str | None:
+    """The "not for clinical use" line for the notices when the configured model's manifest says it is not for
+    clinical use (the demo model); None for any other model, or one whose manifest cannot be read here."""
+    from pipelines.errors import PipelineError
+    from pipelines.model.bundles import read_manifest
+    from pipelines.outputs.secondary_capture import NOT_CLINICAL
+
+    candidate = Path(options.model)
+    folders = [candidate] if candidate.is_dir() else [root / options.model for root in options.models_dirs()]
+    for folder in folders:
+        if folder.is_dir():
+            try:
+                intended_use = str(read_manifest(folder).get("intended_use", ""))
+            except PipelineError:
+                return None
+            return NOT_CLINICAL if "not for clinical use" in intended_use.lower() else None
+    return None
+
+
 def patient_secret(data_dir: Path) -> str:
     """The node's secret for pseudonymous patient keys (hex), made once in the data folder, readable by the node only.
 
@@ -195,7 +214,8 @@ class Node:
         self.dispatcher = Dispatcher(self.store, self.files, self.executor, options,
                                      lambda job: config.destinations_for(job.calling_ae), self.name,
                                      parallel=self._parallel(), on_outputs=delivery_loop.wake.set,
-                                     on_finished=dispatch.wake.set)
+                                     on_finished=dispatch.wake.set, profile_of=config.profile_of,
+                                     disclaimer=model_disclaimer(options))
         self.loops = [completion, dispatch, delivery_loop]
         self.receiver = receiver = GuardedReceiver(DiskGuard.of(config), self.store, self.files,  # watermark first
                                                    on_released=lambda keys: completion.wake.set())
