@@ -8,6 +8,8 @@
 * ``storescu_command`` / ``storescu``: DCMTK storescu (the real sender; ``acknowledged_uids``
   reads what it saw acknowledged from its verbose log);
 * ``StoreScp``: DCMTK storescp on a port (a destination that can come up late);
+* ``StoreReceiver``: a pynetdicom storage SCP in this process that takes only the SOP classes
+  given (a destination that refuses one class), and records what was proposed and stored;
 * ``non_dicom_payload``: a file with a valid preamble and file meta but text for a data set.
 """
 from __future__ import annotations
@@ -186,3 +188,59 @@ def non_dicom_payload(path: Path) -> Path:
     write_file_meta_info(buffer, meta)
     path.write_bytes(buffer.getvalue() + b"this is a text file, not a data set\n" * 20)
     return path
+
+
+class StoreReceiver:
+    """A pynetdicom storage SCP on loopback, in this process, taking only ``sop_classes``: a destination whose
+    presentation contexts the test chooses (DCMTK's storescp takes every storage class).
+
+    ``requested``: the abstract syntaxes each association proposed (one list per association);
+    ``stored``: the data sets it was sent and answered Success for.
+    """
+
+    def __init__(self, aet: str, sop_classes, syntaxes=None):
+        from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
+        from pynetdicom import AE
+
+        self.aet, self.port = aet, free_port()
+        self.requested: list[list[str]] = []
+        self.stored: list[pydicom.Dataset] = []
+        self.ae = AE(ae_title=aet)
+        for sop_class in sop_classes:
+            self.ae.add_supported_context(sop_class, syntaxes or [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
+                                                                  RLELossless])
+        self.server = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.aet}@{LOOPBACK}:{self.port}"
+
+    def stored_classes(self) -> list[str]:
+        return sorted(str(ds.SOPClassUID) for ds in self.stored)
+
+    def _requested(self, event) -> None:
+        self.requested.append(sorted(str(c.abstract_syntax) for c in event.assoc.requestor.requested_contexts))
+
+    def _store(self, event) -> int:
+        ds = event.dataset
+        ds.file_meta = event.file_meta
+        self.stored.append(ds)
+        return 0x0000
+
+    def start(self) -> "StoreReceiver":
+        from pynetdicom import evt
+
+        self.server = self.ae.start_server((LOOPBACK, self.port), block=False, evt_handlers=[
+            (evt.EVT_REQUESTED, self._requested), (evt.EVT_C_STORE, self._store)])
+        return self
+
+    def stop(self) -> None:
+        server, self.server = self.server, None
+        if server is not None:
+            server.shutdown()
+
+    def __enter__(self) -> "StoreReceiver":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
