@@ -34,7 +34,7 @@ from dicom_node.errors import ConfigError
 from dicom_node.runtime.delivery import Deliverer
 from dicom_node.runtime.node import model_disclaimer
 from dicom_node.runtime.routing import NOTICE_KIND, targets
-from pipelines.errors import PipelineError
+from pipelines.errors import DicomWriteError, PipelineError
 from pipelines.options import PipelineOptions
 from pipelines.outputs.notice import NOT_PROCESSED, build_notice, wants_notice
 from pipelines.outputs.secondary_capture import NOT_CLINICAL
@@ -268,6 +268,21 @@ def test_a_refused_object_is_tried_again_at_the_longest_interval_and_nothing_del
         node.close()
 
 
+def test_a_failure_status_for_one_object_is_recorded_on_its_row_and_the_others_are_delivered(tmp_path):
+    with StoreReceiver("PICKY", EVERY_OUTPUT, statuses={SegmentationStorage: 0x0122}) as picky:
+        node, _ = _profiled_node(tmp_path, picky.address)
+        try:
+            _send_series(node, tmp_path, slices=24, size=24)
+            (detail,) = node.run_completed_jobs(stable_age=0.1)
+            _deliver(node, passes=1)
+            (refused,) = node.store.pending_deliveries()
+        finally:
+            node.close()
+    assert picky.stored_classes() == [Comprehensive3DSRStorage]
+    assert refused.kind == "seg" and "0x0122" in refused.last_error
+    assert refused.next_attempt_at - utcnow() > timedelta(seconds=50)  # SOP class not supported: a refusal
+
+
 def test_destinations_that_want_other_seg_forms_each_get_theirs_with_an_sr_that_references_it(tmp_path):
     with StoreReceiver("BIN", EVERY_OUTPUT) as binary, StoreReceiver("LMAP", EVERY_OUTPUT) as labelmap:
         node, _ = _profiled_node(tmp_path, f"{binary.address}[seg,sr],{labelmap.address}[seg,sr,labelmap,all-frames]")
@@ -397,6 +412,19 @@ def test_the_notice_reads_back_with_highdicom_and_pydicom(tmp_path):
     assert _texts(report)[-1] == NOT_CLINICAL
     without = pydicom.dcmread(_notice_file(tmp_path, disclaimer=None))
     assert NOT_CLINICAL not in _texts(without)
+
+
+def test_a_notice_that_cannot_be_built_is_a_dicom_write_error_without_the_header_values():
+    (source,) = ct_series("Notice", 1)
+    source.PatientName, source.StudyInstanceUID = PATIENT, ""
+    with pytest.raises(DicomWriteError, match="no StudyInstanceUID"):
+        build_notice(source, [], "1.2.3", state="rejected", reason="not_ct: x")
+    source.StudyInstanceUID, source.SpecificCharacterSet = "1.2.3.4", "NOT A CHARSET"
+    with pytest.raises(DicomWriteError) as caught:
+        build_notice(source, [], "1.2.3", state="failed", reason="x")
+    assert PATIENT not in str(caught.value)
+    with pytest.raises(DicomWriteError, match="rejected or failed"):
+        build_notice(source, [], "1.2.3", state="done", reason="x")
 
 
 @pytest.mark.peer

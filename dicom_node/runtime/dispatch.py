@@ -408,6 +408,10 @@ class Dispatcher:
             log.warning("job %d: no 'not processed' notice: %s", job.id, exc)
             self._try_event(job.id, "notice-not-made", str(exc))
             return
+        except Exception as exc:  # a bug must not stop the job's end; its message could quote the header: not logged
+            log.error("job %d: no 'not processed' notice: internal error (%s)", job.id, type(exc).__name__)
+            self._try_event(job.id, "notice-not-made", f"internal error ({type(exc).__name__})")
+            return
         if self.on_outputs:
             self.on_outputs()
 

@@ -65,9 +65,19 @@ def build_notice(source: Dataset, instances: Sequence[tuple[str, str]], series_i
     patient data); ``disclaimer``: the model's "not for clinical use" line, or None.
     """
     header = _header(source)
+    text = notice_text(state, reason)
+    try:
+        return _build(header, instances, series_instance_uid, text, disclaimer)
+    except (ValueError, TypeError, AttributeError) as exc:  # highdicom refused the header: say what, not its values
+        raise DicomWriteError(f"the notice for series {series_instance_uid} cannot be built from the series' "
+                              f"header ({type(exc).__name__} in highdicom)") from exc
+
+
+def _build(header: Dataset, instances: Sequence[tuple[str, str]], series_instance_uid: str, text: str,
+           disclaimer: str | None) -> hd.sr.ComprehensiveSR:
     content = hd.sr.ContainerContentItem(name=TITLE, template_id=None)
     items = [hd.sr.TextContentItem(FINDING, NOT_PROCESSED, relationship_type="CONTAINS"),
-             hd.sr.TextContentItem(COMMENT, notice_text(state, reason), relationship_type="CONTAINS"),
+             hd.sr.TextContentItem(COMMENT, text, relationship_type="CONTAINS"),
              hd.sr.UIDRefContentItem(SERIES_UID, series_instance_uid, relationship_type="CONTAINS")]
     if disclaimer:
         items.append(hd.sr.TextContentItem(COMMENT, disclaimer[:1024], relationship_type="CONTAINS"))

@@ -195,16 +195,18 @@ class StoreReceiver:
     presentation contexts the test chooses (DCMTK's storescp takes every storage class).
 
     ``requested``: the abstract syntaxes each association proposed (one list per association);
-    ``stored``: the data sets it was sent and answered Success for.
+    ``stored``: the data sets it was sent and answered Success for; ``statuses``: SOP class -> the
+    failure status it answers for that class instead (the data set is then not kept).
     """
 
-    def __init__(self, aet: str, sop_classes, syntaxes=None):
+    def __init__(self, aet: str, sop_classes, syntaxes=None, statuses: dict[str, int] | None = None):
         from pydicom.uid import ExplicitVRLittleEndian, ImplicitVRLittleEndian, RLELossless
         from pynetdicom import AE
 
         self.aet, self.port = aet, free_port()
         self.requested: list[list[str]] = []
         self.stored: list[pydicom.Dataset] = []
+        self.statuses = dict(statuses or {})
         self.ae = AE(ae_title=aet)
         for sop_class in sop_classes:
             self.ae.add_supported_context(sop_class, syntaxes or [ExplicitVRLittleEndian, ImplicitVRLittleEndian,
@@ -224,6 +226,8 @@ class StoreReceiver:
     def _store(self, event) -> int:
         ds = event.dataset
         ds.file_meta = event.file_meta
+        if str(ds.SOPClassUID) in self.statuses:
+            return self.statuses[str(ds.SOPClassUID)]
         self.stored.append(ds)
         return 0x0000
 
