@@ -24,12 +24,51 @@ SPINE_LEVELS = ["C7"] + LEVELS + ["S1", "S2", "S3"]
 
 @dataclass
 class Lesion:
-    """One focus inside a vertebral body, in the vertebra's local frame (mm)."""
+    """One focus inside a vertebral body (or, ``site`` "posterior", its posterior elements), in its local frame (mm)."""
 
     kind: str  # "lytic" or "blastic"
     centre: tuple[float, float, float]  # (u, v, w)
     radii: tuple[float, float, float]
     hu: float
+    site: str = "body"  # "body": clipped to the vertebral body; "posterior": to the posterior elements (a pedicle)
+
+
+FRACTURE_MORPHOLOGIES = ("wedge", "biconcave", "crush")
+MID_DENT_RADIUS = 0.6
+"""A biconcave dent spans this fraction of the body's half width and depth: the walls keep their heights."""
+WALL_POSITION = 0.7
+"""The anterior and posterior heights are taken at 15 % and 85 % of the depth: 0.7 of the half depth from the centre."""
+
+
+@dataclass
+class Fracture:
+    """A compression fracture: the body's local height is scaled by ``scale(u/a, v/b)`` (1 = intact).
+
+    * wedge: the height falls linearly from the posterior measuring point (intact) to the
+      anterior one (``depth`` lost there), so 1 - anterior/posterior = ``depth``;
+    * biconcave: a smooth central dent, ``depth`` lost at the centre, nothing at the walls;
+    * crush: the whole body loses ``depth``.
+
+    Both endplates move towards the centre by the same amount. ``grade`` and ``loss`` are
+    the Genant grade and height reduction the fracture was designed to give.
+    """
+
+    morphology: str
+    grade: int
+    loss: float
+    depth: float
+
+    def scale(self, ru, rv):
+        """The height factor at relative left ``ru`` = u/a and posterior ``rv`` = v/b (arrays broadcast)."""
+        if self.morphology == "crush":
+            return np.full(np.broadcast(ru, rv).shape, 1.0 - self.depth)
+        if self.morphology == "wedge":
+            ramp = np.clip((WALL_POSITION - rv) / (2 * WALL_POSITION), 0.0, None)
+            return np.broadcast_to(1.0 - self.depth * ramp, np.broadcast(ru, rv).shape)
+        if self.morphology == "biconcave":
+            r2 = (ru ** 2 + rv ** 2) / MID_DENT_RADIUS ** 2
+            return 1.0 - self.depth * np.clip(1.0 - r2, 0.0, 1.0) ** 2
+        raise ValueError(f"fracture morphology must be one of {FRACTURE_MORPHOLOGIES}, not {self.morphology!r}")
 
 
 @dataclass
@@ -50,6 +89,7 @@ class Vertebra:
     trabecular_hu: float
     cortical_hu: float
     lesions: list[Lesion] = field(default_factory=list)
+    fracture: Fracture | None = None
 
     @property
     def lesion_class(self) -> str:

@@ -58,6 +58,9 @@ class Phantom:
     lesions: np.ndarray  # uint8, 1 lytic, 2 blastic
     truth: dict[str, dict] = field(default_factory=dict)
     contrast: bool = False  # intravenous contrast (an enhanced aorta)
+    visit: int = 0  # 0: a baseline study; 1: its follow-up (the same patient, a later study: ``report.followup_pair``)
+    days_after_baseline: int = 0
+    extra_truth: dict = field(default_factory=dict)  # series-level truth: the report's design, a follow-up's change
 
     def levels_present(self) -> list[str]:
         return [LEVELS[i - 1] for i in np.unique(self.labels) if i > 0]
@@ -105,8 +108,11 @@ def _vertebra_parts(vert: Vertebra, u, v, w):
     """Masks of body, trabecular core and posterior elements in local coordinates."""
     a, b, h = vert.body
     c = vert.cortex
-    body = _ellipsoid(u, v, w, (0, 0, 0), (a, b, h), power=8)
-    core = _ellipsoid(u, v, w, (0, 0, 0), (a - c, b - c, h - c), power=8)
+    if vert.fracture is None:
+        body = _ellipsoid(u, v, w, (0, 0, 0), (a, b, h), power=8)
+        core = _ellipsoid(u, v, w, (0, 0, 0), (a - c, b - c, h - c), power=8)
+    else:
+        body, core = _fractured_body(vert, u, v, w)
     cu, cv = vert.canal
     t = vert.arch
     vc = b + cv - 1.0
@@ -123,7 +129,20 @@ def _vertebra_parts(vert: Vertebra, u, v, w):
     transverse = (_ellipsoid(u, v, w, (tu, vc, 0), (tl / 2 + 2, 5.0, 0.35 * h + 1))
                   | _ellipsoid(u, v, w, (-tu, vc, 0), (tl / 2 + 2, 5.0, 0.35 * h + 1)))
     posterior = (arch | spinous | transverse) & ~canal
+    if vert.fracture is not None:  # above a collapsed endplate, inside the body's outline, is disc, not pedicle
+        posterior &= body | (((u / a) ** 2 + (v / b) ** 2) > 1.0)
     return body, core, posterior, canal & ring_zone
+
+
+def _fractured_body(vert: Vertebra, u, v, w):
+    """Body and trabecular core of a fractured vertebra: the local half height scaled by its ``Fracture``."""
+    a, b, h = vert.body
+    c = vert.cortex
+    half = h * vert.fracture.scale(u / a, v / b)
+    radial = (u / a) ** 2 + (v / b) ** 2
+    body = radial + np.abs(w / half) ** 8 <= 1.0
+    core = ((u / (a - c)) ** 2 + (v / (b - c)) ** 2 + np.abs(w / np.maximum(half - c, 0.5)) ** 8) <= 1.0
+    return body, core
 
 
 def _paint_vertebra(cv: _Canvas, vert: Vertebra, label: int) -> dict:
@@ -143,15 +162,18 @@ def _paint_vertebra(cv: _Canvas, vert: Vertebra, label: int) -> dict:
     hu[core] = vert.trabecular_hu
     hu[canal] = CSF
     lesion_voxels = 0
+    painted = np.zeros(body.shape, bool)
     for lesion in vert.lesions:
-        focus = _ellipsoid(u, v, w, lesion.centre, lesion.radii) & body
+        focus = _ellipsoid(u, v, w, lesion.centre, lesion.radii) & (posterior if lesion.site == "posterior" else body)
         hu[focus] = lesion.hu
         cv.lesions[sl][focus] = 1 if lesion.kind == "lytic" else 2
         lesion_voxels += int(focus.sum())
+        painted |= focus
     mask = body | posterior
     if label:
         cv.labels[sl][mask] = label
-    return {"voxels": int(mask.sum()), "lesion_voxels": lesion_voxels}
+    return {"voxels": int(mask.sum()), "lesion_voxels": lesion_voxels, "body_voxels": int(body.sum()),
+            "body_lesion_voxels": int((painted & body).sum()), "posterior_lesion_voxels": int((painted & ~body).sum())}
 
 
 def _paint_disc(cv: _Canvas, upper: Vertebra, lower: Vertebra) -> None:
@@ -325,12 +347,30 @@ def make_grid(anat: Anatomy, z_range: tuple[float, float], spacing: tuple[float,
 
 
 def make_phantom(seed: int, fov: str | None = None, spacing: tuple[float, float, float] | None = None,
-                 matrix: int | None = 512, lesion_rate: float = 0.27) -> Phantom:
+                 matrix: int | None = 512, lesion_rate: float = 0.27, report=None) -> Phantom:
     """The phantom of ``seed``: a realistic scan (random FOV kind, 0.6-1.0 mm pixels, 1-3 mm slices).
 
     ``spacing`` (sz, sy, sx) and ``matrix`` override the grid, e.g. for training at a model's
-    spacing; ``matrix=None`` fits the grid to the trunk.
+    spacing; ``matrix=None`` fits the grid to the trunk. ``report`` (a
+    ``research.phantoms.report.ReportDesign``) adds what the spine report measures:
+    compression fractures of known Genant grade and morphology, known trabecular HU, designed
+    lesions (some reaching the pedicles; ``lesion_rate`` is then unused), with their truth;
+    without it a seed gives the same phantom as before the option existed.
     """
+    if report is not None:
+        from research.phantoms.report import report_phantom
+
+        return report_phantom(seed, report, fov=fov, spacing=spacing)
+    rng, anat, kind, grid = draw_case(seed, fov, spacing, matrix, lesion_rate)
+    blur = float(rng.uniform(0.4, 1.0))
+    noise = float(rng.uniform(8, 40))
+    hu, labels, lesions, truth = render(anat, grid, rng, blur, noise)
+    return Phantom(seed, kind, grid, hu, labels, lesions, truth, anat.contrast)
+
+
+def draw_case(seed: int, fov: str | None, spacing: tuple[float, float, float] | None, matrix: int | None,
+              lesion_rate: float) -> tuple[np.random.Generator, Anatomy, str, Grid]:
+    """The draws of a seed before rendering: (the generator, at the point rendering starts), anatomy, FOV kind, grid."""
     rng = np.random.default_rng(seed)
     anat = sample_anatomy(rng, lesion_rate)
     kind = fov or FOV_KINDS[int(rng.integers(len(FOV_KINDS)))]
@@ -338,7 +378,4 @@ def make_phantom(seed: int, fov: str | None = None, spacing: tuple[float, float,
         pixel = float(rng.uniform(0.6, 1.0))
         spacing = (float(rng.choice([1.0, 1.25, 1.5, 2.0, 2.5, 3.0])), pixel, pixel)
     grid = make_grid(anat, field_of_view(anat, kind, rng), spacing, matrix, rng)
-    blur = float(rng.uniform(0.4, 1.0))
-    noise = float(rng.uniform(8, 40))
-    hu, labels, lesions, truth = render(anat, grid, rng, blur, noise)
-    return Phantom(seed, kind, grid, hu, labels, lesions, truth, anat.contrast)
+    return rng, anat, kind, grid
