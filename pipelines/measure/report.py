@@ -3,7 +3,8 @@
 ``measure_spine`` runs after the lesion classes are known (``pipelines.process.analyse``)
 and sets ``VertebraFinding.measurements`` to the fields ``summary.json`` and the SR carry:
 ``heights_mm``, ``height_loss_pct``, ``height_loss_vs_neighbours_pct``, ``genant_grade``,
-``genant_morphology``, ``trabecular_hu``, ``lesion_volume_ml``, ``lesion_share_pct``,
+``genant_morphology``, ``height_lines_mm`` (each height's two end points, LPS mm, for the
+SR's drawing), ``trabecular_hu``, ``lesion_volume_ml``, ``lesion_share_pct``,
 ``posterior_involvement`` and ``sins``, each ``None`` with a ``..._reason`` where it could
 not be measured. A vertebra cut by the edge of the scan, or too tilted to find its
 endplates, gets no height and no grade.
@@ -19,6 +20,7 @@ from pipelines.lesions.zones import vertebral_body
 from pipelines.measure.density import DensityRule, bone_density, contrast_phase, trabecular_hu, trabecular_roi
 from pipelines.measure.frame import VertebraFrame, tilt_degrees, vertebra_frame, voxel_points
 from pipelines.measure.heights import Heights, body_heights, genant
+from pipelines.measure.lesion_volume import KINDS, lesion_volume_mm3
 from pipelines.measure.sins import frame_left, involved_sides, sins
 from pipelines.records import Geometry, VertebraFinding
 
@@ -128,11 +130,12 @@ def _measurements(hu, geometry: Geometry, v: _Vertebra, heights: Heights, neighb
     graded = genant(heights, neighbours)
     trabecular, trabecular_reason = (None, "vertebra cut by the edge of the scan") if v.cut else \
         trabecular_hu(hu[v.box], v.core, geometry.spacing)
-    volume_ml, share = _lesion_volume(v, geometry.spacing)
+    volume_ml, share = _lesion_volume(hu, v, geometry.spacing)
     sides = _posterior_sides(hu, geometry, v, axis) if v.finding.lesion in ("lytic", "mixed") else []
     scored, sins_reason = sins(v.finding.level, v.finding.lesion, graded.grade, graded.loss_pct,
                                None if share is None else share / 100, sides)
-    out = {"heights_mm": heights.as_dict(), "height_loss_pct": graded.loss_pct,
+    out = {"heights_mm": heights.as_dict(), "height_lines_mm": heights.lines_as_lists(),
+           "height_loss_pct": graded.loss_pct,
            "height_loss_vs_neighbours_pct": graded.loss_vs_neighbours_pct,
            "genant_grade": graded.grade, "genant_morphology": graded.morphology,
            "trabecular_hu": trabecular, "lesion_volume_ml": volume_ml, "lesion_share_pct": share,
@@ -149,13 +152,14 @@ def _measurements(hu, geometry: Geometry, v: _Vertebra, heights: Heights, neighb
     return out
 
 
-def _lesion_volume(v: _Vertebra, spacing) -> tuple[float | None, float | None]:
-    """The volume of the foci behind the lesion call (ml) and their share of the body (%)."""
+def _lesion_volume(hu, v: _Vertebra, spacing) -> tuple[float | None, float | None]:
+    """The volume of the lesion behind the call (ml, ``lesion_volume``) and its share of the body (%)."""
     features = v.finding.features or {}
-    kinds = {"lytic": ["hypodense"], "blastic": ["hyperdense"], "mixed": ["hypodense", "hyperdense"]}
-    if v.finding.lesion not in kinds:
+    if v.finding.lesion not in KINDS:
         return (0.0, 0.0) if v.finding.lesion == "none" else (None, None)
-    mm3 = sum(float(features.get(f"{kind}_focus_mm3") or 0.0) for kind in kinds[v.finding.lesion])
+    mm3 = lesion_volume_mm3(hu[v.box], v.core, spacing, features, v.finding.lesion)
+    if mm3 is None:  # no focus to start from: the classifier's own volumes
+        mm3 = sum(float(features.get(f"{kind}_focus_mm3") or 0.0) for kind in KINDS[v.finding.lesion])
     body_mm3 = float(v.body.sum()) * float(np.prod(spacing))
     return round(mm3 / 1000.0, 2), (round(100.0 * mm3 / body_mm3, 1) if body_mm3 else None)
 
