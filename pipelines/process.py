@@ -90,7 +90,8 @@ def analyse(hu: np.ndarray, geometry: Geometry, options: PipelineOptions) -> Ana
     findings = vertebra_findings(hu, labels, geometry.spacing, bundle.label_map)
     timings["measure"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    classify_lesions(hu, labels, geometry.spacing, findings, options.lesion_thresholds)
+    lesion_zone = labels if review.lesion_labels is None else np.ascontiguousarray(reorient.from_lps(review.lesion_labels))
+    classify_lesions(hu, lesion_zone, geometry.spacing, findings, options.lesion_thresholds)
     timings["lesions"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     measure_spine(hu, labels, geometry, findings)
@@ -129,6 +130,10 @@ def classify_lesions(hu: np.ndarray, labels: np.ndarray, spacing, findings: list
     noise = estimate_noise(hu, spacing)
     boxes = ndimage.find_objects(labels)
     for finding in findings:
+        if finding.label > len(boxes) or boxes[finding.label - 1] is None:
+            finding.lesion = "indeterminate"  # a rebuilt vertebra whose body core is empty: nothing to judge
+            finding.features = {"reason": "no body core far enough from the disc planes to judge a lesion on"}
+            continue
         box = _grow(boxes[finding.label - 1], labels.shape, 3)
         result = classifier.classify(hu[box], labels[box] == finding.label, spacing, noise.sd_hu)
         finding.lesion = result.kind

@@ -300,7 +300,8 @@ def evaluate_unlabelled(scan: Scan, options, qc_dir: Path | None = None) -> dict
         "spacing_mm": [round(float(s), 3) for s in spacing],
         "vertebrae": vertebrae,
         "levels": [v["level"] for v in vertebrae],
-        "column": column_check([geometry_of[f.level] for f in analysis.findings if f.level in geometry_of]),
+        "column": column_check([geometry_of[f.level] for f in analysis.findings if f.level in geometry_of],
+                               heights="rebuilt" not in (analysis.naming or {}).get("evidence", {})),
         "naming": analysis.naming,
         "no_vertebra_reason": analysis.no_vertebra,
     }

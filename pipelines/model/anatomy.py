@@ -35,10 +35,12 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines.levels import LEVELS
+from pipelines.model.column import Column, rebuild_column
 from pipelines.model.postprocess import disc_cuts
 
 BONE_HU = 200.0          # rib cortex on a 1-3 mm CT; cartilage and muscle stay below
 AXIS_HALF_WIDTH_MM = 40.0  # vertebra voxels farther than this from the column's median are not its axis
+BODY_BEHIND_AXIS_MM = 5.0  # the axis (the vertebra voxels' median) runs at the back of the body: the body is in front
 SHELL_INNER_MM = 22.0    # the shell starts lateral to the vertebral body ...
 SHELL_OUTER_MM = 38.0    # ... and ends at the tip of a thoracic transverse process
 SHELL_FRONT_MM = -30.0   # from the axis (the named vertebra's median, near the canal) forwards ...
@@ -118,7 +120,10 @@ def named_vertebrae(labels: np.ndarray, spacing, label_map: dict[int, str]) -> l
     """The named vertebrae (T1-L5), head to feet, each measured on its voxels near the column's axis.
 
     A network's label can spill onto a rib or the scapula; only voxels within
-    ``AXIS_HALF_WIDTH_MM`` of the column's axis count for the centroid and the height.
+    ``AXIS_HALF_WIDTH_MM`` of the column's axis count for the centroid, and of those only
+    the ones in front of the axis (``BODY_BEHIND_AXIS_MM``: the body, not the arch) for the
+    height and the slice range: a thoracic spinous process reaches down over the next
+    vertebra, so the arch would make every vertebra look two levels tall.
     """
     axis = column_axis(labels > 0, spacing)
     out = []
@@ -130,7 +135,9 @@ def named_vertebrae(labels: np.ndarray, spacing, label_map: dict[int, str]) -> l
             continue
         core = points[_near_axis(points, axis, spacing)]
         core = core if len(core) else points
-        z_lo, z_hi = int(core[:, 0].min()), int(core[:, 0].max())
+        body = core[(core[:, 1] - axis[core[:, 0], 0]) * float(spacing[1]) <= BODY_BEHIND_AXIS_MM]
+        body = body if len(body) else core
+        z_lo, z_hi = int(body[:, 0].min()), int(body[:, 0].max())
         centroid = tuple(round(float(c) * float(s), 1) for c, s in zip(core.mean(0), spacing))
         out.append(NamedVertebra(level, int(len(points)), centroid, (z_lo, z_hi),
                                  round((z_hi - z_lo + 1) * float(spacing[0]), 1)))
@@ -167,7 +174,7 @@ def _near_axis(points: np.ndarray, axis: np.ndarray, spacing) -> np.ndarray:
     return np.all(np.abs(offset) < AXIS_HALF_WIDTH_MM, axis=1)
 
 
-def column_check(vertebrae: list[NamedVertebra]) -> dict:
+def column_check(vertebrae: list[NamedVertebra], heights: bool = True) -> dict:
     """Whether the named vertebrae form one contiguous column, and every problem found, in words.
 
     Checks: no level missing between two named ones; the spacing of consecutive centroids
@@ -191,7 +198,7 @@ def column_check(vertebrae: list[NamedVertebra]) -> dict:
         elif ratio < TOO_CLOSE:
             problems.append(f"{upper.level} to {lower.level}: {distance:.0f} mm between centres, "
                             f"{expected:.0f} mm expected: they overlap or are parts of one vertebra")
-    for v in vertebrae:
+    for v in vertebrae if heights else []:
         if v.height_mm > TOO_TALL * PITCH_MM[v.level]:
             problems.append(f"{v.level} is {v.height_mm:.0f} mm tall, about "
                             f"{v.height_mm / PITCH_MM[v.level]:.1f} vertebrae: several were probably run together")
@@ -613,6 +620,7 @@ class Review:
     labels: np.ndarray
     naming: dict
     no_vertebra: str | None = None
+    lesion_labels: np.ndarray | None = None  # where lesions are judged, when not the whole vertebra (a rebuilt column)
 
 
 def review_vertebrae(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dict[int, str]) -> Review:
@@ -644,6 +652,11 @@ def review_vertebrae(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dic
         id_of = {level: label for label, level in label_map.items()}
         labels = np.where(np.isin(labels, [id_of[p["level"]] for p in outside]), 0, labels).astype(labels.dtype)
     check = check_naming(hu, spacing, labels, label_map)
+    rebuilt = _rebuild_if_run_together(hu, spacing, labels, label_map, check)
+    if rebuilt is not None:
+        labels = rebuilt.labels
+        check = _rebuilt_check(check, rebuilt, named_vertebrae(labels, spacing, label_map),
+                               [v.level for v in vertebrae])
     check.evidence["positions"] = positions
     record = {**check.as_dict(), "applied": False,
               "dropped": [{"level": p["level"], "reason": f"not a vertebra of the spine: {p['reason']}"}
@@ -655,7 +668,46 @@ def review_vertebrae(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dic
         labels = lut[labels]
         record["applied"] = True
         record["network_names"] = [v.level for v in vertebrae]
-    return Review(labels, record)
+    return Review(labels, record, lesion_labels=rebuilt.cores if rebuilt is not None else None)
+
+
+def _rebuild_if_run_together(hu, spacing, labels, label_map, check: NamingCheck) -> Column | None:
+    """The column rebuilt from the CT (``column.rebuild_column``) where the network ran vertebrae together.
+
+    Only then, and only where the rib levels are numbered: a network whose vertebrae each
+    bear at most one rib level keeps its own segmentation, checked as it is.
+    """
+    merged = any(p["rib_levels"] >= 2 for p in check.evidence.get("vertebrae", []))
+    ribs = check.evidence.get("rib_levels", [])
+    if not merged or not ribs or any(r["anatomical_level"] is None for r in ribs):
+        return None
+    axis = column_axis(labels > 0, spacing)
+    rib_z = [r["z_mm"] / float(spacing[0]) for r in ribs]
+    return rebuild_column(hu, spacing, axis, rib_z, [r["anatomical_level"] for r in ribs], label_map)
+
+
+def _rebuilt_check(network: NamingCheck, rebuilt: Column, vertebrae: list[NamedVertebra],
+                   network_names: list[str]) -> NamingCheck:
+    """The naming record of a rebuilt column: named by the rib count, the network's verdict kept as evidence.
+
+    Each rebuilt vertebra holds one rib level by construction, so the rib rule is what
+    names it; the record says so, with the rib numbering's own reason (which end was
+    shown rib-free, and whether 12 levels were counted) and the column's contiguity
+    (levels without gaps, centres at the expected pitch; heights are not judged: a body
+    tilted by the kyphosis spans more slices than its height).
+    """
+    evidence = dict(network.evidence)
+    column = column_check(vertebrae, heights=False)
+    evidence.update({"rebuilt": {**rebuilt.record, "network_names": network_names},
+                     "network_verdict": {"verdict": network.verdict, "reason": network.reason},
+                     "named": [v.level for v in vertebrae], "column": column})
+    numbering = network.evidence.get("rib_numbering", {})
+    reason = (f"the network ran vertebrae together ({network.reason.split(':')[0]}), so the column was rebuilt "
+              f"from the CT: {len(vertebrae)} vertebrae ({vertebrae[0].level}-{vertebrae[-1].level}), each holding "
+              f"one rib level, named by the rib count ({numbering.get('reason', '')})") if vertebrae else \
+        "the network ran vertebrae together and the column could not be rebuilt from the CT"
+    verdict = "consistent" if vertebrae and column["contiguous"] else "cannot_be_settled"
+    return NamingCheck(RULE, verdict, reason, 0 if verdict == "consistent" else None, False, evidence)
 
 
 def _is_vertebra(labels: np.ndarray, label_map: dict[int, str]) -> np.ndarray:

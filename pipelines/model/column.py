@@ -1,0 +1,356 @@
+"""The vertebral column rebuilt from the CT's own anatomy, where the network ran vertebrae together.
+
+On real CT the demo network finds the spine but runs two to four vertebrae into one label,
+and its names are then meaningless (``anatomy.check_naming`` says so: one label spans
+several rib levels). The CT itself shows what a reader counts with:
+
+1. **the bodies' centreline**: per slice, the densest compact bone in front of the
+   network's axis (``body_centreline``), smoothed along the column;
+2. **the discs**: along that centreline the body's core is dense bone, and a disc is a dip
+   in its mean HU. Each rib level (the costotransverse joint of its own vertebra) lies in
+   one vertebra, so between two consecutive rib levels there is exactly one disc, and the
+   dip is searched for only there (``disc_positions``); below the last rib level and above
+   the first, where the expected pitch allows. Each disc is a plane across the column,
+   perpendicular to the centreline (thoracic kyphosis tilts the discs by up to ~35 deg);
+3. **the bone of each vertebra**: bone around the column (HU >= ``BONE_HU``, the body's
+   marrow filled in, the spinal canal left out), split between the vertebrae by a marker
+   watershed: markers are the body cores between consecutive disc planes, and the ribs
+   (bone far lateral); everything else floods from the nearest marker through bone, so a
+   pedicle, a lamina and a spinous process go to their own body and a rib to the ribs;
+4. **the names**: the vertebra that holds rib level k is the level the rib count gave it
+   (``anatomy._rib_numbering``: T12 is the last rib-bearing vertebra when one without a rib
+   shows below, else T1 the first when one without shows above); the vertebrae below T12
+   are L1, L2, ... in order, and the one above T1 is C7 (not reported).
+
+It runs only where the rib levels are numbered; a vertebra cut by the edge of the scan (no
+disc found on one side within the scan) is kept and measured as such by the later steps.
+All arrays are LPS (z, y, x): axis 0 grows towards the head, axis 1 towards the back.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from scipy import ndimage
+
+from pipelines.levels import LEVELS
+
+BONE_HU = 150.0          # cortex and dense trabecular bone after a light smoothing; disc and muscle stay below
+AXIS_BEHIND_MM = 8.0     # the walk to the body starts this far behind the network's axis (inside the canal)
+BODY_DEPTH_MM = (12.0, 60.0)  # a body is this deep front to back (T1 ~15 mm, L5 ~35 mm), at most
+FRONT_SOFT_HU = 60.0     # in front of the body: soft tissue or fat ...
+FRONT_GAP_MM = 5.0       # ... over this depth ends the body
+CORE_RADIUS_MM = 8.0     # the body's core, where the disc profile is sampled
+TANGENT_MM = 8.0         # the column's direction is smoothed over this (sd); the centre wobbles by a few mm
+END_WINDOW = (0.3, 0.75)  # beyond the first or last rib level, the disc lies this many rib pitches away
+END_DIP_HU = 40.0        # an end disc must dip this far below the median core of its neighbour
+RIB_MARKER_MM = 48.0     # bone this far lateral to the centreline is rib (a thoracic transverse process ends at ~40)
+BOX_LATERAL_MM = 60.0    # the column's bone lies within this distance left and right of the centreline ...
+BOX_FRONT_MM = 35.0      # ... from this far in front of the body centre ...
+BOX_BACK_MM = 85.0       # ... to this far behind it (the tip of a spinous process)
+CANAL_MM = (14.0, 45.0)  # the spinal canal's centre lies this far behind the body's centre
+CANAL_RADIUS_MM = 5.0    # and this much in front of it is canal, not body
+BODY_RADIUS_MM = 22.0    # a body's outline lies within this of its centre (L5 is ~50 x 35 mm)
+MIN_BODY_SLICE_MM2 = 40.0  # less bone than this in a slice of the body zone: a disc, no body there
+CORE_MARGIN_MM = 6.0     # lesions are judged on body voxels at least this far from the disc planes ...
+CORE_RADIUS_LESION_MM = 14.0  # ... and this close to the centreline (not the cortex, the pedicles or rib heads)
+MIN_VERTEBRA_ML = 2.0    # a part under this (a sliver of a vertebra cut by the scan) is not reported
+
+
+@dataclass
+class Column:
+    """The rebuilt column: label map (the bundle's ids), and what was found, for the record."""
+
+    labels: np.ndarray
+    cores: np.ndarray | None = None  # the bodies' cores (same ids), where a lesion may be judged
+    record: dict = field(default_factory=dict)
+
+
+def body_centreline(hu: np.ndarray, spacing, axis: np.ndarray) -> np.ndarray:
+    """Per slice, the (y, x) voxel index of the vertebral body's centre, smoothed along the column.
+
+    ``axis`` is ``anatomy.column_axis`` of the network's vertebrae (per slice (y, x)): it runs
+    through the spinal canal or just in front of it. Along the midline, walking forwards
+    from there, the body starts at its posterior wall (the first bone, ``BONE_HU``) and ends
+    at its anterior cortex: the last bone before ``FRONT_GAP_MM`` of soft tissue or fat.
+    The centre is halfway; slices where no body shows (a disc) take their neighbours' value.
+    """
+    sy = float(spacing[1])
+    smooth = ndimage.gaussian_filter1d(hu.astype(np.float32), 1.5 / sy, axis=1)
+    centre = np.full((hu.shape[0], 2), np.nan)
+    for z in range(hu.shape[0]):
+        y0, x = int(round(axis[z, 0] + AXIS_BEHIND_MM / sy)), int(round(axis[z, 1]))
+        if not 0 <= x < hu.shape[2]:
+            continue
+        band = smooth[z, :, max(x - 2, 0):x + 3].mean(axis=1)
+        found = _body_along_ray(band, min(y0, hu.shape[1] - 1), sy)
+        if found is not None:
+            centre[z] = ((found[0] + found[1]) / 2, x)
+    valid = np.flatnonzero(~np.isnan(centre[:, 0]))
+    if len(valid) == 0:
+        return np.asarray(axis, float).copy()
+    steps = max(int(round(20.0 / float(spacing[0]))) | 1, 3)
+    for a in range(2):
+        values = ndimage.median_filter(centre[valid, a], size=min(steps, len(valid)), mode="nearest")
+        centre[:, a] = np.interp(np.arange(hu.shape[0]), valid, values)
+    return ndimage.gaussian_filter1d(centre, max(3.0 / float(spacing[0]), 0.5), axis=0, mode="nearest")
+
+
+def _body_along_ray(band: np.ndarray, start: int, sy: float) -> tuple[int, int] | None:
+    """(front, back) y index of the body on a ray from ``start`` towards the front (smaller y), or None."""
+    limit = max(start - int(BODY_DEPTH_MM[1] / sy), 0)
+    back = next((y for y in range(start, limit, -1) if band[y] >= BONE_HU), None)
+    if back is None:
+        return None
+    front, gap = back, 0
+    for y in range(back, max(back - int(BODY_DEPTH_MM[1] / sy), 0), -1):
+        if band[y] >= BONE_HU:
+            front, gap = y, 0
+        elif band[y] < FRONT_SOFT_HU:
+            gap += 1
+            if gap * sy >= FRONT_GAP_MM:
+                break
+    if (back - front) * sy < BODY_DEPTH_MM[0]:
+        return None
+    return front, back
+
+
+def core_profile(hu: np.ndarray, spacing, centre: np.ndarray) -> np.ndarray:
+    """Mean HU of the body's core per slice: a disk of ``CORE_RADIUS_MM`` round the centreline, square to it.
+
+    The disk is tilted with the column (``tangents``), so that a disc of a kyphotic
+    thoracic spine is sampled across, not obliquely.
+    """
+    offsets = np.arange(-CORE_RADIUS_MM, CORE_RADIUS_MM + 0.01, 1.0)
+    a, b = np.meshgrid(offsets, offsets, indexing="ij")
+    inside = a ** 2 + b ** 2 <= CORE_RADIUS_MM ** 2
+    a, b = a[inside], b[inside]
+    sp = np.asarray(spacing, float)
+    out = np.zeros(hu.shape[0])
+    for z, n in enumerate(tangents(centre, spacing)):
+        u = np.cross(n, [0.0, 0.0, 1.0])
+        u /= max(np.linalg.norm(u), 1e-9)
+        v = np.cross(n, u)
+        origin = np.array([z, centre[z, 0], centre[z, 1]]) * sp
+        points = origin[:, None] + u[:, None] * a + v[:, None] * b
+        out[z] = float(ndimage.map_coordinates(hu, points / sp[:, None], order=1, mode="nearest").mean())
+    return ndimage.gaussian_filter1d(out, 0.6, mode="nearest")
+
+
+def tangents(centre: np.ndarray, spacing) -> np.ndarray:
+    """Unit vectors (mm; z, y, x) along the centreline, per slice, towards the head, smoothed over ``TANGENT_MM``."""
+    smooth = ndimage.gaussian_filter1d(centre, max(TANGENT_MM / float(spacing[0]), 0.5), axis=0, mode="nearest")
+    step = np.gradient(smooth, axis=0) * np.asarray(spacing[1:], float)  # mm of y, x per slice
+    t = np.column_stack([np.full(len(centre), float(spacing[0])), step])
+    return t / np.linalg.norm(t, axis=1, keepdims=True)
+
+
+def disc_positions(profile: np.ndarray, rib_z: list[float]) -> tuple[list[float], dict]:
+    """Slice indices (head to feet) of the discs between, above and below the rib levels, and how each was found.
+
+    ``rib_z`` are the rib levels' slice indices, head to feet. Each rib level lies near the
+    middle of its own vertebra (measured on the real chest CT: the clear disc dips lie
+    within 2.5 mm of the midpoints), so the disc between two vertebrae is taken at the
+    midpoint of their rib levels: the rib levels are regular where the core profile is
+    noisy (endplates, veins, partial volume at 2-3 mm). Beyond the first and the last rib
+    level, the disc is the core profile's minimum ``END_WINDOW`` pitches away, when that
+    window lies in the scan and the dip is clear (``END_DIP_HU``).
+    """
+    discs = [(upper + lower) / 2 for upper, lower in zip(rib_z[:-1], rib_z[1:])]
+    notes: dict = {"between": "midpoints of consecutive rib levels", "above_first": None, "below_last": None}
+    if len(rib_z) < 2:
+        return discs, notes
+    n = len(profile)
+    top, bottom = rib_z[0] - rib_z[1], rib_z[-2] - rib_z[-1]
+    above = _end_disc(profile, rib_z[0] + END_WINDOW[0] * top, rib_z[0] + END_WINDOW[1] * top, rib_z[0], n)
+    below = _end_disc(profile, rib_z[-1] - END_WINDOW[1] * bottom, rib_z[-1] - END_WINDOW[0] * bottom, rib_z[-1], n)
+    notes["above_first"], notes["below_last"] = above, below
+    if above is not None:
+        discs.insert(0, float(above["z"]))
+    if below is not None:
+        discs.append(float(below["z"]))
+    return discs, notes
+
+
+def _end_disc(profile: np.ndarray, lo: float, hi: float, rib: float, n: int) -> dict | None:
+    """The disc beyond an end rib level, if the scan shows one: a clear dip of the core inside the scan."""
+    lo_i, hi_i = int(np.floor(lo)), int(np.ceil(hi))
+    if lo_i < 1 or hi_i > n - 2:
+        return None  # the window runs off the scan: the vertebra beyond is cut, or not there
+    z = lo_i + int(np.nanargmin(profile[lo_i:hi_i + 1]))
+    r = int(round(rib))
+    neighbour = float(np.nanmedian(profile[min(r, z):max(r, z) + 1]))
+    if neighbour - profile[z] < END_DIP_HU:
+        return None
+    return {"z": z, "core_hu": round(float(profile[z]), 1), "neighbour_core_hu": round(neighbour, 1)}
+
+
+def column_box(shape, spacing, centre: np.ndarray) -> tuple[slice, slice, slice]:
+    """The part of the volume that can hold the column's bone (``BOX_*`` round the centreline)."""
+    sy, sx = float(spacing[1]), float(spacing[2])
+    y0 = int(max(np.floor(centre[:, 0].min() - BOX_FRONT_MM / sy), 0))
+    y1 = int(min(np.ceil(centre[:, 0].max() + BOX_BACK_MM / sy) + 1, shape[1]))
+    x0 = int(max(np.floor(centre[:, 1].min() - BOX_LATERAL_MM / sx), 0))
+    x1 = int(min(np.ceil(centre[:, 1].max() + BOX_LATERAL_MM / sx) + 1, shape[2]))
+    return slice(0, shape[0]), slice(y0, y1), slice(x0, x1)
+
+
+def column_bone(hu: np.ndarray, spacing, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Bone of the column and the part of it that is vertebral body (two bool arrays shaped like ``hu``).
+
+    Bone is dense voxels (``BONE_HU`` after a light smoothing). The body, per slice, is the
+    convex hull of the bone within ``BODY_RADIUS_MM`` of the body's centre and in front of
+    the spinal canal (the darkest point behind the body): real marrow can be as dark as soft
+    tissue (a median of 60 HU is normal at L3), so it is the cortex that outlines a body.
+    """
+    from skimage.morphology import convex_hull_image
+
+    sy, sx = float(spacing[1]), float(spacing[2])
+    dense = ndimage.gaussian_filter(hu.astype(np.float32), (0.5, 0.7, 0.7)) >= BONE_HU
+    smooth = ndimage.uniform_filter(hu.astype(np.float32), size=(1, 5, 5))
+    yy, xx = np.indices(hu.shape[1:], dtype=np.float32)
+    body = np.zeros(hu.shape, bool)
+    for z in range(hu.shape[0]):
+        cy, cx = centre[z]
+        canal = _canal_point(smooth[z], centre[z], sy)
+        front_of_canal = yy < (canal[0] - CANAL_RADIUS_MM / sy if canal else cy + BODY_RADIUS_MM / sy)
+        zone = (((yy - cy) * sy) ** 2 + ((xx - cx) * sx) ** 2 <= BODY_RADIUS_MM ** 2) & front_of_canal
+        seen = dense[z] & zone
+        if seen.sum() * sy * sx >= MIN_BODY_SLICE_MM2:
+            body[z] = convex_hull_image(seen) & zone
+    return dense | body, body
+
+
+def _canal_point(smooth_slice: np.ndarray, centre, sy: float) -> tuple[int, int] | None:
+    """The darkest point straight behind the body centre, between ``CANAL_MM`` of it: the spinal canal."""
+    y, x = (int(round(c)) for c in centre)
+    lo, hi = y + int(CANAL_MM[0] / sy), min(y + int(CANAL_MM[1] / sy), smooth_slice.shape[0] - 1)
+    if hi <= lo or not 0 <= x < smooth_slice.shape[1]:
+        return None
+    return lo + int(np.argmin(smooth_slice[lo:hi + 1, x])), x
+
+
+def _disk(radius_mm: float, sy: float, sx: float) -> np.ndarray:
+    ry, rx = max(int(radius_mm / sy), 1), max(int(radius_mm / sx), 1)
+    yy, xx = np.mgrid[-ry:ry + 1, -rx:rx + 1]
+    return (yy * sy) ** 2 + (xx * sx) ** 2 <= radius_mm ** 2 + 1e-6
+
+
+def split_column(bone: np.ndarray, body: np.ndarray, spacing, centre: np.ndarray, discs: list[float]) -> np.ndarray:
+    """Instance map (int32) of the bone between consecutive disc planes: 1 above the first disc, 2 below it, ...
+
+    The bodies are split by the disc planes (square to the centreline). The rest of the
+    bone (pedicles, laminae, processes) floods from the bodies by a watershed on the bone's
+    distance map, competing with the ribs (bone beyond ``RIB_MARKER_MM`` laterally), so
+    each voxel goes to what it is joined to through the thickest bone: a spinous process
+    to its own vertebra, a rib to the ribs. Rib voxels come back as 0, and so does bone that
+    the flood carried above its own body's slab, or more than one slab below it (a chain
+    of touching processes): a thoracic spinous process reaches down over the next
+    vertebra, never over two, and never up.
+    """
+    from skimage.segmentation import watershed
+
+    sz, sy, sx = (float(s) for s in spacing)
+    z, y, x = np.indices(bone.shape, dtype=np.float32)
+    dx = (x - centre[:, 1].astype(np.float32)[:, None, None]) * sx
+    tangent = tangents(centre, spacing)
+    part = np.ones(bone.shape, np.int32)
+    for d in discs:
+        k = int(round(d))
+        t = tangent[k]
+        signed = (z - d) * sz * t[0] + (y - centre[k, 0]) * sy * t[1] + (x - centre[k, 1]) * sx * t[2]
+        part += (signed < 0).astype(np.int32)
+    rib_id = len(discs) + 2
+    markers = np.where(body, part, 0).astype(np.int32)
+    markers[bone & ~body & (np.abs(dx) >= RIB_MARKER_MM)] = rib_id
+    labels = watershed(np.zeros(bone.shape, np.uint8), markers, mask=bone)
+    labels[labels == rib_id] = 0
+    below = np.ones(bone.shape[0], np.int32)  # the slab of each slice, by the discs' heights alone
+    for d in discs:
+        below += (np.arange(bone.shape[0]) < d).astype(np.int32)
+    reach = below[:, None, None] - labels
+    labels[(labels > 0) & ~body & ((reach < 0) | (reach > 1))] = 0  # above its slab, or more than one below
+    return labels.astype(np.int32)
+
+
+def rebuild_column(hu: np.ndarray, spacing, axis: np.ndarray, rib_z: list[float], rib_names: list[str],
+                   label_map: dict[int, str]) -> Column | None:
+    """The column's vertebrae from the CT, named by the rib count; None where the evidence is too thin.
+
+    ``axis`` is the network's column axis (per slice (y, x)), ``rib_z`` the rib levels'
+    slice indices head to feet and ``rib_names`` their anatomical names (``T1`` ... ``T12``).
+    The labels use the bundle's ids (``label_map``); levels outside T1-L5 (C7 above T1) and
+    parts under ``MIN_VERTEBRA_ML`` are left out.
+    """
+    if len(rib_z) < 2 or len(rib_names) != len(rib_z):
+        return None
+    centre = body_centreline(hu, spacing, axis)
+    discs, notes = disc_positions(core_profile(hu, spacing, centre), rib_z)
+    box = column_box(hu.shape, spacing, centre)
+    local = centre - [box[1].start, box[2].start]
+    bone, body = column_bone(hu[box], spacing, local)
+    parts = split_column(bone, body, spacing, local, discs)
+    core_parts = np.where(_body_core(body, spacing, local, discs), parts, 0)
+    names = _part_names(rib_names, above=notes["above_first"] is not None, below=notes["below_last"] is not None)
+    id_of = {level: label for label, level in label_map.items()}
+    labels = np.zeros(hu.shape, np.uint8)
+    cores = np.zeros(hu.shape, np.uint8)
+    voxel_ml = float(np.prod(spacing)) / 1000.0
+    kept, dropped = [], []
+    counts = np.bincount(parts.ravel(), minlength=len(names) + 1)
+    for part, name in enumerate(names, start=1):
+        if name not in id_of or counts[part] * voxel_ml < MIN_VERTEBRA_ML:
+            dropped.append({"level": name, "volume_ml": round(counts[part] * voxel_ml, 1)})
+            continue
+        labels[box][parts == part] = id_of[name]
+        cores[box][core_parts == part] = id_of[name]
+        kept.append(name)
+    record = {"method": "rebuilt from the CT: bodies along their centreline, discs at the midpoints of the rib "
+                        "levels (square to the column), bone split between the bodies, names by the rib count",
+              "levels": kept, "left_out": dropped,
+              "discs_z_mm": [round(d * float(spacing[0]), 1) for d in discs], "end_discs": notes}
+    record["lesions_judged_on"] = (f"the body's core only: {CORE_MARGIN_MM:.0f} mm or more from the disc planes "
+                                   f"and within {CORE_RADIUS_LESION_MM:.0f} mm of the centreline, "
+                                   "which are placed to a few mm, so that a neighbour's endplate or the disc is "
+                                   "never read as a focus")
+    return Column(labels, cores, record)
+
+
+def _body_core(body: np.ndarray, spacing, centre: np.ndarray, discs: list[float]) -> np.ndarray:
+    """The bodies' cores: body voxels ``CORE_MARGIN_MM`` from the disc planes and within ``CORE_RADIUS_LESION_MM`` of the centreline."""
+    sy, sx = float(spacing[1]), float(spacing[2])
+    yy, xx = np.indices(body.shape[1:], dtype=np.float32)
+    near = np.stack([((yy - c[0]) * sy) ** 2 + ((xx - c[1]) * sx) ** 2 <= CORE_RADIUS_LESION_MM ** 2 for c in centre])
+    return body & near & (_plane_distance(body.shape, spacing, centre, discs) >= CORE_MARGIN_MM)
+
+
+def _plane_distance(shape, spacing, centre: np.ndarray, discs: list[float]) -> np.ndarray:
+    """Per voxel, the distance (mm) to the nearest disc plane (inf without discs)."""
+    sz, sy, sx = (float(s) for s in spacing)
+    z, y, x = np.indices(shape, dtype=np.float32)
+    tangent = tangents(centre, spacing)
+    nearest = np.full(shape, np.inf, np.float32)
+    for d in discs:
+        k = int(round(d))
+        t = tangent[k]
+        signed = (z - d) * sz * t[0] + (y - centre[k, 0]) * sy * t[1] + (x - centre[k, 1]) * sx * t[2]
+        np.minimum(nearest, np.abs(signed), out=nearest)
+    return nearest
+
+
+def _part_names(rib_names: list[str], above: bool, below: bool) -> list[str]:
+    """The level of each part head to feet: the rib levels' names, with the levels above and below where discs show."""
+    names = list(rib_names)
+    if above:
+        names.insert(0, _neighbour(rib_names[0], -1))
+    if below:
+        names.append(_neighbour(rib_names[-1], +1))
+    return names
+
+
+def _neighbour(level: str, step: int) -> str:
+    """The level ``step`` away from ``level`` along T1-L5; C7 above T1 (never reported)."""
+    if level in LEVELS:
+        i = LEVELS.index(level) + step
+        return LEVELS[i] if 0 <= i < len(LEVELS) else ("C7" if i < 0 else "S1")
+    return f"beyond {level}"
