@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from pipelines.errors import LesionConfigError
 from pipelines.lesions import LESION_CLASSES, LesionClassifier, LesionThresholds, ThresholdClassifier
+from pipelines.lesions.zones import posterior_elements
 from pipelines.levels import LEVELS
 from research.phantoms.generator import make_phantom
 
@@ -131,6 +132,8 @@ def test_thresholds_come_from_the_configuration_dict():
     ({"min_focus_mm3": 0}, "min_focus_mm3 must be positive"),
     ({"cortex_mm": -1}, "cortex_mm must not be negative"),
     ({"weak_focus_mm3": 100}, "weak_focus_mm3 (100) must not be above min_focus_mm3 (50.0)"),
+    ({"outline_fraction": 1.0}, "outline_fraction must be below 1"),
+    ({"compact_min": -0.1}, "compact_min must not be negative"),
 ])
 def test_a_bad_threshold_is_refused_with_its_name(values, words):
     with pytest.raises(LesionConfigError) as error:
@@ -182,3 +185,19 @@ def test_phantom_vertebrae_get_their_true_class(change):
     assert {truth for _, truth, _ in rows} == set(DRAWN)
     wrong = [row for row in rows if row[1] != row[2]]
     assert not wrong, wrong
+
+
+def test_thin_rims_off_the_body_are_not_posterior_elements_but_a_thick_arch_is():
+    # the opening that finds the body leaves its thin rims outside it; on a body-only mask (the real chest CT's)
+    # keeping the blastic zone 6 mm from them would take in most of a small body
+    spacing = (2.0, 1.0, 1.0)
+    body = np.zeros((20, 60, 60), bool)
+    body[3:17, 10:40, 10:50] = True
+    rim = np.zeros_like(body)
+    rim[3:17, 9, 10:50] = True  # one voxel in front of the body
+    arch = np.zeros_like(body)
+    arch[6:14, 40:52, 24:36] = True  # 12 mm behind it, 12 mm wide
+    assert not posterior_elements(body | rim, body, spacing, 1.5).any()
+    elements = posterior_elements(body | rim | arch, body, spacing, 1.5)
+    assert np.array_equal(elements, arch)
+    assert np.array_equal(posterior_elements(body | rim, body, spacing, 0.0), rim)  # 0 mm: every part off the body

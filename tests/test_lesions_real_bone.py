@@ -1,17 +1,17 @@
 """The lesion classifier on REAL bone (the shared real scans), and the tools that put lesions into it.
 
-Real vertebrae: the TPTBox/VerSe lumbar crop (L3 whole, L2 and L4 cut by the crop, 1.5 mm)
-and the T11/T12 DICOM crop (both cut by its 20 slices of 2 mm). None shows a lesion; the
-lesions here are inserted with ``research.lesions.insertion`` at fixed places (seeded).
-The whole-thorax figures are the benchmark's (``benchmarks/lesion_real_bone.py``), too slow
-to load here.
+Real vertebrae: the TPTBox/VerSe lumbar crop (L3 whole, L2 and L4 cut by the crop, 1.5 mm),
+the T11/T12 DICOM crop (both cut by its 20 slices of 2 mm) and the ten bodies of the whole
+real chest CT (``research.lesions.cases.thorax``, about 6 s to load). None shows a lesion;
+the lesions here are inserted with ``research.lesions.insertion`` at fixed places (seeded).
+The benchmark's figures are ``benchmarks/lesion_real_bone.py``'s.
 """
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from pipelines.lesions import LESION_CLASSES, LESION_KINDS, ThresholdClassifier, estimate_noise
+from pipelines.lesions import LESION_CLASSES, LESION_KINDS, LesionThresholds, ThresholdClassifier, estimate_noise
 from pipelines.lesions.zones import bounding_box, vertebral_body
 from pipelines.outputs.codes import ABSENT, INDETERMINATE, LESION_CODES, PRESENT, lesion_code, metastasis_value
 from research.lesions import cases
@@ -36,6 +36,11 @@ def lumbar() -> cases.RealScan:
 @pytest.fixture(scope="module")
 def t11_t12() -> cases.RealScan:
     return _scan(cases.t11_t12)
+
+
+@pytest.fixture(scope="module")
+def thorax() -> cases.RealScan:
+    return _scan(cases.thorax)
 
 
 def _vertebra(scan: cases.RealScan, label: int):
@@ -104,12 +109,45 @@ def test_an_inserted_14_mm_lytic_lesion_in_real_t12_bone_is_found_but_the_cut_ve
 @real_data
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_faint_lytic_focus_in_osteoporotic_real_bone_is_indeterminate_not_a_lesion(lumbar, seed):
-    # L3 reads ~55 HU: a 14 mm focus of -30 HU stands out by its z-score but only ~80 HU below the bone
+    # L3 reads ~55 HU: a 14 mm focus of -30 HU stands out by its z-score but only ~80 HU below the bone, and its
+    # core reads fat-like (below compact_min_hu): focal fat as much as tumour, so its compact shape is no evidence
     hu, mask, noise = _with_lesion(lumbar, 22, "lytic", 14.0, -30.0, seed)
     finding = ThresholdClassifier().classify(hu, mask, lumbar.spacing, noise)
     assert finding.kind == "indeterminate", finding.features["reason"]
     assert finding.features["reason"].startswith("weak evidence, no lesion call")
     assert finding.features["hypodense_focus"]["grade"] == "weak"
+
+
+@real_data
+@pytest.mark.parametrize("thickness", [1.0, 2.0, 3.0])
+def test_no_normal_real_thoracic_body_is_called_a_lesion_at_any_slice_thickness(thorax, thickness):
+    # the ten whole bodies of the real chest CT, no lesion inserted: none may get a lesion call
+    calls = {}
+    for label, name in thorax.names.items():
+        hu, mask, _ = _vertebra(thorax, label)
+        hu, mask = reslice(hu, thorax.spacing[0], thickness), reslice_mask(mask, thorax.spacing[0], thickness)
+        spacing = (thickness,) + tuple(thorax.spacing[1:])
+        noise = estimate_noise(reslice(thorax.hu, thorax.spacing[0], thickness), spacing).sd_hu
+        calls[name] = ThresholdClassifier().classify(hu, mask, spacing, noise).kind
+    assert not [name for name, kind in calls.items() if kind in LESION_KINDS], calls
+    assert sum(kind == "none" for kind in calls.values()) >= 8, calls
+
+
+@real_data
+@pytest.mark.parametrize(("label", "seed"), [(2, 1), (5, 1)])
+def test_a_compact_soft_tissue_focus_under_110_hu_below_real_thoracic_bone_is_lytic_by_its_shape(thorax, label, seed):
+    # a 12 mm lesion of 40 HU in bone of ~135 HU: its core is ~95 HU below the bone, short of lytic_call_hu (110),
+    # but its outline at half its contrast is a thick, compact ball, as normal bone's hypodense regions are not
+    hu, mask, noise = _with_lesion(thorax, label, "lytic", 12.0, 40.0, seed)
+    finding = ThresholdClassifier().classify(hu, mask, thorax.spacing, noise)
+    assert finding.kind == "lytic", finding.features["reason"]
+    focus = finding.features["hypodense_focus"]
+    assert focus["evidence_by_shape"] is True
+    assert focus["reference_hu"] - focus["core_hu"] < LesionThresholds().lytic_call_hu
+    assert focus["outline"]["thickness_mm"] >= 6.0 and focus["outline"]["compactness"] >= 0.55
+    # the shape path is what found it: without it (a threshold override, as SPINE_NODE_LESION_THRESHOLDS gives) no call
+    strict = ThresholdClassifier({"compact_thickness_mm": 99.0}).classify(hu, mask, thorax.spacing, noise)
+    assert strict.kind not in LESION_KINDS, strict.features["reason"]
 
 
 @real_data

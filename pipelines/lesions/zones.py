@@ -59,6 +59,23 @@ def trabecular_core(body: np.ndarray, spacing, cortex_mm: float, margin_voxels: 
     return depth[1:-1, 1:-1, 1:-1] > 1.0
 
 
+def posterior_elements(mask: np.ndarray, body: np.ndarray, spacing, radius_mm: float) -> np.ndarray:
+    """The parts of ``mask`` off the ``body`` that a ball of ``radius_mm`` fits in: pedicles and arch, not rims.
+
+    The opening that finds the body leaves thin rims of the body's own surface outside it
+    (its corners, a ragged label edge); on a mask of the body alone they are all there is.
+    Keeping the blastic zone away from them would take in most of a small body, so only
+    parts at least twice ``radius_mm`` thick count as posterior elements.
+    """
+    off_body = mask & ~body
+    if radius_mm <= 0 or not off_body.any():
+        return off_body
+    seed = ndimage.distance_transform_edt(np.pad(off_body, 1), sampling=spacing)[1:-1, 1:-1, 1:-1] > radius_mm
+    if not seed.any():
+        return seed
+    return off_body & (ndimage.distance_transform_edt(~seed, sampling=spacing) <= radius_mm)
+
+
 def farther_than(region: np.ndarray, spacing, distance_mm: float) -> np.ndarray:
     """Voxels more than ``distance_mm`` from every voxel of ``region`` (all of them when it is empty)."""
     if not region.any() or distance_mm <= 0:
