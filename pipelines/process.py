@@ -152,10 +152,15 @@ def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions
 
     timings: dict[str, float] = {"seg": 0.0, "sr": 0.0}
     outlines = vertebra_outlines(analysis.labels, analysis.findings)
+    change = None
+    if prior_summary is not None:  # before the SR, which carries it
+        from pipelines.measure.change import compare
+
+        change = compare(change_inputs(analysis), prior_summary)
     primary = (options.seg_type, options.seg_all_frames)
-    seg, sr = _seg_and_sr(series, analysis, primary, predecessor_sr, outlines, timings)
+    seg, sr = _seg_and_sr(series, analysis, primary, predecessor_sr, outlines, timings, change)
     variants = {str(sr.SOPInstanceUID): primary, **({str(seg.SOPInstanceUID): primary} if seg is not None else {})}
-    built = [(variant, *_seg_and_sr(series, analysis, variant, predecessor_sr, outlines, timings))
+    built = [(variant, *_seg_and_sr(series, analysis, variant, predecessor_sr, outlines, timings, change))
              for variant in (options.seg_variants if seg is not None else ())]  # no SEG: one SR serves all
     variant_objects = []
     for variant, seg_v, sr_v in built:
@@ -166,10 +171,8 @@ def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions
                            options.density_rule())
     summary = make_summary(series, analysis, seg, sr, {**analysis.timings_s, **timings}, report)
     summary["patient_key"] = patient_key
-    if prior_summary is not None:
-        from pipelines.measure.change import compare
-
-        summary["change"] = compare(summary, prior_summary)
+    if change is not None:
+        summary["change"] = change
     optional = build_optional_outputs(series, analysis.labels, analysis.findings, analysis.model, options.outputs)
     summary["timings_s"].update({k: round(v, 3) for k, v in optional.timings_s.items()})
     summary["outputs"] = {"kinds": list(options.outputs), "not_built": optional.not_built}
@@ -187,8 +190,9 @@ def variant_name(variant: tuple[str, bool]) -> str:
 
 
 def _seg_and_sr(series: CTSeries, analysis: Analysis, variant: tuple[str, bool], predecessor_sr: Dataset | None,
-                outlines: dict, timings: dict[str, float]) -> tuple[Dataset | None, Dataset]:
-    """One SEG form (None when no vertebra was found) and the SR that references it; the times added up."""
+                outlines: dict, timings: dict[str, float], change: dict | None = None) -> tuple[Dataset | None, Dataset]:
+    """One SEG form (None when no vertebra was found) and the SR that references it (with the change since
+    the prior study, when there is one); the times added up."""
     from pipelines.outputs.seg import build_seg
     from pipelines.outputs.sr import build_sr
 
@@ -200,9 +204,16 @@ def _seg_and_sr(series: CTSeries, analysis: Analysis, variant: tuple[str, bool],
     timings["seg"] += time.perf_counter() - t0
     t0 = time.perf_counter()
     sr = build_sr(series, seg, analysis.findings, analysis.model, predecessor=predecessor_sr, outlines=outlines,
-                  comment=naming_note(analysis.naming))
+                  comment=naming_note(analysis.naming), change=change)
     timings["sr"] += time.perf_counter() - t0
     return seg, sr
+
+
+def change_inputs(analysis: Analysis) -> dict:
+    """What ``change.compare`` reads of this series: the model and, per vertebra, its level, volume and report."""
+    return {"model": {"name": analysis.model.name, "version": analysis.model.version},
+            "vertebrae": [{"level": f.level, "volume_ml": f.volume_ml, "lesion": f.lesion, **f.measurements}
+                          for f in analysis.findings]}
 
 
 def vertebra_outlines(labels: np.ndarray, findings: list[VertebraFinding]) -> dict:

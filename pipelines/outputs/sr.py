@@ -27,7 +27,17 @@ Written with highdicom, in the source study, as DICOM_REFERENCE.md §3.4 lays ou
   two and labels the outline with the volume, mean HU and the other numbers; then one
   TID 1410 group per vertebra naming it (``name_group``: a small marker at the top of the
   outline, a tracked finding of its own with the level and lesion class and no number, so
-  that OHIF's five-line label shows the level).
+  that OHIF's five-line label shows the level);
+* per measured vertebra, its anterior, middle and posterior body heights drawn
+  (``height_groups``): one TID 1410 group each, a two-point SCOORD3D POLYLINE in the frame of
+  reference (a height crosses many axial slices, so it lies on no single CT image) with the
+  length as its measurement (VML-101..103, mm), a tracked finding of its own;
+* with a prior study (``change``, from ``pipelines.measure.change.compare``): one TID 1501
+  group per level present in both (``change_group``), with the prior's Study Instance UID
+  (110180, DCM) as a UIDREF, the change in lesion volume (ml, %) and in each height (mm),
+  the lesion change (new, no longer seen, persisting, none) and whether the body newly
+  collapsed; a Comment says which prior, warns when it was analysed by another model or
+  version (naming both), and why a level was not compared.
 """
 from __future__ import annotations
 
@@ -40,11 +50,13 @@ from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
 
 from pipelines.records import CTSeries, ModelIdentity, VertebraFinding
-from pipelines.outputs.report_items import report_measurements
+from pipelines.outputs.report_items import (MILLIMETRE, POSITIONS, PRIOR_STUDY, change_evaluations,
+                                            change_measurements, report_measurements)
 from pipelines.outputs.codes import (ABSENT, ATTENUATION, BONY_METASTASIS, CT_PROCEDURE, HOUNSFIELD_UNIT, LESION_TYPE,
-                          MEAN, MILLILITRE, VERTEBRA, VOLUME, coding_scheme_identification,
+                          MEAN, MILLILITRE, PRESENT, VERTEBRA, VOLUME, coding_scheme_identification,
                           lesion_code, metastasis_value, vertebra_code)
 from pipelines.errors import DicomWriteError
+from pipelines.levels import LEVELS
 from pipelines.outputs.contours import Outline
 from pipelines.outputs.seg import MANUFACTURER, character_set, reference_headers
 
@@ -241,6 +253,75 @@ def name_group(finding: VertebraFinding, segment: Dataset, outline: Outline, ser
     )
 
 
+def height_groups(finding: VertebraFinding, segment: Dataset, series: CTSeries,
+                  algorithm: hd.sr.AlgorithmIdentification) -> list[hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations]:
+    """TID 1410 per drawn height of one vertebra: a 2-point SCOORD3D POLYLINE with its length (mm).
+
+    Each is a tracked finding of its own ("L1 anterior height", a UID derived from the
+    segment's): sharing the outline's Tracking UID would merge three lines into one
+    measurement in OHIF. The line's end points are the report's (``height_lines_mm``).
+    """
+    lines = (finding.measurements or {}).get("height_lines_mm") or {}
+    heights = (finding.measurements or {}).get("heights_mm") or {}
+    frame_uid = series.source_images[0].FrameOfReferenceUID
+    segment_uid = str(segment.get("TrackingUID") or hd.UID())
+    groups = []
+    for position, points in lines.items():
+        if heights.get(position) is None:
+            continue
+        groups.append(hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
+            tracking_identifier=hd.sr.TrackingIdentifier(
+                uid=generate_uid(entropy_srcs=[segment_uid, "height", position]),
+                identifier=f"{finding.level} {position} height"),
+            referenced_region=hd.sr.ImageRegion3D(graphic_type=hd.sr.GraphicTypeValues3D.POLYLINE,
+                                                  graphic_data=np.asarray(points, dtype=float),
+                                                  frame_of_reference_uid=frame_uid),
+            finding_type=VERTEBRA,
+            finding_sites=[hd.sr.FindingSite(anatomic_location=vertebra_code(finding.level))],
+            algorithm_id=algorithm,
+            measurements=[hd.sr.Measurement(name=POSITIONS[position], value=float(heights[position]),
+                                            unit=MILLIMETRE)]))
+    return groups
+
+
+def change_group(level: str, record: dict, prior_study_uid: str | None, note: str | None,
+                 algorithm: hd.sr.AlgorithmIdentification) -> hd.sr.MeasurementsAndQualitativeEvaluations:
+    """TID 1501 for one level's change since the prior study, the prior referenced by its Study Instance UID."""
+    compared = record.get("compared", False)
+    group = hd.sr.MeasurementsAndQualitativeEvaluations(
+        tracking_identifier=hd.sr.TrackingIdentifier(
+            uid=generate_uid(entropy_srcs=["change", level, str(prior_study_uid)]),
+            identifier=f"{level} change since prior study"),
+        finding_type=VERTEBRA,
+        finding_sites=[hd.sr.FindingSite(anatomic_location=vertebra_code(level))],
+        algorithm_id=algorithm,
+        measurements=change_measurements(record) if compared else None,
+        qualitative_evaluations=change_evaluations(record, PRESENT, ABSENT) if compared else None,
+    )
+    if prior_study_uid:
+        group[0].ContentSequence.append(hd.sr.UIDRefContentItem(
+            name=PRIOR_STUDY, value=prior_study_uid, relationship_type=hd.sr.RelationshipTypeValues.CONTAINS))
+    text = " ".join(t for t in (note, None if compared else record.get("reason")) if t)
+    if text:
+        add_comment(group, text)
+    return group
+
+
+def change_groups(change: dict, algorithm: hd.sr.AlgorithmIdentification
+                  ) -> list[hd.sr.MeasurementsAndQualitativeEvaluations]:
+    """One ``change_group`` per level of the two studies, head to feet; the first says which prior and warns."""
+    prior = (change.get("prior") or {}).get("study_instance_uid")
+    note = [f"Compared with the prior study {prior}." if prior else "Compared with a prior study.",
+            *change.get("warnings", [])]
+    if change.get("only_now"):
+        note.append(f"Not in the prior study: {', '.join(change['only_now'])}.")
+    if change.get("only_before"):
+        note.append(f"Only in the prior study: {', '.join(change['only_before'])}.")
+    levels = sorted(change.get("vertebrae", {}), key=lambda lv: LEVELS.index(lv) if lv in LEVELS else 99)
+    return [change_group(level, change["vertebrae"][level], prior, " ".join(note) if i == 0 else None, algorithm)
+            for i, level in enumerate(levels)]
+
+
 def add_comment(group, text: str) -> None:
     """Append (121106, DCM, "Comment") = ``text`` to a measurement group, as a TEXT qualitative evaluation.
 
@@ -267,13 +348,16 @@ def _check_inputs(series: CTSeries, seg: Dataset | None, findings: list[Vertebra
 
 def build_sr(series: CTSeries, seg: Dataset | None, findings: list[VertebraFinding], model: ModelIdentity, *,
              predecessor: Dataset | None = None, series_number: int = 901,
-             outlines: dict[int, Outline] | None = None, comment: str | None = None) -> hd.sr.Comprehensive3DSR:
+             outlines: dict[int, Outline] | None = None, comment: str | None = None,
+             change: dict | None = None) -> hd.sr.Comprehensive3DSR:
     """The TID 1500 report of ``findings`` (already numbered by ``build_seg``) on ``series`` and its ``seg``.
 
     With no vertebra found, pass ``seg=None`` and ``findings=[]``: the report then says so
     (``no_vertebra_group``). ``outlines`` (finding label -> its ``contours.centre_outline``)
     adds one TID 1410 group per outlined vertebra after the TID 1411 groups, for viewers
-    that draw SCOORD/SCOORD3D (``outline_group``). Raises DicomWriteError when a finding
+    that draw SCOORD/SCOORD3D (``outline_group``); measured heights are drawn
+    (``height_groups``); ``change`` (``summary["change"]``) adds the change since the prior
+    study (``change_groups``). Raises DicomWriteError when a finding
     does not match its SEG segment or the objects belong to different studies.
     """
     _check_inputs(series, seg, findings, predecessor)
@@ -288,6 +372,10 @@ def build_sr(series: CTSeries, seg: Dataset | None, findings: list[VertebraFindi
         outlined = [f for f in ordered if outlines and f.label in outlines]
         groups += [outline_group(f, segments[f.segment_number], outlines[f.label], series, algorithm) for f in outlined]
         groups += [name_group(f, segments[f.segment_number], outlines[f.label], series, algorithm) for f in outlined]
+        for f in ordered:
+            groups += height_groups(f, segments[f.segment_number], series, algorithm)
+        if change:
+            groups += change_groups(change, algorithm)
     if comment:
         add_comment(groups[0], comment)
     report = hd.sr.MeasurementReport(
