@@ -434,6 +434,6 @@ def test_the_notice_passes_dciodvfy_without_any_message(tmp_path):
 
 @pytest.mark.peer
 def test_dsrdump_reads_the_notice_and_shows_the_reason(tmp_path):
-    run = subprocess.run([require("dsrdump"), str(_notice_file(tmp_path))], capture_output=True, text=True, timeout=60)
+    run = subprocess.run([require("dsrdump"), "+Pl", str(_notice_file(tmp_path))], capture_output=True, text=True, timeout=60)
     assert run.returncode == 0 and not run.stderr.strip(), run.stderr
     assert "Not processed" in run.stdout and "too_few_slices" in run.stdout
