@@ -44,6 +44,7 @@ from storage.operations import Operations
 from support.dimse import StoreReceiver, send_c_store
 from support.inprocess_node import InProcessNode, StubExecutor, ct_series
 from support.programs import dciodvfy_messages, require
+from support.waiting import wait_until
 
 PATIENT = "Notice^Patient"
 EVERY_OUTPUT = (SegmentationStorage, LabelMapSegmentationStorage, Comprehensive3DSRStorage, ComprehensiveSRStorage, RTStructureSetStorage,
@@ -382,7 +383,10 @@ def test_a_notice_sent_back_to_the_node_gets_no_notice_of_its_own(tmp_path):
         node, _ = _profiled_node(tmp_path, pacs.address)
         try:
             assert send_c_store(node.port, [_notice_file(tmp_path)]) == [0]
-            (detail,) = node.run_completed_jobs(stable_age=0.1)
+            details: list[dict] = []  # the series row can lag the C-STORE response by a moment under load
+            wait_until(lambda: details.extend(node.run_completed_jobs(stable_age=0.1)) or details, 10,
+                       "the returned notice's series to complete")
+            (detail,) = details
             _deliver(node)
         finally:
             node.close()
