@@ -46,7 +46,7 @@ class Fracture:
 
     * wedge: the height falls linearly from the posterior measuring point (intact) to the
       anterior one (``depth`` lost there), so 1 - anterior/posterior = ``depth``;
-    * biconcave: a smooth central dent, ``depth`` lost at the centre, nothing at the walls;
+    * biconcave: a broad central dent, ``depth`` lost at the centre, nothing at the walls;
     * crush: the whole body loses ``depth``.
 
     Both endplates move towards the centre by the same amount. ``grade`` and ``loss`` are
@@ -67,7 +67,7 @@ class Fracture:
             return np.broadcast_to(1.0 - self.depth * ramp, np.broadcast(ru, rv).shape)
         if self.morphology == "biconcave":
             r2 = (ru ** 2 + rv ** 2) / MID_DENT_RADIUS ** 2
-            return 1.0 - self.depth * np.clip(1.0 - r2, 0.0, 1.0) ** 2
+            return 1.0 - self.depth * np.clip(1.0 - r2 ** 2, 0.0, 1.0)  # flat-bottomed, as an endplate sinks
         raise ValueError(f"fracture morphology must be one of {FRACTURE_MORPHOLOGIES}, not {self.morphology!r}")
 
 

@@ -21,6 +21,7 @@ series and instances, byte for byte.
 from __future__ import annotations
 
 import copy
+import datetime
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +87,10 @@ def default_patient_id(seed: int) -> str:
     return f"PHANTOM-{seed:05d}"
 
 
-def study_uid_for(seed: int, patient_id: str) -> str:
-    """StudyInstanceUID of a phantom: a hash of the seed and patient ID, so a seed is one study."""
+def study_uid_for(seed: int, patient_id: str, visit: int = 0) -> str:
+    """StudyInstanceUID of a phantom: a hash of the seed and patient ID (and a follow-up's visit), so a seed is one study."""
+    if visit:
+        return generate_uid(entropy_srcs=["spine-node phantom study", str(seed), patient_id, f"visit {visit}"])
     return generate_uid(entropy_srcs=["spine-node phantom study", str(seed), patient_id])
 
 
@@ -108,6 +111,13 @@ def sop_instance_uid_for(series_uid: str, instance_number: int) -> str:
     return generate_uid(entropy_srcs=["instance", series_uid, str(instance_number)])
 
 
+def study_date(phantom: Phantom) -> str:
+    """The phantom's StudyDate: the fixed synthetic date, a follow-up's ``days_after_baseline`` later."""
+    if not phantom.days_after_baseline:
+        return SYNTHETIC_DATE
+    return (datetime.date(2000, 1, 1) + datetime.timedelta(days=phantom.days_after_baseline)).strftime("%Y%m%d")
+
+
 def _patient_and_study(ds: Dataset, phantom: Phantom, patient_id: str, study_uid: str) -> None:
     """Patient and General Study modules: synthetic identity only, fixed dates (type 2 kept present)."""
     ds.PatientName = f"Phantom^{phantom.seed}"
@@ -115,7 +125,7 @@ def _patient_and_study(ds: Dataset, phantom: Phantom, patient_id: str, study_uid
     ds.PatientBirthDate = ""
     ds.PatientSex = ""
     ds.StudyInstanceUID = study_uid
-    ds.StudyDate = SYNTHETIC_DATE
+    ds.StudyDate = study_date(phantom)
     ds.StudyTime = SYNTHETIC_TIME
     ds.ReferringPhysicianName = ""
     ds.StudyID = str(phantom.seed)[-16:]
@@ -129,7 +139,7 @@ def _series_and_equipment(ds: Dataset, phantom: Phantom, orientation: str, serie
     ds.Modality = "CT"
     ds.SeriesInstanceUID = series_uid
     ds.SeriesNumber = ORIENTATIONS.index(orientation) + 1
-    ds.SeriesDate = SYNTHETIC_DATE
+    ds.SeriesDate = study_date(phantom)
     ds.SeriesTime = SYNTHETIC_TIME
     ds.SeriesDescription = f"Phantom {phantom.fov} {orientation}"
     ds.BodyPartExamined = "SPINE"
@@ -180,9 +190,9 @@ def series_template(phantom: Phantom, orientation: str, patient_id: str, study_u
     _patient_and_study(ds, phantom, patient_id, study_uid)
     _series_and_equipment(ds, phantom, orientation, series_uid, frame_of_reference_uid_for(study_uid))
     _image_pixel_and_ct(ds, phantom.grid, orientation)
-    ds.ContentDate = SYNTHETIC_DATE
+    ds.ContentDate = study_date(phantom)
     ds.ContentTime = SYNTHETIC_TIME
-    ds.AcquisitionDate = SYNTHETIC_DATE
+    ds.AcquisitionDate = study_date(phantom)
     ds.AcquisitionTime = SYNTHETIC_TIME
     if phantom.contrast:  # Contrast/Bolus module: required when contrast was given (the aorta is enhanced)
         ds.ContrastBolusAgent = "synthetic iodinated contrast (phantom)"
@@ -208,22 +218,36 @@ def slice_dataset(template: Dataset, phantom: Phantom, k: int, instance_number: 
 
 
 def write_dicom_series(phantom: Phantom, folder: Path, orientation: str = "HFS", patient_id: str | None = None,
-                       study_uid=None) -> list[Path]:
+                       study_uid=None, issuer: str | None = None) -> list[Path]:
     """Write ``phantom`` as a CT series in ``folder`` and return the files in InstanceNumber order.
 
     ``patient_id`` defaults to ``PHANTOM-<seed>``; ``study_uid`` defaults to a UID derived from
     the seed and patient ID (give one to put several phantoms in one study). Files are named
-    ``CT<instance>.dcm``; files already in ``folder`` are left alone.
+    ``CT<instance>.dcm``; files already in ``folder`` are left alone. ``issuer`` sets
+    IssuerOfPatientID (absent otherwise); a follow-up (``Phantom.visit``) gets a study of its own
+    and its later StudyDate.
     """
     _check_orientation(orientation)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     patient_id = patient_id or default_patient_id(phantom.seed)
-    study_uid = str(study_uid) if study_uid else study_uid_for(phantom.seed, patient_id)
+    study_uid = str(study_uid) if study_uid else study_uid_for(phantom.seed, patient_id, phantom.visit)
     template = series_template(phantom, orientation, patient_id, study_uid)
+    if issuer:
+        template.IssuerOfPatientID = issuer
     paths = []
     for number, k in enumerate(instance_order(phantom.grid.shape[0], orientation), start=1):
         path = folder / f"CT{number:04d}.dcm"
         slice_dataset(template, phantom, k, number, orientation).save_as(path, enforce_file_format=True)
         paths.append(path)
     return paths
+
+
+def write_followup_pair(pair: tuple[Phantom, Phantom], folder: Path, orientation: str = "HFS",
+                        issuer: str = "SPINE-NODE-PHANTOMS") -> tuple[list[Path], list[Path]]:
+    """A baseline and its follow-up (``report.followup_pair``) as two studies of one patient: same PatientID
+    and issuer, the follow-up later, with its own StudyInstanceUID; in ``folder/baseline`` and ``folder/followup``."""
+    baseline, followup = pair
+    patient = default_patient_id(baseline.seed)
+    return (write_dicom_series(baseline, Path(folder) / "baseline", orientation, patient, issuer=issuer),
+            write_dicom_series(followup, Path(folder) / "followup", orientation, patient, issuer=issuer))

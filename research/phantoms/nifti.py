@@ -1,7 +1,8 @@
 """Writers for phantoms: NIfTI cases and nnU-Net raw datasets (DICOM: ``phantom_dicom.py``).
 
 A NIfTI case is a folder ``<case>/`` with ``ct.nii.gz``, ``labels.nii.gz`` (paper
-convention), ``lesions.nii.gz`` and ``truth.json`` (per-vertebra lesion class), the layout
+convention), ``lesions.nii.gz`` and ``truth.json`` (per-vertebra lesion class; for report
+phantoms the spine report's truth too, and a follow-up's change), the layout
 ``spine-node evaluate`` reads. Geometry goes through SimpleITK, whose frame is LPS like
 the phantom's, so origin and direction are written exactly.
 """
@@ -30,7 +31,9 @@ def to_sitk(array: np.ndarray, grid: Grid) -> sitk.Image:
 def truth_record(phantom: Phantom) -> dict:
     """The JSON ground truth of a phantom: seed, FOV kind and per-vertebra lesion truth."""
     return {"seed": phantom.seed, "fov": phantom.fov, "label_convention": "paper",
-            "spacing_zyx_mm": list(phantom.grid.spacing), "vertebrae": phantom.truth}
+            "spacing_zyx_mm": list(phantom.grid.spacing), "vertebrae": phantom.truth,
+            **({"visit": phantom.visit, "days_after_baseline": phantom.days_after_baseline} if phantom.visit else {}),
+            **phantom.extra_truth}
 
 
 def write_nifti_case(phantom: Phantom, folder: Path) -> Path:
