@@ -17,6 +17,7 @@ SHAPE = (60, 130, 160)
 CENTRE_Y, CENTRE_X = 50, 80
 BODY_R, CANAL_Y, CANAL_R = 14, 78, 7
 CENTRES_MM = [93.0, 71.0, 49.0, 27.0]  # head to feet; bodies 16 mm tall, discs 6 mm
+RIBS_MM = [c + 4.0 for c in CENTRES_MM]  # a rib level lies in the upper part of its own vertebra, under its disc
 NAMES = ["T9", "T10", "T11", "T12"]
 LABEL_MAP = {i + 9: f"T{i + 9}" for i in range(4)} | {1: "T1"}
 
@@ -33,7 +34,7 @@ def _spine():
         body = slab & (r <= BODY_R)
         hu[body & (r > BODY_R - 2)] = 600.0  # cortex
         hu[body & (r <= BODY_R - 2)] = 60.0  # dark marrow
-        hu[slab & (np.abs(z - c) > 7.0) & (r <= BODY_R)] = 600.0  # endplates
+        hu[slab & (np.abs(z - c) > 6.0) & (r <= BODY_R)] = 600.0  # endplates
         truth[body] = k + 1
         arch = slab & (canal > CANAL_R) & (canal <= CANAL_R + 4) & (y > CENTRE_Y + BODY_R - 2)
         hu[arch] = 500.0
@@ -49,7 +50,7 @@ def _spine():
 def test_each_body_is_labelled_whole_with_the_name_of_its_rib_level():
     hu, truth, canal, far = _spine()
     axis = np.tile([CENTRE_Y + 12.0, CENTRE_X], (SHAPE[0], 1))
-    rib_z = [c / SPACING[0] for c in CENTRES_MM]
+    rib_z = [r / SPACING[0] for r in RIBS_MM]
     column = rebuild_column(hu, SPACING, axis, rib_z, NAMES, LABEL_MAP)
     assert column is not None and column.record["levels"] == NAMES
     for k, name in enumerate(NAMES):
@@ -58,19 +59,20 @@ def test_each_body_is_labelled_whole_with_the_name_of_its_rib_level():
         assert share >= 0.9, f"{name}: {share:.2f} of its body (dark marrow included) got its own level"
     assert not column.labels[np.broadcast_to(canal, SHAPE)].any(), "the spinal canal was labelled as bone"
     assert not column.labels[np.broadcast_to(far, SHAPE) & (hu >= 400)].any(), "a rib far from the spine was labelled"
-    discs = [(c - 11.0) / SPACING[0] for c in CENTRES_MM[:-1]]
-    assert column.record["discs_z_mm"] == [round(d * SPACING[0], 1) for d in discs]  # midpoints of the rib levels
+    # the disc above each rib's vertebra, found by its endplates (the top one has none above it: placed by offset)
+    assert column.record["discs_z_mm"][1:] == [c + 11.0 for c in CENTRES_MM[1:]]
+    assert column.record["discs"]["found_by"] == ["rib level + the clear discs' offset"] + ["endplates"] * 3
 
 
 def test_lesions_are_judged_only_on_the_body_core_away_from_the_discs():
     hu, truth, _, _ = _spine()
     axis = np.tile([CENTRE_Y + 12.0, CENTRE_X], (SHAPE[0], 1))
-    column = rebuild_column(hu, SPACING, axis, [c / SPACING[0] for c in CENTRES_MM], NAMES, LABEL_MAP)
+    column = rebuild_column(hu, SPACING, axis, [r / SPACING[0] for r in RIBS_MM], NAMES, LABEL_MAP)
     cores = column.cores
     assert cores is not None and set(np.unique(cores)) == {0, 9, 10, 11, 12}
     assert np.all(column.labels[cores > 0] == cores[cores > 0])  # a core lies inside its own vertebra
     z_mm = np.nonzero(cores)[0] * SPACING[0]
-    for disc in (c - 11.0 for c in CENTRES_MM[:-1]):
+    for disc in (c + 11.0 for c in CENTRES_MM[1:]):
         assert np.min(np.abs(z_mm - disc)) >= CORE_MARGIN_MM - SPACING[0] / 2
 
 
@@ -81,6 +83,6 @@ def test_too_few_rib_levels_leave_the_network_column_alone():
     assert rebuild_column(hu, SPACING, axis, [46.5, 35.5], ["T9"], LABEL_MAP) is None  # names do not match
 
 
-def test_parts_beyond_the_end_rib_levels_take_the_next_level_and_c7_is_named_for_what_it_is():
-    assert _part_names(["T11", "T12"], above=False, below=True) == ["T11", "T12", "L1"]
-    assert _part_names(["T1", "T2"], above=True, below=False) == ["C7", "T1", "T2"]
+def test_the_part_above_the_first_rib_disc_is_the_level_above_and_the_one_below_the_last_disc_the_next():
+    assert _part_names(["T11", "T12"], below=True) == ["T10", "T11", "T12", "L1"]
+    assert _part_names(["T1", "T2"], below=False) == ["C7", "T1", "T2"]

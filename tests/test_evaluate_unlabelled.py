@@ -19,6 +19,7 @@ from pipelines.levels import LEVELS, PAPER
 from pipelines.model.anatomy import review_vertebrae
 from pipelines.model.orientation import lps_reorientation
 from pipelines.records import ModelIdentity
+from research.lesions.thorax import DISC_SLICES
 from research.evaluation import (Scan, discover_scans, evaluate_unlabelled, format_unlabelled,
                                  summarise_unlabelled)
 from support.paths import SHARED_DATA
@@ -154,13 +155,19 @@ def test_real_chest_ct_gives_the_thoracic_column_named_by_the_ribs_and_no_false_
     levels = case["levels"]
     thoracic = [f"T{i}" for i in range(1, 13)]
     assert len([lv for lv in levels if lv in thoracic]) >= 11, levels
-    assert levels == thoracic[thoracic.index(levels[0]):thoracic.index(levels[0]) + len(levels)]  # no gap
+    assert levels == LEVELS[LEVELS.index(levels[0]):LEVELS.index(levels[0]) + len(levels)]  # no gap
+    assert set(levels) <= set(thoracic) | {"L1"}  # a chest CT: the thoracic spine, at most the top of L1
     assert case["column"]["contiguous"], case["column"]["problems"]
     naming = case["naming"]
     assert naming["verdict"] == "consistent", naming["reason"]
     assert naming["evidence"]["rib_numbering"]["from"] == "last rib"  # L1 shows at the bottom, without a rib
     assert 10 <= naming["evidence"]["rib_count"] <= 13
     assert "rebuilt" in naming["evidence"]  # the network ran them together; the CT's anatomy split and named them
+    # the discs it split at, against the 11 read by eye on this scan (research/lesions/thorax.py)
+    found = naming["evidence"]["rebuilt"]["discs_z_mm"]
+    by_eye = [z * 2.0 for z in DISC_SLICES]  # slice index -> mm (2 mm slices, from the lowest)
+    close = [e for e in by_eye if min(abs(e - f) for f in found) <= 3.0]
+    assert len(close) >= 8, f"discs read by eye {by_eye}, found {found}"
     calls = [v["level"] for v in case["vertebrae"] if v["lesion"] in ("lytic", "blastic", "mixed")]
     assert len(calls) <= 1, f"lesions called on a chest CT without lesions: {calls}"
     assert Path(case["qc_picture"]).is_file()

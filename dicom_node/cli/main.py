@@ -219,6 +219,20 @@ def cmd_train_demo(args) -> int:
 
 # --- evaluate ------------------------------------------------------------------------------------------
 
+def _as_node(segmenter):
+    """A segment function giving what the node reports: the network's labels after ``anatomy.review_vertebrae``.
+
+    The reference cases are read as LPS (z, y, x) volumes, the grid the review works on.
+    """
+    from pipelines.model.anatomy import review_vertebrae
+
+    def segment(volume):
+        labels = segmenter.segment(volume.array, volume.spacing).labels
+        return review_vertebrae(volume.array, volume.spacing, labels, segmenter.bundle.label_map).labels
+
+    return segment
+
+
 def _evaluate_parser(sub) -> None:
     p = sub.add_parser("evaluate", help="Dice, level identification and lesion classes on reference cases; "
                                         "on scans without reference: vertebrae, column, naming checks, QC pictures")
@@ -239,6 +253,10 @@ def _evaluate_parser(sub) -> None:
     p.add_argument("--step-size", type=float, default=0.5, help="sliding-window step (fraction of the patch)")
     p.add_argument("--no-relabel", action="store_true",
                    help="keep the network's level names (skip the head-to-feet consistency step)")
+    p.add_argument("--as-node", action="store_true",
+                   help="score the labels as the node reports them: after the anatomy review (is it a spine, the "
+                        "rib and sacrum naming checks, the column rebuilt from the CT where the network ran "
+                        "vertebrae together); without it, the network's labels")
     p.add_argument("--dataset", type=Path, help="an imported dataset (spine-node dataset import-*): the paper's "
                                                "validation on its cases, held-out fold per case (research/paper_validation.py)")
     p.add_argument("--compare", metavar="BUNDLE", help="with --dataset: a second bundle on the same cases; paired "
@@ -262,9 +280,9 @@ def cmd_evaluate(args) -> int:
     segmenter = Segmenter(bundle, device=args.device, step_size=args.step_size, relabel=not args.no_relabel)
     classifier = ThresholdClassifier()
     results = []
+    segment = _as_node(segmenter) if args.as_node else (lambda v: segmenter.segment(v.array, v.spacing).labels)
     for case in cases:
-        result = evaluate_case(case, lambda v: segmenter.segment(v.array, v.spacing).labels,
-                               bundle.label_map, classifier)
+        result = evaluate_case(case, segment, bundle.label_map, classifier)
         dices = [r["dice"] for r in result["vertebrae"]]
         mean = sum(dices) / len(dices) if dices else float("nan")
         print(f"{case.name}: {len(dices)} vertebrae, mean Dice {mean:.3f}", flush=True)

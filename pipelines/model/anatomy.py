@@ -84,6 +84,7 @@ class NamedVertebra:
     centroid_mm: tuple[float, float, float]   # (z, y, x) in mm from voxel (0, 0, 0)
     z_range: tuple[int, int]                   # lowest and highest slice index of its core
     height_mm: float
+    cut: bool = False                          # it reaches the first or the last slice: the scan cuts it
 
 
 @dataclass
@@ -139,8 +140,9 @@ def named_vertebrae(labels: np.ndarray, spacing, label_map: dict[int, str]) -> l
         body = body if len(body) else core
         z_lo, z_hi = int(body[:, 0].min()), int(body[:, 0].max())
         centroid = tuple(round(float(c) * float(s), 1) for c, s in zip(core.mean(0), spacing))
+        cut = int(points[:, 0].min()) == 0 or int(points[:, 0].max()) == labels.shape[0] - 1
         out.append(NamedVertebra(level, int(len(points)), centroid, (z_lo, z_hi),
-                                 round((z_hi - z_lo + 1) * float(spacing[0]), 1)))
+                                 round((z_hi - z_lo + 1) * float(spacing[0]), 1), cut))
     return sorted(out, key=lambda v: LEVELS.index(v.level))
 
 
@@ -178,7 +180,8 @@ def column_check(vertebrae: list[NamedVertebra], heights: bool = True) -> dict:
     """Whether the named vertebrae form one contiguous column, and every problem found, in words.
 
     Checks: no level missing between two named ones; the spacing of consecutive centroids
-    against the expected pitch (``TOO_FAR``, ``TOO_CLOSE``); each vertebra's height
+    against the expected pitch (``TOO_FAR``, ``TOO_CLOSE``), except next to a vertebra the
+    scan cuts (the centre of what is left is not the vertebra's); each vertebra's height
     against its own pitch (``TOO_TALL``: several vertebrae run together).
     """
     problems: list[str] = []
@@ -192,7 +195,9 @@ def column_check(vertebrae: list[NamedVertebra], heights: bool = True) -> dict:
                       "expected_mm": round(expected, 1), "ratio": round(ratio, 2)})
         if skipped:
             problems.append(f"{skipped} level(s) missing between {upper.level} and {lower.level}")
-        if ratio > TOO_FAR:
+        if upper.cut or lower.cut:
+            steps[-1]["not_judged"] = "a vertebra cut by the scan: its centre is not its own"
+        elif ratio > TOO_FAR:
             problems.append(f"{upper.level} to {lower.level}: {distance:.0f} mm between centres, "
                             f"{expected:.0f} mm expected: a vertebra is probably missing between them")
         elif ratio < TOO_CLOSE:
@@ -690,8 +695,8 @@ def _rebuilt_check(network: NamingCheck, rebuilt: Column, vertebrae: list[NamedV
                    network_names: list[str]) -> NamingCheck:
     """The naming record of a rebuilt column: named by the rib count, the network's verdict kept as evidence.
 
-    Each rebuilt vertebra holds one rib level by construction, so the rib rule is what
-    names it; the record says so, with the rib numbering's own reason (which end was
+    Each rebuilt vertebra lies under the disc at its own rib level by construction, so the
+    rib rule is what names it; the record says so, with the rib numbering's own reason (which end was
     shown rib-free, and whether 12 levels were counted) and the column's contiguity
     (levels without gaps, centres at the expected pitch; heights are not judged: a body
     tilted by the kyphosis spans more slices than its height).
@@ -703,8 +708,8 @@ def _rebuilt_check(network: NamingCheck, rebuilt: Column, vertebrae: list[NamedV
                      "named": [v.level for v in vertebrae], "column": column})
     numbering = network.evidence.get("rib_numbering", {})
     reason = (f"the network ran vertebrae together ({network.reason.split(':')[0]}), so the column was rebuilt "
-              f"from the CT: {len(vertebrae)} vertebrae ({vertebrae[0].level}-{vertebrae[-1].level}), each holding "
-              f"one rib level, named by the rib count ({numbering.get('reason', '')})") if vertebrae else \
+              f"from the CT: {len(vertebrae)} vertebrae ({vertebrae[0].level}-{vertebrae[-1].level}), one under "
+              f"the disc at each rib level, named by the rib count ({numbering.get('reason', '')})") if vertebrae else \
         "the network ran vertebrae together and the column could not be rebuilt from the CT"
     verdict = "consistent" if vertebrae and column["contiguous"] else "cannot_be_settled"
     return NamingCheck(RULE, verdict, reason, 0 if verdict == "consistent" else None, False, evidence)

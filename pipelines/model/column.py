@@ -4,24 +4,30 @@ On real CT the demo network finds the spine but runs two to four vertebrae into 
 and its names are then meaningless (``anatomy.check_naming`` says so: one label spans
 several rib levels). The CT itself shows what a reader counts with:
 
-1. **the bodies' centreline**: per slice, the densest compact bone in front of the
-   network's axis (``body_centreline``), smoothed along the column;
-2. **the discs**: along that centreline the body's core is dense bone, and a disc is a dip
-   in its mean HU. Each rib level (the costotransverse joint of its own vertebra) lies in
-   one vertebra, so between two consecutive rib levels there is exactly one disc, and the
-   dip is searched for only there (``disc_positions``); below the last rib level and above
-   the first, where the expected pitch allows. Each disc is a plane across the column,
-   perpendicular to the centreline (thoracic kyphosis tilts the discs by up to ~35 deg);
-3. **the bone of each vertebra**: bone around the column (HU >= ``BONE_HU``, the body's
-   marrow filled in, the spinal canal left out), split between the vertebrae by a marker
-   watershed: markers are the body cores between consecutive disc planes, and the ribs
-   (bone far lateral); everything else floods from the nearest marker through bone, so a
-   pedicle, a lamina and a spinous process go to their own body and a rib to the ribs;
-4. **the names**: the vertebra that holds rib level k is the level the rib count gave it
-   (``anatomy._rib_numbering``: T12 is the last rib-bearing vertebra when one without a rib
-   shows below, else T1 the first when one without shows above); the vertebrae below T12
-   are L1, L2, ... in order, and the one above T1 is C7 (not reported).
+1. **the bodies' centreline**: per slice, the middle of the body on the midline, between
+   its posterior wall (the first bone in front of the canal) and its anterior cortex
+   (``body_centreline``), smoothed along the column;
+2. **the discs**: a rib's head articulates at the top of its own vertebra (for ribs 2-9
+   across the disc above it), so the disc above vertebra k lies at, or up to 10 mm above,
+   rib level k. There it is found by its endplates: a dark layer of the body's core
+   between two bright ones (``disc_score``, on a small disk square to the centreline, so
+   that a disc tilted by the kyphosis is sampled across). Where the endplates do not stand
+   out (shoulder streaks), the disc goes at the offset the clear ones show. The disc under
+   the last rib's vertebra is looked for one pitch further down. Each disc is a plane
+   square to the centreline (thoracic kyphosis tilts the discs by up to ~35 deg);
+3. **the bone of each vertebra**: bone around the column (HU >= ``BONE_HU``; the body is
+   the convex hull of its cortex in front of its posterior wall, so dark marrow is in and
+   the canal out), the bodies split by the disc planes, the rest (pedicles, laminae,
+   processes) flooded from the bodies through bone by a watershed that competes with the
+   ribs (bone far lateral), so a spinous process goes to its own vertebra, a rib to the ribs;
+4. **the names**: the vertebra under the disc at rib level k is the level the rib count
+   gave that rib (``anatomy._rib_numbering``: T12 is the last rib-bearing vertebra when
+   one without a rib shows below, else T1 the first when one without shows above); the
+   one below the last is L1 (or the next level), the one above the first is C7 (never
+   reported).
 
+Lesions are judged on the bodies' cores only (``Column.cores``): the disc planes are
+placed to a few millimetres, so a neighbour's endplate must never be read as a focus.
 It runs only where the rib levels are numbered; a vertebra cut by the edge of the scan (no
 disc found on one side within the scan) is kept and measured as such by the later steps.
 All arrays are LPS (z, y, x): axis 0 grows towards the head, axis 1 towards the back.
@@ -40,20 +46,23 @@ AXIS_BEHIND_MM = 8.0     # the walk to the body starts this far behind the netwo
 BODY_DEPTH_MM = (12.0, 60.0)  # a body is this deep front to back (T1 ~15 mm, L5 ~35 mm), at most
 FRONT_SOFT_HU = 60.0     # in front of the body: soft tissue or fat ...
 FRONT_GAP_MM = 5.0       # ... over this depth ends the body
-CORE_RADIUS_MM = 8.0     # the body's core, where the disc profile is sampled
-TANGENT_MM = 8.0         # the column's direction is smoothed over this (sd); the centre wobbles by a few mm
-END_WINDOW = (0.3, 0.75)  # beyond the first or last rib level, the disc lies this many rib pitches away
-END_DIP_HU = 40.0        # an end disc must dip this far below the median core of its neighbour
+CORE_RADIUS_MM = 6.0     # the body's core, where the disc profile is sampled
+TANGENT_MM = 20.0        # the column's direction is smoothed over this (sd); the centre wobbles by a few mm
+ENDPLATE_MM = 4.0        # a disc's endplates lie within this above and below it
+DISC_SEARCH_MM = (-3.0, 10.0)  # the disc above a rib's vertebra lies this far from the rib level (below, above)
+END_WINDOW = (0.6, 1.3)  # the disc under the last rib's vertebra lies this many rib pitches below the disc above it
+END_SCORE_HU = 60.0      # ... and is kept where its endplates stand out by this much
+CLEAR_SCORE_HU = 45.0    # a disc whose endplates stand out less is placed at the offset the clear ones show
 RIB_MARKER_MM = 48.0     # bone this far lateral to the centreline is rib (a thoracic transverse process ends at ~40)
 BOX_LATERAL_MM = 60.0    # the column's bone lies within this distance left and right of the centreline ...
 BOX_FRONT_MM = 35.0      # ... from this far in front of the body centre ...
 BOX_BACK_MM = 85.0       # ... to this far behind it (the tip of a spinous process)
-CANAL_MM = (14.0, 45.0)  # the spinal canal's centre lies this far behind the body's centre
-CANAL_RADIUS_MM = 5.0    # and this much in front of it is canal, not body
+CANAL_HU = 40.0          # the spinal canal behind the body holds CSF, cord and epidural fat: under this ...
+CANAL_GAP_MM = 3.0       # ... over this depth behind the body's posterior wall
 BODY_RADIUS_MM = 22.0    # a body's outline lies within this of its centre (L5 is ~50 x 35 mm)
 MIN_BODY_SLICE_MM2 = 40.0  # less bone than this in a slice of the body zone: a disc, no body there
-CORE_MARGIN_MM = 6.0     # lesions are judged on body voxels at least this far from the disc planes ...
-CORE_RADIUS_LESION_MM = 14.0  # ... and this close to the centreline (not the cortex, the pedicles or rib heads)
+CORE_MARGIN_MM = 3.0     # lesions are judged on body voxels at least this far from the disc planes ...
+CORE_RADIUS_LESION_MM = 16.0  # ... and this close to the centreline (not the pedicles or the rib heads)
 MIN_VERTEBRA_ML = 2.0    # a part under this (a sliver of a vertebra cut by the scan) is not reported
 
 
@@ -119,7 +128,8 @@ def core_profile(hu: np.ndarray, spacing, centre: np.ndarray) -> np.ndarray:
     """Mean HU of the body's core per slice: a disk of ``CORE_RADIUS_MM`` round the centreline, square to it.
 
     The disk is tilted with the column (``tangents``), so that a disc of a kyphotic
-    thoracic spine is sampled across, not obliquely.
+    thoracic spine is sampled across, not obliquely; it is small, because a thoracic disc
+    of an old adult is one 2 mm slice thin and a wider disk would blur it with the tilt.
     """
     offsets = np.arange(-CORE_RADIUS_MM, CORE_RADIUS_MM + 0.01, 1.0)
     a, b = np.meshgrid(offsets, offsets, indexing="ij")
@@ -134,7 +144,26 @@ def core_profile(hu: np.ndarray, spacing, centre: np.ndarray) -> np.ndarray:
         origin = np.array([z, centre[z, 0], centre[z, 1]]) * sp
         points = origin[:, None] + u[:, None] * a + v[:, None] * b
         out[z] = float(ndimage.map_coordinates(hu, points / sp[:, None], order=1, mode="nearest").mean())
-    return ndimage.gaussian_filter1d(out, 0.6, mode="nearest")
+    return out
+
+
+def disc_score(profile: np.ndarray, sz: float) -> np.ndarray:
+    """Per slice, how much darker the core is than the brighter of the endplates on either side of it.
+
+    A disc between real vertebrae is a dark layer between two bright endplates, each within
+    ``ENDPLATE_MM``: the score is the lower of the two sides' brightest value minus the
+    slice's own. Trabecular bone (as dark as 100 HU in an old adult, the disc 80-100 HU)
+    has no such rims, so a dark patch in the middle of a body scores little.
+    """
+    k = max(int(round(ENDPLATE_MM / sz)), 1)
+    n = len(profile)
+    score = np.zeros(n)
+    for z in range(n):
+        above = profile[z + 1:z + 1 + k]
+        below = profile[max(z - k, 0):z]
+        if len(above) and len(below):
+            score[z] = min(above.max(), below.max()) - profile[z]
+    return score
 
 
 def tangents(centre: np.ndarray, spacing) -> np.ndarray:
@@ -145,44 +174,55 @@ def tangents(centre: np.ndarray, spacing) -> np.ndarray:
     return t / np.linalg.norm(t, axis=1, keepdims=True)
 
 
-def disc_positions(profile: np.ndarray, rib_z: list[float]) -> tuple[list[float], dict]:
-    """Slice indices (head to feet) of the discs between, above and below the rib levels, and how each was found.
+def disc_positions(profile: np.ndarray, rib_z: list[float], sz: float) -> tuple[list[float], dict]:
+    """Slice indices (head to feet) of the disc above each rib's vertebra and the one below the last, and their scores.
 
-    ``rib_z`` are the rib levels' slice indices, head to feet. Each rib level lies near the
-    middle of its own vertebra (measured on the real chest CT: the clear disc dips lie
-    within 2.5 mm of the midpoints), so the disc between two vertebrae is taken at the
-    midpoint of their rib levels: the rib levels are regular where the core profile is
-    noisy (endplates, veins, partial volume at 2-3 mm). Beyond the first and the last rib
-    level, the disc is the core profile's minimum ``END_WINDOW`` pitches away, when that
-    window lies in the scan and the dip is clear (``END_DIP_HU``).
+    ``rib_z`` are the rib levels' slice indices, head to feet; ``profile`` is
+    ``core_profile``. A rib's head articulates at the top of its own vertebra (across the
+    disc above it, for ribs 2-9), and the rib level is measured where the neck passes the
+    transverse process, a little lower: so the disc above vertebra k lies from just below
+    to ``DISC_SEARCH_MM`` above rib level k (measured on the real chest CT: 8 of its 10
+    discs read by eye found within 3 mm). Each disc is the best ``disc_score`` there; where
+    that is weak (``CLEAR_SCORE_HU``), the disc goes at the median offset from their rib
+    levels that the clear discs show.
+    Below the last rib's vertebra the next disc is looked for ``END_WINDOW`` rib pitches
+    down, and kept when the window lies in the scan and the score is clear (``END_SCORE_HU``).
     """
-    discs = [(upper + lower) / 2 for upper, lower in zip(rib_z[:-1], rib_z[1:])]
-    notes: dict = {"between": "midpoints of consecutive rib levels", "above_first": None, "below_last": None}
-    if len(rib_z) < 2:
-        return discs, notes
+    score = disc_score(profile, sz)
     n = len(profile)
-    top, bottom = rib_z[0] - rib_z[1], rib_z[-2] - rib_z[-1]
-    above = _end_disc(profile, rib_z[0] + END_WINDOW[0] * top, rib_z[0] + END_WINDOW[1] * top, rib_z[0], n)
-    below = _end_disc(profile, rib_z[-1] - END_WINDOW[1] * bottom, rib_z[-1] - END_WINDOW[0] * bottom, rib_z[-1], n)
-    notes["above_first"], notes["below_last"] = above, below
-    if above is not None:
-        discs.insert(0, float(above["z"]))
-    if below is not None:
-        discs.append(float(below["z"]))
+    discs, scores = [], []
+    for rib in rib_z:
+        lo = min(max(int(np.ceil(rib + DISC_SEARCH_MM[0] / sz)), 0), n - 1)
+        hi = min(max(int(np.floor(rib + DISC_SEARCH_MM[1] / sz)), lo), n - 1)
+        z = lo + int(np.argmax(score[lo:hi + 1]))
+        discs.append(float(z))
+        scores.append(round(float(score[z]), 1))
+    clear = [d - r for d, r, sc in zip(discs, rib_z, scores) if sc >= CLEAR_SCORE_HU]
+    offset = float(np.median(clear)) if clear else DISC_SEARCH_MM[1] / 2 / sz
+    how = []
+    for i, (rib, sc) in enumerate(zip(rib_z, scores)):
+        if sc < CLEAR_SCORE_HU:  # no clear endplates (shoulder streaks, a thin disc): where the others lie
+            discs[i] = float(np.clip(round(rib + offset), 0, n - 1))
+        how.append("endplates" if sc >= CLEAR_SCORE_HU else "rib level + the clear discs' offset")
+    notes: dict = {"scores_hu": scores, "found_by": how, "offset_mm": round(offset * sz, 1), "below_last": None}
+    if len(rib_z) >= 2:
+        pitch = rib_z[-2] - rib_z[-1]
+        below = _end_disc(score, discs[-1] - END_WINDOW[1] * pitch, discs[-1] - END_WINDOW[0] * pitch)
+        notes["below_last"] = below
+        if below is not None:
+            discs.append(float(below["z"]))
     return discs, notes
 
 
-def _end_disc(profile: np.ndarray, lo: float, hi: float, rib: float, n: int) -> dict | None:
-    """The disc beyond an end rib level, if the scan shows one: a clear dip of the core inside the scan."""
-    lo_i, hi_i = int(np.floor(lo)), int(np.ceil(hi))
-    if lo_i < 1 or hi_i > n - 2:
-        return None  # the window runs off the scan: the vertebra beyond is cut, or not there
-    z = lo_i + int(np.nanargmin(profile[lo_i:hi_i + 1]))
-    r = int(round(rib))
-    neighbour = float(np.nanmedian(profile[min(r, z):max(r, z) + 1]))
-    if neighbour - profile[z] < END_DIP_HU:
-        return None
-    return {"z": z, "core_hu": round(float(profile[z]), 1), "neighbour_core_hu": round(neighbour, 1)}
+def _end_disc(score: np.ndarray, lo: float, hi: float) -> dict | None:
+    """The disc below the last rib's vertebra, if the scan shows one: a clear disc score inside the scan."""
+    lo_i, hi_i = max(int(np.floor(lo)), 1), min(int(np.ceil(hi)), len(score) - 2)
+    if hi_i - lo_i < 1:
+        return None  # the window lies off the scan: the vertebra is cut, or there is none below
+    z = lo_i + int(np.argmax(score[lo_i:hi_i + 1]))
+    if score[z] < END_SCORE_HU or (z == lo_i and lo_i > lo):
+        return None  # no clear disc, or its best point is where the scan cuts the window
+    return {"z": z, "score_hu": round(float(score[z]), 1)}
 
 
 def column_box(shape, spacing, centre: np.ndarray) -> tuple[slice, slice, slice]:
@@ -200,34 +240,59 @@ def column_bone(hu: np.ndarray, spacing, centre: np.ndarray) -> tuple[np.ndarray
 
     Bone is dense voxels (``BONE_HU`` after a light smoothing). The body, per slice, is the
     convex hull of the bone within ``BODY_RADIUS_MM`` of the body's centre and in front of
-    the spinal canal (the darkest point behind the body): real marrow can be as dark as soft
-    tissue (a median of 60 HU is normal at L3), so it is the cortex that outlines a body.
+    its posterior wall (``posterior_walls``): real marrow can be as dark as soft tissue (a
+    median of 60 HU is normal at L3), so it is the cortex that outlines a body, and the
+    wall keeps the hull out of the spinal canal behind it.
     """
     from skimage.morphology import convex_hull_image
 
     sy, sx = float(spacing[1]), float(spacing[2])
     dense = ndimage.gaussian_filter(hu.astype(np.float32), (0.5, 0.7, 0.7)) >= BONE_HU
-    smooth = ndimage.uniform_filter(hu.astype(np.float32), size=(1, 5, 5))
+    back = posterior_walls(hu, spacing, centre)
     yy, xx = np.indices(hu.shape[1:], dtype=np.float32)
     body = np.zeros(hu.shape, bool)
     for z in range(hu.shape[0]):
         cy, cx = centre[z]
-        canal = _canal_point(smooth[z], centre[z], sy)
-        front_of_canal = yy < (canal[0] - CANAL_RADIUS_MM / sy if canal else cy + BODY_RADIUS_MM / sy)
-        zone = (((yy - cy) * sy) ** 2 + ((xx - cx) * sx) ** 2 <= BODY_RADIUS_MM ** 2) & front_of_canal
+        zone = (((yy - cy) * sy) ** 2 + ((xx - cx) * sx) ** 2 <= BODY_RADIUS_MM ** 2) & (yy <= back[z] + 0.5)
         seen = dense[z] & zone
         if seen.sum() * sy * sx >= MIN_BODY_SLICE_MM2:
             body[z] = convex_hull_image(seen) & zone
     return dense | body, body
 
 
-def _canal_point(smooth_slice: np.ndarray, centre, sy: float) -> tuple[int, int] | None:
-    """The darkest point straight behind the body centre, between ``CANAL_MM`` of it: the spinal canal."""
-    y, x = (int(round(c)) for c in centre)
-    lo, hi = y + int(CANAL_MM[0] / sy), min(y + int(CANAL_MM[1] / sy), smooth_slice.shape[0] - 1)
-    if hi <= lo or not 0 <= x < smooth_slice.shape[1]:
-        return None
-    return lo + int(np.argmin(smooth_slice[lo:hi + 1, x])), x
+def posterior_walls(hu: np.ndarray, spacing, centre: np.ndarray) -> np.ndarray:
+    """Per slice, the y index of the body's posterior wall on the midline, smoothed along the column.
+
+    Walking backwards from the body's centre, the wall is the last bone (``BONE_HU``) before
+    ``CANAL_GAP_MM`` of what fills the spinal canal (CSF, cord, epidural fat: under
+    ``CANAL_HU``). Slices where none is found (a disc) take their neighbours' value;
+    without any, the wall is ``BODY_RADIUS_MM`` behind the centre.
+    """
+    sy = float(spacing[1])
+    smooth = ndimage.gaussian_filter1d(hu.astype(np.float32), 1.0 / sy, axis=1)
+    gap = max(int(round(CANAL_GAP_MM / sy)), 1)
+    back = np.full(hu.shape[0], np.nan)
+    for z in range(hu.shape[0]):
+        y, x = (int(round(c)) for c in centre[z])
+        if not (0 <= x < hu.shape[2] and 0 <= y < hu.shape[1]):
+            continue
+        band = smooth[z, :, max(x - 2, 0):x + 3].mean(axis=1)
+        last, run = None, 0
+        for yy in range(y, min(y + int(BODY_RADIUS_MM / sy) + gap, hu.shape[1])):
+            if band[yy] >= BONE_HU:
+                last, run = yy, 0
+            elif band[yy] < CANAL_HU:
+                run += 1
+                if run >= gap:
+                    break
+        if last is not None and run >= gap:
+            back[z] = last
+    valid = np.flatnonzero(~np.isnan(back))
+    if len(valid) == 0:
+        return centre[:, 0] + BODY_RADIUS_MM / sy
+    steps = max(int(round(10.0 / float(spacing[0]))) | 1, 3)
+    values = ndimage.median_filter(back[valid], size=min(steps, len(valid)), mode="nearest")
+    return np.interp(np.arange(hu.shape[0]), valid, values)
 
 
 def _disk(radius_mm: float, sy: float, sx: float) -> np.ndarray:
@@ -285,13 +350,13 @@ def rebuild_column(hu: np.ndarray, spacing, axis: np.ndarray, rib_z: list[float]
     if len(rib_z) < 2 or len(rib_names) != len(rib_z):
         return None
     centre = body_centreline(hu, spacing, axis)
-    discs, notes = disc_positions(core_profile(hu, spacing, centre), rib_z)
+    discs, notes = disc_positions(core_profile(hu, spacing, centre), rib_z, float(spacing[0]))
     box = column_box(hu.shape, spacing, centre)
     local = centre - [box[1].start, box[2].start]
     bone, body = column_bone(hu[box], spacing, local)
     parts = split_column(bone, body, spacing, local, discs)
     core_parts = np.where(_body_core(body, spacing, local, discs), parts, 0)
-    names = _part_names(rib_names, above=notes["above_first"] is not None, below=notes["below_last"] is not None)
+    names = _part_names(rib_names, below=notes["below_last"] is not None)
     id_of = {level: label for label, level in label_map.items()}
     labels = np.zeros(hu.shape, np.uint8)
     cores = np.zeros(hu.shape, np.uint8)
@@ -305,10 +370,12 @@ def rebuild_column(hu: np.ndarray, spacing, axis: np.ndarray, rib_z: list[float]
         labels[box][parts == part] = id_of[name]
         cores[box][core_parts == part] = id_of[name]
         kept.append(name)
-    record = {"method": "rebuilt from the CT: bodies along their centreline, discs at the midpoints of the rib "
-                        "levels (square to the column), bone split between the bodies, names by the rib count",
+    record = {"method": "rebuilt from the CT: bodies along their centreline, the disc above each rib's vertebra "
+                        "found by its endplates just above the rib level (a rib's head articulates at the top of "
+                        "its own vertebra), square to the column, the bone split between the bodies, names by "
+                        "the rib count",
               "levels": kept, "left_out": dropped,
-              "discs_z_mm": [round(d * float(spacing[0]), 1) for d in discs], "end_discs": notes}
+              "discs_z_mm": [round(d * float(spacing[0]), 1) for d in discs], "discs": notes}
     record["lesions_judged_on"] = (f"the body's core only: {CORE_MARGIN_MM:.0f} mm or more from the disc planes "
                                    f"and within {CORE_RADIUS_LESION_MM:.0f} mm of the centreline, "
                                    "which are placed to a few mm, so that a neighbour's endplate or the disc is "
@@ -338,11 +405,10 @@ def _plane_distance(shape, spacing, centre: np.ndarray, discs: list[float]) -> n
     return nearest
 
 
-def _part_names(rib_names: list[str], above: bool, below: bool) -> list[str]:
-    """The level of each part head to feet: the rib levels' names, with the levels above and below where discs show."""
-    names = list(rib_names)
-    if above:
-        names.insert(0, _neighbour(rib_names[0], -1))
+def _part_names(rib_names: list[str], below: bool) -> list[str]:
+    """The level of each part head to feet: above the first rib's disc, the level above it (C7 above T1);
+    then one vertebra per rib level, under its disc; the next level under the disc below the last one."""
+    names = [_neighbour(rib_names[0], -1), *rib_names]
     if below:
         names.append(_neighbour(rib_names[-1], +1))
     return names
