@@ -30,6 +30,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.options import OUTPUT_KINDS, PipelineOptions
+from pipelines.outputs.codes import LESION_WORDS
 from pipelines.run import encode, image_groups, run_series
 from research.phantoms.dicom import write_dicom_series
 from research.phantoms.generator import make_phantom
@@ -56,6 +57,7 @@ class Processed:
     study_uid: str
     levels: list[str]
     volumes: dict[str, float]  # ml, per level
+    lesions: dict[str, str]  # lesion class, per level
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +77,8 @@ def processed(tmp_path_factory) -> Processed:
     levels = [v["level"] for v in vertebrae]
     assert levels, "the demo model found no vertebra in the phantom: nothing to show"
     return Processed(ct, outputs, outcome.outputs.summary["study_instance_uid"], levels,
-                     {v["level"]: float(v["volume_ml"]) for v in vertebrae})
+                     {v["level"]: float(v["volume_ml"]) for v in vertebrae},
+                     {v["level"]: v["lesion"] for v in vertebrae})
 
 
 @pytest.fixture(scope="module")
@@ -157,10 +160,11 @@ def test_the_seg_opens_on_the_ct_with_one_segment_per_level(page, processed):
     assert not page.errors, "\n".join(page.errors)
 
 
-def test_the_sr_draws_every_vertebra_named_by_level_with_its_numbers(page, processed):
+def test_the_sr_draws_every_vertebra_named_by_level_and_lesion_class_with_its_numbers(page, processed):
     """Stepping through the SR's measurements with OHIF's arrows shows, for every vertebra, its
-    outline labelled with its level ("Finding Site: L1 vertebra", OHIF writes the code 363698007)
-    and its centre marker labelled with its volume (and the other numbers of its TID 1411 group)."""
+    outline labelled with its level ("Finding Site: L1 vertebra", OHIF writes the code 363698007),
+    its name marker labelled with its level and lesion class ("L1 vertebra: osteolytic lesion"),
+    and its volume (and the other numbers of its TID 1411 group)."""
     thumbnail(page, "SR").dblclick()
     viewport = page.locator('[data-cy="viewport-pane"]').first
     page.get_by_text(re.compile(r"(Volume: \d+\.\d\d ml)|(363698007|Finding Site): [TL]\d{1,2} vertebra")).first.wait_for(
@@ -168,10 +172,11 @@ def test_the_sr_draws_every_vertebra_named_by_level_with_its_numbers(page, proce
     page.wait_for_timeout(2000)
     page.screenshot(path=str(ARTIFACTS / "ohif-sr.png"))
     volumes = {f"Volume: {volume:.2f} ml": level for level, volume in processed.volumes.items()}
-    named, measured = set(), set()
+    named, measured, classes = set(), set(), {}
     for step in range(2 * len(processed.levels) + 1):  # an outline and a marker per vertebra
         text = viewport.inner_text()
         named.update(re.findall(r"(?:363698007|Finding Site): ([TL]\d{1,2}) vertebra", text))
+        classes.update(re.findall(r"(?:363698007|Finding Site): ([TL]\d{1,2}) vertebra: ([a-z ,-]+[a-z])", text))
         measured.update(level for label, level in volumes.items() if label in text)
         if step == 1:
             page.screenshot(path=str(ARTIFACTS / "ohif-sr-next.png"))
@@ -179,6 +184,8 @@ def test_the_sr_draws_every_vertebra_named_by_level_with_its_numbers(page, proce
         page.wait_for_timeout(1500)
     assert named == set(processed.levels), f"outlines named {sorted(named)}, expected {processed.levels}"
     assert measured == set(processed.levels), f"volumes shown for {sorted(measured)}"
+    expected = {level: LESION_WORDS[lesion] for level, lesion in processed.lesions.items()}
+    assert classes == expected, f"lesion classes shown {classes}, expected {expected}"  # the marker's label
     assert not page.errors, "\n".join(page.errors)
 
 

@@ -15,7 +15,7 @@ import highdicom as hd
 import numpy as np
 import pytest
 
-from pipelines.outputs.codes import LESION_TYPE, vertebra_code
+from pipelines.outputs.codes import LESION_TYPE, LESION_WORDS, vertebra_code
 from pipelines.outputs.contours import Outline, centre_outline, fill, label_boxes
 from pipelines.outputs.seg import build_seg
 from pipelines.outputs.sr import build_sr
@@ -26,6 +26,7 @@ from support.seg_sr_cases import MODEL, PHANTOM, named_case, save_dataset
 PRIVATE_WARNING = ("Warning - Unrecognized defined term <99VERTMET> for value 1 of attribute "
                    "<Coding Scheme Designator>")
 CASES = ("HFS", "FFS", "OBLIQUE", "enhanced", "resampled")
+FREE_TEXT_WARNING = "Warning - Unrecognized defined term <CST4> for value 1 of attribute <Coding Scheme Designator>"
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +53,9 @@ def planar_groups(path):
 def test_dciodvfy_gives_only_the_declared_private_code_warnings(written):
     case, _, _, path = written
     # the lesion class (concept name and value) in the TID 1411, outline and name groups, and the declaration
-    assert sorted(dciodvfy_messages(path)) == [PRIVATE_WARNING] * (6 * len(case.findings) + 1)
+    # 99VERTMET: its declaration and six codes per vertebra; CST4 (OHIF's free-text label): its declaration and one
+    assert sorted(dciodvfy_messages(path)) == sorted([PRIVATE_WARNING] * (6 * len(case.findings) + 1)
+                                                     + [FREE_TEXT_WARNING] * (len(case.findings) + 1))
 
 
 @pytest.mark.peer
@@ -70,8 +73,9 @@ def _uid(group) -> str:
 
 
 def _sites(group) -> list[str]:
-    return [item.ConceptCodeSequence[0].CodeValue for item in group[0].ContentSequence
-            if item.ConceptNameCodeSequence[0].CodeValue == "363698007"]
+    """Code values of the group's Finding Sites (a value over 16 characters is a LongCodeValue)."""
+    return [item.ConceptCodeSequence[0].get("CodeValue") or item.ConceptCodeSequence[0].LongCodeValue
+            for item in group[0].ContentSequence if item.ConceptNameCodeSequence[0].CodeValue == "363698007"]
 
 
 def test_an_outline_and_a_name_group_per_vertebra_with_level_and_lesion(written):
@@ -89,8 +93,12 @@ def test_an_outline_and_a_name_group_per_vertebra_with_level_and_lesion(written)
         identifier = next(item.TextValue for item in name[0].ContentSequence if item.ValueType == "TEXT"
                           and item.ConceptNameCodeSequence[0].CodeValue == "112039")
         assert identifier == f"{finding.level} vertebra"
+        assert _sites(outline) == [vertebra_code(finding.level).value]
+        assert _sites(name) == ["CORNERSTONEFREETEXT", vertebra_code(finding.level).value]  # the label OHIF shows first
+        label = next(item.ConceptCodeSequence[0].CodeMeaning for item in name[0].ContentSequence
+                     if item.ConceptNameCodeSequence[0].CodeValue == "363698007")
+        assert label == f"{finding.level} vertebra: {LESION_WORDS[finding.lesion]}"
         for group in (outline, name):
-            assert _sites(group) == [vertebra_code(finding.level).value]
             lesion = [e.value.meaning for e in group.get_qualitative_evaluations(name=LESION_TYPE)]
             assert len(lesion) == 1
         region = _region(name)

@@ -116,6 +116,31 @@ def metastasis_value(lesion: str) -> CodedConcept:
     return INDETERMINATE if lesion == "indeterminate" else PRESENT
 
 
+FREE_TEXT_SCHEME = "CST4"  # Cornerstone's scheme for a free-text label in a code (dcmjs, OHIF)
+FREE_TEXT_VALUE = "CORNERSTONEFREETEXT"
+LESION_WORDS = {"none": "no lesion", "lytic": "osteolytic lesion", "blastic": "osteoblastic lesion",
+                "mixed": "mixed lytic-blastic lesion", "indeterminate": "indeterminate, no lesion call"}
+
+
+def viewer_label(level: str, lesion: str) -> CodedConcept:
+    """A free-text label (Cornerstone's CST4 CORNERSTONEFREETEXT) naming a vertebra and its lesion class.
+
+    OHIF labels an SR measurement with its numbers and its first Finding Site's meaning, and
+    shows no qualitative evaluation: a first Finding Site coded this way is how a viewer
+    built on Cornerstone shows "L1 vertebra: osteolytic lesion". The standard codes (the
+    SCT vertebra as the next Finding Site, the lesion class as a qualitative evaluation)
+    stay in the same group for every other reader.
+    """
+    lesion_code(lesion)  # an unknown class is refused with the same sentence
+    return CodedConcept(FREE_TEXT_VALUE, FREE_TEXT_SCHEME, f"{level} vertebra: {LESION_WORDS[lesion]}")
+
+
+def free_text_scheme_identification() -> CodingSchemeIdentificationItem:
+    """The CodingSchemeIdentificationSequence item that declares Cornerstone's free-text scheme CST4."""
+    return CodingSchemeIdentificationItem(designator=FREE_TEXT_SCHEME, name="Cornerstone free-text labels",
+                                          responsible_organization="cornerstonejs")
+
+
 def coding_scheme_identification() -> CodingSchemeIdentificationItem:
     """The CodingSchemeIdentificationSequence item that declares the private scheme 99VERTMET.
 

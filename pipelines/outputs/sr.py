@@ -54,6 +54,7 @@ from pipelines.outputs.report_items import (MILLIMETRE, POSITIONS, PRIOR_STUDY, 
                                             change_measurements, report_measurements)
 from pipelines.outputs.codes import (ABSENT, ATTENUATION, BONY_METASTASIS, CT_PROCEDURE, HOUNSFIELD_UNIT, LESION_TYPE,
                           MEAN, MILLILITRE, PRESENT, VERTEBRA, VOLUME, coding_scheme_identification,
+                          free_text_scheme_identification, viewer_label,
                           lesion_code, metastasis_value, vertebra_code)
 from pipelines.errors import DicomWriteError
 from pipelines.levels import LEVELS
@@ -239,7 +240,9 @@ def name_group(finding: VertebraFinding, segment: Dataset, outline: Outline, ser
 
     A tracked finding of its own ("L1 vertebra", a UID derived from the segment's) with no
     number: OHIF shows five label lines, numbers first and the finding site last, so the
-    outline's numbers would push the level out of its label; this one's label is the level.
+    outline's numbers would push the level out of its label; this one's label is the level
+    and the lesion class (``codes.viewer_label``, its first Finding Site; the SCT vertebra
+    code follows it).
     """
     segment_uid = str(segment.get("TrackingUID") or hd.UID())
     return hd.sr.PlanarROIMeasurementsAndQualitativeEvaluations(
@@ -247,7 +250,8 @@ def name_group(finding: VertebraFinding, segment: Dataset, outline: Outline, ser
                                                      identifier=f"{finding.level} vertebra"),
         referenced_region=name_region(outline, series),
         finding_type=VERTEBRA,
-        finding_sites=[hd.sr.FindingSite(anatomic_location=vertebra_code(finding.level))],
+        finding_sites=[hd.sr.FindingSite(anatomic_location=viewer_label(finding.level, finding.lesion)),
+                       hd.sr.FindingSite(anatomic_location=vertebra_code(finding.level))],
         algorithm_id=algorithm,
         qualitative_evaluations=_lesion_evaluations(finding),
     )
@@ -363,6 +367,7 @@ def build_sr(series: CTSeries, seg: Dataset | None, findings: list[VertebraFindi
     _check_inputs(series, seg, findings, predecessor)
     algorithm = hd.sr.AlgorithmIdentification(name=model.name, version=model.version,
                                               parameters=[f"sha256={model.sha256}"])
+    labelled = False  # a name marker uses Cornerstone's free-text scheme, declared only then
     if seg is None:
         groups = [no_vertebra_group(algorithm)]
     else:
@@ -372,6 +377,7 @@ def build_sr(series: CTSeries, seg: Dataset | None, findings: list[VertebraFindi
         outlined = [f for f in ordered if outlines and f.label in outlines]
         groups += [outline_group(f, segments[f.segment_number], outlines[f.label], series, algorithm) for f in outlined]
         groups += [name_group(f, segments[f.segment_number], outlines[f.label], series, algorithm) for f in outlined]
+        labelled = bool(outlined)
         for f in ordered:
             groups += height_groups(f, segments[f.segment_number], series, algorithm)
         if change:
@@ -395,6 +401,6 @@ def build_sr(series: CTSeries, seg: Dataset | None, findings: list[VertebraFindi
         is_complete=True,
         previous_versions=[predecessor] if predecessor is not None else None,
         series_description="Vertebral metastasis report (spine-node)",
-        coding_schemes=[coding_scheme_identification()],
+        coding_schemes=[coding_scheme_identification(), *([free_text_scheme_identification()] if labelled else [])],
         **character_set(series),
     )
