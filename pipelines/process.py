@@ -94,7 +94,7 @@ def analyse(hu: np.ndarray, geometry: Geometry, options: PipelineOptions) -> Ana
     classify_lesions(hu, lesion_zone, geometry.spacing, findings, options.lesion_thresholds)
     timings["lesions"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    measure_spine(hu, labels, geometry, findings)
+    measure_spine(hu, labels, geometry, findings, no_heights=review.no_heights)
     timings["report"] = time.perf_counter() - t0
     model = ModelIdentity(bundle.name, bundle.version, bundle.sha256)
     return Analysis(labels, findings, model, str(segmenter.device), timings, options.parameters(),

@@ -315,7 +315,9 @@ def _vertebra_row(finding, geometry) -> dict:
     return {"level": finding.level, "voxels": finding.voxels, "volume_ml": finding.volume_ml,
             "centroid_mm": list(geometry.centroid_mm) if geometry else None,
             "height_mm": geometry.height_mm if geometry else None, "mean_hu": finding.mean_hu,
-            "lesion": finding.lesion, "lesion_reason": (finding.features or {}).get("reason")}
+            "lesion": finding.lesion, "lesion_reason": (finding.features or {}).get("reason"),
+            "genant_grade": (finding.measurements or {}).get("genant_grade"),
+            "genant_reason": (finding.measurements or {}).get("genant_grade_reason")}
 
 
 def _safe(name: str) -> str:

@@ -170,4 +170,6 @@ def test_real_chest_ct_gives_the_thoracic_column_named_by_the_ribs_and_no_false_
     assert len(close) >= 8, f"discs read by eye {by_eye}, found {found}"
     calls = [v["level"] for v in case["vertebrae"] if v["lesion"] in ("lytic", "blastic", "mixed")]
     assert len(calls) <= 1, f"lesions called on a chest CT without lesions: {calls}"
+    fractures = [v["level"] for v in case["vertebrae"] if v["genant_grade"]]
+    assert not fractures, f"collapse called on a chest CT without fractures: {fractures}"
     assert Path(case["qc_picture"]).is_file()

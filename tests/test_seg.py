@@ -506,3 +506,16 @@ def test_a_source_without_type2_patient_and_study_attributes_still_gets_a_valid_
     built = _build(case, tmp_path)
     assert "PatientBirthDate" in built.seg and not built.seg.PatientBirthDate
     assert not [m for m in dciodvfy_messages(built.path) if m.startswith("Error")]
+
+
+def test_the_spacing_between_slices_is_positive_when_the_slices_run_against_their_normal():
+    """The real chest CT's stack steps by -2 mm along its normal; dciodvfy refuses a negative spacing."""
+    from types import SimpleNamespace
+
+    from pipelines.outputs.seg import _pixel_measures
+
+    series = SimpleNamespace(geometry=SimpleNamespace(spacing=(-2.0, 0.9765625, 0.9765625)),
+                             source_images=[pydicom.Dataset()], resampled=False)
+    measures = _pixel_measures(series)[0]
+    assert float(measures.SpacingBetweenSlices) == 2.0 and float(measures.SliceThickness) == 2.0
+    assert [float(v) for v in measures.PixelSpacing] == [0.9765625, 0.9765625]

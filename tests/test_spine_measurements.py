@@ -124,6 +124,18 @@ def test_genant_grade_and_morphology_follow_the_height_loss(middle, grade, morph
     assert result["T11"]["genant_grade"] == 0 and result["L1"]["genant_grade"] == 0
 
 
+def test_labels_without_measured_endplates_get_no_height_and_no_grade_with_the_reason():
+    """A column rebuilt from the CT (its disc planes estimated) must never report a collapse."""
+    geometry, shape = grid((1.0, 0.7, 0.7))
+    hu, labels = column(geometry, shape, [{}, {"anterior": 12.0, "posterior": 25.0}, {}])  # a grade-3 wedge
+    findings = vertebra_findings(hu, labels, geometry.spacing, LEVELS)
+    measure_spine(hu, labels, geometry, findings, no_heights="estimated disc planes")
+    for f in findings:
+        assert f.measurements["heights_mm"] is None and f.measurements["genant_grade"] is None
+        assert f.measurements["heights_mm_reason"] == "estimated disc planes"
+        assert f.measurements["trabecular_hu"] is not None  # the rest of the report is still measured
+
+
 def test_a_vertebra_cut_by_the_edge_of_the_scan_gets_no_height_and_no_grade():
     geometry, shape = grid((2.0, 0.8, 0.8), extent=(84.0, 90.0, 70.0))  # the outer bodies run out of the scan
     result, _ = measured(geometry, shape, [{}, {}, {}])

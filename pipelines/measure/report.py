@@ -42,18 +42,22 @@ class _Vertebra:
     cut: bool
 
 
-def measure_spine(hu: np.ndarray, labels: np.ndarray, geometry: Geometry, findings: list[VertebraFinding]) -> None:
+def measure_spine(hu: np.ndarray, labels: np.ndarray, geometry: Geometry, findings: list[VertebraFinding],
+                  no_heights: str | None = None) -> None:
     """Set ``measurements`` of every finding (head to feet, as ``vertebra_findings`` orders them).
 
     Pure compute on the volume, so it runs where ``analyse`` runs (a worker); the series'
-    flags, which need the headers, come from ``series_report``.
+    flags, which need the headers, come from ``series_report``. ``no_heights``, when given,
+    is why no body height (and so no Genant grade) may be measured on these labels at all:
+    a column rebuilt from the CT has estimated disc planes, not the vertebrae's endplates.
     """
     boxes = ndimage.find_objects(labels)
     vertebrae = [_prepare(hu, labels, geometry, f, boxes) for f in findings]
     centres = [v.body_points.mean(axis=0) if len(v.body_points) else None for v in vertebrae]
     heights: list[Heights] = []
     for index, v in enumerate(vertebrae):
-        heights.append(_heights(v, _column_axis(centres, index), geometry))
+        heights.append(Heights(None, None, None, no_heights) if no_heights
+                       else _heights(v, _column_axis(centres, index), geometry))
     for index, v in enumerate(vertebrae):
         neighbours = [heights[n].posterior for n in (index - 1, index + 1)
                       if 0 <= n < len(heights) and heights[n].posterior is not None]

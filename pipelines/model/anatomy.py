@@ -71,6 +71,9 @@ TOO_FAR = 1.5    # centroid spacing over this many expected pitches: a vertebra 
 TOO_CLOSE = 0.6  # under this: two pieces of one vertebra, or an overlap
 TOO_TALL = 1.5   # a vertebra taller than this many pitches is probably several run together
 
+REBUILT_NO_HEIGHTS = ("the column was rebuilt from the CT (the network ran vertebrae together): its disc planes are "
+                      "estimated to a few millimetres, not the endplates, so no body height or collapse grade is "
+                      "measured on it")
 RULE = ("ribs: T1-T12 bear ribs and T12 is the last rib-bearing vertebra (12 thoracic vertebrae expected "
         "unless the scan shows otherwise); sacrum: L5 stands on it")
 
@@ -626,6 +629,7 @@ class Review:
     naming: dict
     no_vertebra: str | None = None
     lesion_labels: np.ndarray | None = None  # where lesions are judged, when not the whole vertebra (a rebuilt column)
+    no_heights: str | None = None  # why no body height may be measured on these labels (a rebuilt column)
 
 
 def review_vertebrae(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dict[int, str]) -> Review:
@@ -673,7 +677,9 @@ def review_vertebrae(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dic
         labels = lut[labels]
         record["applied"] = True
         record["network_names"] = [v.level for v in vertebrae]
-    return Review(labels, record, lesion_labels=rebuilt.cores if rebuilt is not None else None)
+    if rebuilt is None:
+        return Review(labels, record)
+    return Review(labels, record, lesion_labels=rebuilt.cores, no_heights=REBUILT_NO_HEIGHTS)
 
 
 def _rebuild_if_run_together(hu, spacing, labels, label_map, check: NamingCheck) -> Column | None:

@@ -184,13 +184,17 @@ def plane_positions(series: CTSeries, frames: np.ndarray) -> list[hd.PlanePositi
 
 
 def _pixel_measures(series: CTSeries) -> hd.PixelMeasuresSequence:
-    """Pixel spacing (row, column), slice thickness and spacing of the SEG frames, from the geometry."""
-    sz, sy, sx = series.geometry.spacing
+    """Pixel spacing (row, column), slice thickness and spacing of the SEG frames, from the geometry.
+
+    The geometry's slice step is signed (negative when the slices run against the normal of
+    their rows and columns, as in a stack stored feet first); the DICOM spacing is its size.
+    """
+    sz, sy, sx = (abs(float(v)) for v in series.geometry.spacing)
     thickness = series.source_images[0].get("SliceThickness") if not series.resampled else None
     return hd.PixelMeasuresSequence(
-        pixel_spacing=[float(sy), float(sx)],
-        slice_thickness=float(thickness) if thickness not in (None, "") else float(sz),
-        spacing_between_slices=float(sz),
+        pixel_spacing=[sy, sx],
+        slice_thickness=float(thickness) if thickness not in (None, "") else sz,
+        spacing_between_slices=sz,
     )
 
 
