@@ -220,6 +220,17 @@ def test_review_drops_a_label_far_off_the_column():
     assert review.naming["verdict"] == "consistent"
 
 
+def test_review_keeps_vertebrae_forward_in_the_trunk_as_lordotic_l4_l5_but_drops_a_label_at_the_sternum():
+    hu, labels = synthetic_spine(THORACOLUMBAR)
+    hu[:, :25, :] = AIR  # the front of the trunk in the field: the vertebrae lie at about 40 % of its depth
+    labels[10:20, 27:35, 115:135] = LEVELS.index("T3") + 1  # a "T3" just behind the front, where the sternum is
+    review = review_vertebrae(hu, SPACING, labels, PAPER)
+    assert [d["level"] for d in review.naming["dropped"]] == ["T3"]
+    depths = [p["depth_from_front"] for p in review.naming["evidence"]["positions"] if p["level"] != "T3"]
+    assert all(0.35 <= d < 0.45 for d in depths), depths  # kept, where a half-depth rule would drop them
+    assert [v.level for v in named_vertebrae(review.labels, SPACING, PAPER)] == THORACOLUMBAR
+
+
 def test_review_keeps_vertebrae_of_a_targeted_reconstruction_whose_field_cuts_the_body():
     hu, labels = synthetic_spine(THORACOLUMBAR[-4:])
     narrow = slice(AXIS_YX[1] - 70, AXIS_YX[1] + 70)  # a 140 mm field centred on the spine

@@ -581,7 +581,8 @@ def shifted_label_map(label_map: dict[int, str], offset: int) -> dict[int, int]:
 MIN_TRUNK_WIDTH_MM = 180.0  # a trunk at T1-L5 is wider than this; a head, a neck or a limb is not
 BODY_HU = -300.0            # soft tissue and bone: the patient, not the air or the table's foam
 MAX_MIDLINE_OFFSET = 0.25   # a vertebra sits within this fraction of the trunk's width of its middle
-MIN_POSTERIOR_DEPTH = 0.45  # ... and behind this fraction of the trunk's depth, from the front
+MIN_POSTERIOR_DEPTH = 0.35  # ... and behind this fraction of the trunk's depth, from the front (the sternum and
+                            # what lies before the aorta are in front of it; lordotic L4-L5 bodies lie at ~45 %)
 
 
 def trunk_position(hu: np.ndarray, spacing, vertebra: NamedVertebra) -> dict:
@@ -614,7 +615,8 @@ def trunk_position(hu: np.ndarray, spacing, vertebra: NamedVertebra) -> dict:
     if offset > MAX_MIDLINE_OFFSET and not cut_sides:
         problems.append(f"it lies {100 * offset:.0f} % of the body's width off the midline")
     if posterior < MIN_POSTERIOR_DEPTH and not cut_front_back:
-        problems.append(f"it lies in the front half of the body ({100 * posterior:.0f} % of its depth)")
+        problems.append(f"it lies in the front of the body ({100 * posterior:.0f} % of its depth, "
+                        f"{100 * MIN_POSTERIOR_DEPTH:.0f} % at least for a vertebra)")
     return {"level": vertebra.level, "inside_trunk": not problems, "body_width_mm": round(float(width), 1),
             "midline_offset": round(float(offset), 3), "depth_from_front": round(float(posterior), 3),
             "field_cuts_body": bool(cut_sides or cut_front_back),
