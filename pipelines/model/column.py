@@ -50,7 +50,8 @@ CORE_RADIUS_MM = 6.0     # the body's core, where the disc profile is sampled
 TANGENT_MM = 20.0        # the column's direction is smoothed over this (sd); the centre wobbles by a few mm
 ENDPLATE_MM = 4.0        # a disc's endplates lie within this above and below it
 DISC_SEARCH_MM = (-3.0, 10.0)  # the disc above a rib's vertebra lies this far from the rib level (below, above)
-END_WINDOW = (0.6, 1.3)  # the disc under the last rib's vertebra lies this many rib pitches below the disc above it
+END_WINDOW = (0.6, 1.4)  # each disc below the last rib's vertebra lies this many pitches below the one above it
+MAX_BELOW_RIBS = 6       # L1-L5 and a transitional L6 at most
 END_SCORE_HU = 60.0      # ... and is kept where its endplates stand out by this much
 CLEAR_SCORE_HU = 45.0    # a disc whose endplates stand out less is placed at the offset the clear ones show
 RIB_MARKER_MM = 48.0     # bone this far lateral to the centreline is rib (a thoracic transverse process ends at ~40)
@@ -185,8 +186,9 @@ def disc_positions(profile: np.ndarray, rib_z: list[float], sz: float) -> tuple[
     discs read by eye found within 3 mm). Each disc is the best ``disc_score`` there; where
     that is weak (``CLEAR_SCORE_HU``), the disc goes at the median offset from their rib
     levels that the clear discs show.
-    Below the last rib's vertebra the next disc is looked for ``END_WINDOW`` rib pitches
-    down, and kept when the window lies in the scan and the score is clear (``END_SCORE_HU``).
+    Below the last rib's vertebra the next disc is looked for ``END_WINDOW`` pitches down
+    (the pitch of the vertebra above it), and kept when the window lies in the scan and the
+    score is clear (``END_SCORE_HU``); and so on down the lumbar spine, one vertebra at a time.
     """
     score = disc_score(profile, sz)
     n = len(profile)
@@ -204,18 +206,21 @@ def disc_positions(profile: np.ndarray, rib_z: list[float], sz: float) -> tuple[
         if sc < CLEAR_SCORE_HU:  # no clear endplates (shoulder streaks, a thin disc): where the others lie
             discs[i] = float(np.clip(round(rib + offset), 0, n - 1))
         how.append("endplates" if sc >= CLEAR_SCORE_HU else "rib level + the clear discs' offset")
-    notes: dict = {"scores_hu": scores, "found_by": how, "offset_mm": round(offset * sz, 1), "below_last": None}
+    notes: dict = {"scores_hu": scores, "found_by": how, "offset_mm": round(offset * sz, 1), "below_last": []}
     if len(rib_z) >= 2:
-        pitch = rib_z[-2] - rib_z[-1]
-        below = _end_disc(score, discs[-1] - END_WINDOW[1] * pitch, discs[-1] - END_WINDOW[0] * pitch)
-        notes["below_last"] = below
-        if below is not None:
+        pitch = discs[-2] - discs[-1] if discs[-2] > discs[-1] else rib_z[-2] - rib_z[-1]
+        while len(notes["below_last"]) < MAX_BELOW_RIBS:  # L1, L2, ... down to the sacrum or the scan's end
+            below = _end_disc(score, discs[-1] - END_WINDOW[1] * pitch, discs[-1] - END_WINDOW[0] * pitch)
+            if below is None:
+                break
+            pitch = discs[-1] - below["z"]
             discs.append(float(below["z"]))
+            notes["below_last"].append(below)
     return discs, notes
 
 
 def _end_disc(score: np.ndarray, lo: float, hi: float) -> dict | None:
-    """The disc below the last rib's vertebra, if the scan shows one: a clear disc score inside the scan."""
+    """The next disc down below the last rib's vertebra, if the scan shows one: a clear disc score inside the scan."""
     lo_i, hi_i = max(int(np.floor(lo)), 1), min(int(np.ceil(hi)), len(score) - 2)
     if hi_i - lo_i < 1:
         return None  # the window lies off the scan: the vertebra is cut, or there is none below
@@ -356,7 +361,7 @@ def rebuild_column(hu: np.ndarray, spacing, axis: np.ndarray, rib_z: list[float]
     bone, body = column_bone(hu[box], spacing, local)
     parts = split_column(bone, body, spacing, local, discs)
     core_parts = np.where(_body_core(body, spacing, local, discs), parts, 0)
-    names = _part_names(rib_names, below=notes["below_last"] is not None)
+    names = _part_names(rib_names, below=len(notes["below_last"]))
     id_of = {level: label for label, level in label_map.items()}
     labels = np.zeros(hu.shape, np.uint8)
     cores = np.zeros(hu.shape, np.uint8)
@@ -405,12 +410,12 @@ def _plane_distance(shape, spacing, centre: np.ndarray, discs: list[float]) -> n
     return nearest
 
 
-def _part_names(rib_names: list[str], below: bool) -> list[str]:
+def _part_names(rib_names: list[str], below: int) -> list[str]:
     """The level of each part head to feet: above the first rib's disc, the level above it (C7 above T1);
-    then one vertebra per rib level, under its disc; the next level under the disc below the last one."""
+    one vertebra per rib level, under its disc; then ``below`` more levels, one under each disc found below."""
     names = [_neighbour(rib_names[0], -1), *rib_names]
-    if below:
-        names.append(_neighbour(rib_names[-1], +1))
+    for _ in range(below):
+        names.append(_neighbour(names[-1], +1))
     return names
 
 
