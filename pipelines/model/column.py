@@ -300,20 +300,14 @@ def posterior_walls(hu: np.ndarray, spacing, centre: np.ndarray) -> np.ndarray:
     return np.interp(np.arange(hu.shape[0]), valid, values)
 
 
-def _disk(radius_mm: float, sy: float, sx: float) -> np.ndarray:
-    ry, rx = max(int(radius_mm / sy), 1), max(int(radius_mm / sx), 1)
-    yy, xx = np.mgrid[-ry:ry + 1, -rx:rx + 1]
-    return (yy * sy) ** 2 + (xx * sx) ** 2 <= radius_mm ** 2 + 1e-6
-
-
 def split_column(bone: np.ndarray, body: np.ndarray, spacing, centre: np.ndarray, discs: list[float]) -> np.ndarray:
     """Instance map (int32) of the bone between consecutive disc planes: 1 above the first disc, 2 below it, ...
 
     The bodies are split by the disc planes (square to the centreline). The rest of the
-    bone (pedicles, laminae, processes) floods from the bodies by a watershed on the bone's
-    distance map, competing with the ribs (bone beyond ``RIB_MARKER_MM`` laterally), so
-    each voxel goes to what it is joined to through the thickest bone: a spinous process
-    to its own vertebra, a rib to the ribs. Rib voxels come back as 0, and so does bone that
+    bone (pedicles, laminae, processes) floods from the bodies through bone (a watershed on
+    a flat image: each voxel goes to the marker with the shortest path through bone to
+    it), competing with the ribs (bone beyond ``RIB_MARKER_MM`` laterally): a spinous
+    process goes to its own vertebra through its pedicles, a rib to the ribs. Rib voxels come back as 0, and so does bone that
     the flood carried above its own body's slab, or more than one slab below it (a chain
     of touching processes): a thoracic spinous process reaches down over the next
     vertebra, never over two, and never up.
