@@ -209,6 +209,19 @@ def test_the_config_page_shows_the_settings_in_force_without_secrets(tmp_path):
     assert "min_free_mb" in page
 
 
+def test_the_config_page_shows_what_each_destination_gets(tmp_path):
+    profiled = "RTPLAN@127.0.0.1:11199[rtstruct,sc,pdf,no-notices]"
+    config = node_config(tmp_path / "data", SPINE_NODE_DESTINATIONS=f"{DESTINATION},{profiled}")
+    seeded = seed_store(config)
+    with web_server(config, seeded.store) as server:
+        api = httpx.get(server.url + "/api/config", timeout=10).json()
+        page = httpx.get(server.url + "/config", timeout=10)
+    profiles = api["settings"]["destination_profiles"]
+    (rtplan,) = [p for key, p in profiles.items() if "RTPLAN" in key]
+    assert rtplan["outputs"] == ["rtstruct", "sc", "pdf"] and rtplan["notices"] is False
+    assert page.status_code == 200
+
+
 def test_a_dashboard_on_another_address_needs_a_token_or_basic_auth(tmp_path):
     with pytest.raises(ConfigError, match="SPINE_NODE_HTTP_HOST: the dashboard on '0.0.0.0' would be open"):
         node_config(tmp_path, SPINE_NODE_HTTP_HOST="0.0.0.0", SPINE_NODE_HTTP_PORT="8011")

@@ -9,6 +9,8 @@ both with ``{"error": "..."}``.
 """
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
@@ -57,6 +59,8 @@ def configuration(context: WebContext) -> dict:
             value = [str(v) for v in value]
         elif name == "peers":
             value = {k: str(v) for k, v in value.items()}
+        elif name == "destination_profiles":  # destination -> what it gets
+            value = {str(k): {**asdict(v), "outputs": list(v.outputs)} for k, v in value.items()}
         elif value is not None and not isinstance(value, (str, int, float, bool, dict)):
             value = str(value) if not hasattr(value, "items") else dict(value)
         values[name] = value
