@@ -21,6 +21,7 @@ from pydicom.dataset import Dataset
 from pipelines.records import CTSeries, Geometry, ModelIdentity, VertebraFinding
 from pipelines.outputs.codes import vertebra_code
 from pipelines.levels import LEVELS
+from research.report_figures import OBLIQUE, rotation  # one oblique turn for the SEG, SR and report cases
 from support.paths import REAL_CT, SHARED_DATA
 
 MODEL = ModelIdentity(name="spine-demo", version="0.3.1", sha256="ab" * 32)
@@ -209,15 +210,6 @@ def phantom_grid(phantom) -> Grid:
     return Grid(Geometry(np.array(g.origin, float), np.eye(3), tuple(g.spacing)), g.shape)
 
 
-def rotation(axis, degrees: float) -> np.ndarray:
-    """Rotation matrix about ``axis`` (Rodrigues)."""
-    a = np.asarray(axis, float) / np.linalg.norm(axis)
-    t = np.radians(degrees)
-    k = np.array([[0, -a[2], a[1]], [a[2], 0, -a[0]], [-a[1], a[0], 0]])
-    return np.eye(3) + np.sin(t) * k + (1 - np.cos(t)) * (k @ k)
-
-
-OBLIQUE = rotation((1.0, 0.6, 0.3), 23.0)
 
 
 def rotate_series(paths: list[Path], grid: Grid, folder: Path, r: np.ndarray = OBLIQUE) -> tuple[list[Path], Grid]:
