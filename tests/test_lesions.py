@@ -9,6 +9,7 @@ from scipy import ndimage
 
 from pipelines.errors import LesionConfigError
 from pipelines.lesions import LESION_CLASSES, LesionClassifier, LesionThresholds, ThresholdClassifier
+from pipelines.lesions.classifier import Focus, _beside_blastic, _decide, _say
 from pipelines.lesions.zones import posterior_elements
 from pipelines.levels import LEVELS
 from research.phantoms.generator import make_phantom
@@ -201,3 +202,44 @@ def test_thin_rims_off_the_body_are_not_posterior_elements_but_a_thick_arch_is()
     elements = posterior_elements(body | rim | arch, body, spacing, 1.5)
     assert np.array_equal(elements, arch)
     assert np.array_equal(posterior_elements(body | rim, body, spacing, 0.0), rim)  # 0 mm: every part off the body
+
+
+def _focus(core_z: float, core_hu: float, thickness_mm: float = 3.4, grade: str = "below", reference_hu: float = 140.0,
+           volume_mm3: float = 150.0) -> Focus:
+    """A measured focus as ``_judge`` returns it (only the numbers step 6c reads matter)."""
+    return Focus(np.zeros((3, 3, 3), bool), volume_mm3, thickness_mm, 0.6, core_z, core_hu, core_hu, 20.0,
+                 reference_hu, 40.0, grade, (1, 1, 1))
+
+
+CERTAIN_BLASTIC = _focus(10.0, 600.0, thickness_mm=7.0, grade="evidence", volume_mm3=700.0)
+THIN_SOFT_TISSUE = _focus(-2.2, 30.0)  # the lytic ball of a mixed lesion as 3 mm slices outline it: 3.4 mm thick
+
+
+def test_a_thin_soft_tissue_focus_beside_a_certain_blastic_focus_makes_the_vertebra_mixed():
+    hypo = _beside_blastic(THIN_SOFT_TISSUE, CERTAIN_BLASTIC, LesionThresholds())
+    assert hypo.grade == "evidence" and hypo.beside_blastic and hypo.describe()["evidence_beside_blastic"]
+    assert _decide(hypo, CERTAIN_BLASTIC) == "mixed"
+    assert "beside a certain blastic focus" in _say("hypodense", hypo)
+
+
+def test_the_same_thin_hypodense_focus_alone_or_beside_a_faint_blastic_focus_is_no_lytic_call():
+    # step 6c only decides mixed or blastic: it never turns a vertebra without blastic evidence into a lesion
+    assert _decide(_beside_blastic(THIN_SOFT_TISSUE, None, LesionThresholds()), None) == "none"
+    faint = _focus(4.5, 350.0, thickness_mm=5.0, grade="evidence")  # evidence, but below mixed_blastic_z
+    assert _beside_blastic(THIN_SOFT_TISSUE, faint, LesionThresholds()).grade == "below"
+
+
+@pytest.mark.parametrize("core_hu", [55.0, -20.0])
+def test_normal_bone_s_low_tail_or_fat_beside_a_blastic_focus_stays_blastic(core_hu):
+    # beside inserted blastic lesions, normal thoracic bone's hypodense regions read 46-55 HU; fat is no tumour
+    hypo = _beside_blastic(_focus(-2.5, core_hu), CERTAIN_BLASTIC, LesionThresholds())
+    assert hypo.grade == "below" and _decide(hypo, CERTAIN_BLASTIC) == "blastic"
+
+
+def test_a_lytic_focus_reaching_the_endplate_of_3_mm_slices_is_outlined_whole():
+    # the lytic zone leaves out the endplate's slice and the snapping peels the hypodense one beyond it; the outline
+    # of step 6b is drawn on the whole body, so a 12 mm ball there is not cut to 5 mm
+    hu, mask = _vertebra([("lytic", (7.0, 0.0, 0.0), 6.0)], spacing=THICK_SLICES, noise=25.0, trabecular=130.0)
+    finding = ThresholdClassifier().classify(hu, mask, THICK_SLICES)
+    assert finding.kind == "lytic", finding.features["reason"]
+    assert finding.features["hypodense_focus"]["outline"]["thickness_mm"] >= LesionThresholds().compact_thickness_mm

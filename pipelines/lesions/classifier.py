@@ -54,13 +54,22 @@ vertebra's own distribution*, at a smoothing scale tied to the scan's noise and 
    6b. **Evidence by shape** (hypodense only, ``_by_shape``): the deciding hypodense focus
    is outlined again where the smoothed bone lies ``outline_fraction`` of the way from the
    reference to its core (its own half-contrast edge, slices interpolated to
-   ``outline_fine_mm``). When that outline is ``compact_thickness_mm`` thick, of
+   ``outline_fine_mm``), on the whole body: the lytic zone's shell is one slice at 3 mm
+   and the snapping peels the hypodense slice beyond it, which cut a lesion at the endplate
+   to 3-5 mm. When that outline is ``compact_thickness_mm`` thick, of
    compactness ``compact_min`` and ``min_focus_mm3``, a core ``compact_z`` spreads and
    ``lytic_delta_hu`` below the reference reading soft tissue (``compact_min_hu`` ..
    ``lytic_max_hu``) is evidence too. Normal bone's deep hypodense regions are small, and
    at half their contrast they run out into the bone's irregular low tail; a lesion of
    10 mm or more stays a thick, compact ball (``benchmarks/lesion_real_bone.py``: every
-   normal thoracic body's outline at most 5 mm thick, lesions 6-13 mm).
+   normal thoracic body's outline at most 5.3 mm thick, lesions 6-13 mm).
+
+   6c. **Beside a certain blastic focus** (``_beside_blastic``): where the hyperdense focus
+   is evidence ``mixed_blastic_z`` spreads off, a hypodense focus of ``min_focus_mm3``,
+   ``mixed_thickness_mm`` and ``mixed_lytic_z`` spreads, ``lytic_delta_hu`` below the
+   reference with a core of soft tissue (``compact_min_hu`` .. ``mixed_lytic_max_hu``) is
+   evidence too: the lytic part of a mixed lesion, thin at 3 mm slices. It only tells mixed
+   from blastic, so it cannot call a normal vertebra a lesion.
 
 Measured on real bone with lesions inserted (``benchmarks/lesion_real_bone.py``): a
 lytic lesion is told from normal bone by its HU below the bone and by its outline's
@@ -74,7 +83,8 @@ Every deciding number is in ``LesionFinding.features`` with a one-line ``reason`
 node configuration's dict goes through ``LesionThresholds.from_dict``. Defaults were set
 on the phantom tests (seeds 3 and 10) and on the real scans with inserted lesions of
 ``benchmarks/lesion_real_bone.py --seed 0``; those of step 6b and ``elements_min_mm`` on
-``--seed 2`` and ``--seed 3`` only, seed 1 held out for the figures (the same real
+``--seed 2`` and ``--seed 3`` only (those of step 6c and the outline on the whole body on
+``--seed 2``, ``3`` and ``4``), seed 1 held out for the figures (the same real
 vertebrae are in every seed: there is no real scan held out; a new seed draws new
 lesions only).
 """
@@ -148,6 +158,11 @@ class LesionThresholds:
     compact_z: float = 1.5           # ... the core this many spreads and lytic_delta_hu below the reference,
     compact_min_hu: float = 0.0      # ... reading soft tissue: at least this and at most lytic_max_hu
     outline_fine_mm: float = 1.0     # the outline is drawn on slices interpolated to at most this (thick slices)
+    # evidence beside a certain blastic focus: the lytic part of a mixed lesion (step 6c)
+    mixed_blastic_z: float = 6.0     # a hyperdense focus of evidence this many spreads off is certain ...
+    mixed_lytic_z: float = 1.5       # ... then a hypodense focus this many spreads and lytic_delta_hu below ...
+    mixed_thickness_mm: float = 2.5  # ... this thick, of min_focus_mm3 ...
+    mixed_lytic_max_hu: float = 45.0  # ... its core reading soft tissue (compact_min_hu up to this) makes it mixed
     # weak evidence: indeterminate
     weak_focus_mm3: float = 20.0     # this large ...
     weak_thickness_mm: float = 2.5   # ... this thick ...
@@ -166,7 +181,7 @@ class LesionThresholds:
                      "lytic_delta_hu", "blastic_delta_hu", "min_body_ml", "voxel_z", "call_thickness_mm",
                      "lytic_call_hu", "blastic_call_hu", "min_core_ml", "strong_z", "strong_thickness_mm",
                      "strong_lytic_max_hu", "compact_thickness_mm", "compact_min", "compact_z",
-                     "weak_thickness_mm"):
+                     "weak_thickness_mm", "mixed_blastic_z", "mixed_lytic_z", "mixed_thickness_mm"):
             if getattr(self, name) < 0:
                 raise LesionConfigError(f"lesion threshold {name} must not be negative, got {getattr(self, name)}")
         for low, high in (("smooth_min_mm", "smooth_max_mm"), ("spread_floor_hu", "spread_cap_hu"),
@@ -242,6 +257,7 @@ class Focus:
     deepest: tuple[int, int, int]  # its deepest voxel (centre of the largest inscribed ball), box index
     outline: Outline | None = None  # its own outline (step 6b), measured for the deciding focus only
     by_shape: bool = False  # evidence from the outline's shape (step 6b), not from the contrast of step 6
+    beside_blastic: bool = False  # evidence as the lytic part of a mixed lesion (step 6c)
 
     def describe(self) -> dict:
         return {"mm3": _r(self.volume_mm3, 1), "thickness_mm": _r(self.thickness_mm, 1),
@@ -249,7 +265,8 @@ class Focus:
                 "mean_hu": _r(self.mean_hu, 1), "core_hu": _r(self.core_hu, 1),
                 "core_texture_hu": _r(self.core_texture_hu, 1), "reference_hu": _r(self.reference_hu, 1),
                 "spread_hu": _r(self.spread_hu, 1), "grade": self.grade,
-                "outline": self.outline.describe() if self.outline else None, "evidence_by_shape": self.by_shape}
+                "outline": self.outline.describe() if self.outline else None, "evidence_by_shape": self.by_shape,
+                "evidence_beside_blastic": self.beside_blastic}
 
 
 class ThresholdClassifier:
@@ -297,6 +314,7 @@ class ThresholdClassifier:
                                    smooth, raw, spacing, sigma_mm, t)
         hyper, blastic_above = _judge("hyperdense", zones, reference_zone & ~_region(hypo, spacing, sigma_mm, t),
                                       smooth, raw, spacing, sigma_mm, t)
+        hypo = _beside_blastic(hypo, hyper, t)
         features.update(_focus_features(reference, spread, lytic_below, blastic_above, hypo, hyper))
         kind = _decide(hypo, hyper)
         why = _no_call(partial, features, t)
@@ -376,7 +394,7 @@ def _zones(given: np.ndarray, smooth: np.ndarray, spacing, t: LesionThresholds) 
                 "body_ml": _r(body.sum() * voxel_ml, 2), "lytic_zone_ml": _r(lytic.sum() * voxel_ml, 2),
                 "blastic_zone_ml": _r(blastic.sum() * voxel_ml, 2)}
     features["reference_zone_ml"] = _r(core.sum() * voxel_ml, 2)
-    return {"lytic": lytic, "blastic": blastic, "reference": core}, features
+    return {"lytic": lytic, "blastic": blastic, "reference": core, "body": body}, features
 
 
 def _reference(values: np.ndarray, t: LesionThresholds) -> tuple[float, float]:
@@ -432,7 +450,7 @@ def _judge(side: str, zones: dict, reference_zone: np.ndarray, smooth: np.ndarra
             break
         excluded = region
     if side == "hypodense" and focus is not None:
-        focus = _by_shape(focus, zones["lytic"], smooth, spacing, t)
+        focus = _by_shape(focus, zones["body"], smooth, spacing, t)
     return focus, threshold
 
 
@@ -461,6 +479,28 @@ def _by_shape(focus: Focus, zone: np.ndarray, smooth: np.ndarray, spacing, t: Le
     compact = (outline.thickness_mm >= t.compact_thickness_mm and outline.compactness >= t.compact_min
                and outline.volume_mm3 >= t.min_focus_mm3)
     return replace(focus, grade="evidence", by_shape=True) if contrast and compact else focus
+
+
+def _beside_blastic(hypo: Focus | None, hyper: Focus | None, t: LesionThresholds) -> Focus | None:
+    """Step 6c: beside a certain blastic focus, a smaller soft-tissue hypodense focus is the lytic part of a mixed lesion.
+
+    Where a hyperdense focus is evidence ``mixed_blastic_z`` spreads off, the vertebra gets
+    a lesion call whatever the hypodense side shows: this only decides mixed or blastic, and
+    never turns a normal vertebra into a lesion. The lytic part of a mixed lesion is often
+    outlined thin (3-5 mm of a 10-13 mm ball at 3 mm slices: partial volume and the blastic
+    ball's blur) and its core just short of ``lytic_call_hu``; so ``mixed_thickness_mm``,
+    ``mixed_lytic_z`` and ``lytic_delta_hu`` are enough, when the core reads soft tissue
+    (``compact_min_hu`` .. ``mixed_lytic_max_hu``: normal bone's hypodense regions beside a
+    blastic lesion read 46-55 HU in the real thoracic bodies, the lytic parts 0-45 HU).
+    """
+    certain = hyper is not None and hyper.grade == "evidence" and hyper.core_z >= t.mixed_blastic_z
+    if not certain or hypo is None or hypo.grade == "evidence":
+        return hypo
+    soft = (t.compact_min_hu <= hypo.core_hu <= t.mixed_lytic_max_hu
+            and hypo.reference_hu - hypo.core_hu >= t.lytic_delta_hu)
+    sized = (hypo.volume_mm3 >= t.min_focus_mm3 and hypo.thickness_mm >= t.mixed_thickness_mm
+             and -hypo.core_z >= t.mixed_lytic_z)
+    return replace(hypo, grade="evidence", beside_blastic=True) if soft and sized else hypo
 
 
 def _outline(focus: Focus, zone: np.ndarray, smooth: np.ndarray, spacing, t: LesionThresholds) -> Outline | None:
@@ -649,6 +689,8 @@ def _say(name: str, focus: Focus) -> str:
     if focus.by_shape and focus.outline is not None:
         said += (f", a compact ball at half its contrast ({focus.outline.thickness_mm:.1f} mm thick, "
                  f"compactness {focus.outline.compactness:.2f})")
+    if focus.beside_blastic:
+        said += ", soft tissue beside a certain blastic focus (the lytic part of a mixed lesion)"
     return said
 
 
