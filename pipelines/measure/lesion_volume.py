@@ -1,12 +1,28 @@
-"""The volume of a vertebra's lesion, at the half-way iso-level between its focus and the bone around it.
+"""The volume of a vertebra's lesion: the lesion's share of each voxel around its focus, summed.
 
 The lesion classifier (``pipelines.lesions``) finds a focus where the smoothed HU strays a
 fixed margin from the bone's reference: enough to call a lesion, but its edge then lies
-where the blur has carried that margin, not on the lesion's border, and the error is a
-shell whose share changes with the size (a growth between two studies read wrongly). Here
-the border is the half-way level between the reference HU and the focus' mean HU (the
-iso-surface a blurred step crosses at its true edge), on lightly smoothed HU inside the
-vertebral body, counting the connected pieces at least ``MIN_PIECE_MM3`` large.
+where the blur has carried that margin, not on the lesion's border. Counting the voxels
+past a level (even the half-way one) adds the noisy, blurred rim of trabecular bone that
+crosses it: on report phantoms that overstated volumes by about 15 %, and a growth between
+two studies was read 11 % wrong on average.
+
+Here the volume is a two-tissue mixing estimate:
+
+1. the *seed* is the voxels of the vertebral body past the half-way level between the
+   bone's reference HU and the focus' mean HU, in connected pieces of at least
+   ``MIN_PIECE_MM3``;
+2. the *region* is the seed grown by ``BAND_MM`` (where the blur and the partial volume of
+   the lesion's edge lie), inside the body;
+3. the bone's HU is the mean of a ``SHELL_MM`` shell just outside the region (the bone
+   around this lesion, not the whole vertebra's), the lesion's HU the ``PLATEAU_PCT``
+   percentile of the seed's interior on lightly smoothed HU (its plateau, away from the
+   blurred edge);
+4. each voxel of the region counts (bone - HU) / (bone - lesion) of itself, unclipped, so
+   that the noise averages out instead of adding one-sided rim voxels.
+
+Blur moves attenuation between voxels but keeps its sum, so the estimate does not depend
+on the slice thickness the way a threshold does.
 """
 from __future__ import annotations
 
@@ -15,6 +31,10 @@ from scipy import ndimage
 
 SMOOTH_MM = 0.5
 MIN_PIECE_MM3 = 20.0
+BAND_MM = 1.5
+SHELL_MM = 3.0
+PLATEAU_PCT = 20.0
+MIN_SHELL_VOXELS = 20
 KINDS = {"lytic": ("hypodense",), "blastic": ("hyperdense",), "mixed": ("hypodense", "hyperdense")}
 
 
@@ -24,16 +44,40 @@ def lesion_volume_mm3(hu: np.ndarray, body: np.ndarray, spacing, features: dict,
     if lesion not in KINDS or reference is None:
         return None
     smooth = ndimage.gaussian_filter(hu.astype(np.float32), [SMOOTH_MM / s for s in spacing])
-    voxel_mm3 = float(np.prod(spacing))
     total = 0.0
     for kind in KINDS[lesion]:
         mean = features.get(f"{kind}_focus_mean_hu")
         if mean is None or not features.get(f"{kind}_focus_mm3"):
             continue
-        level = 0.5 * (float(reference) + float(mean))
-        inside = body & ((smooth < level) if kind == "hypodense" else (smooth > level))
-        pieces, count = ndimage.label(inside)
-        if count:
-            sizes = np.bincount(pieces.ravel())[1:] * voxel_mm3
-            total += float(sizes[sizes >= MIN_PIECE_MM3].sum())
+        sign = 1.0 if kind == "hypodense" else -1.0  # lesion darker (lytic) or brighter (blastic) than bone
+        seed = _seed(smooth, body, spacing, 0.5 * (float(reference) + float(mean)), sign)
+        if seed.any():
+            total += _mixing_volume(hu, smooth, body, seed, spacing, float(reference), sign)
     return total
+
+
+def _seed(smooth: np.ndarray, body: np.ndarray, spacing, level: float, sign: float) -> np.ndarray:
+    """Voxels of ``body`` past ``level`` on the lesion's side, in pieces of at least ``MIN_PIECE_MM3``."""
+    inside = body & ((smooth < level) if sign > 0 else (smooth > level))
+    pieces, count = ndimage.label(inside)
+    if not count:
+        return inside
+    sizes = np.bincount(pieces.ravel()) * float(np.prod(spacing))
+    big = np.flatnonzero(sizes >= MIN_PIECE_MM3)
+    return np.isin(pieces, big[big > 0])
+
+
+def _mixing_volume(hu, smooth, body, seed, spacing, reference: float, sign: float) -> float:
+    """Sum over the seed's region of the lesion's share of each voxel (mm3); 0 when there is no contrast."""
+    distance = ndimage.distance_transform_edt(~seed, sampling=spacing)
+    region = body & (distance <= BAND_MM)
+    shell = body & (distance > BAND_MM) & (distance <= BAND_MM + SHELL_MM)
+    bone = float(hu[shell].mean()) if int(shell.sum()) >= MIN_SHELL_VOXELS else reference
+    interior = seed & (ndimage.distance_transform_edt(seed, sampling=spacing) >= 1.0)
+    values = smooth[interior] if int(interior.sum()) >= 5 else smooth[seed]
+    plateau = float(np.percentile(values, PLATEAU_PCT if sign > 0 else 100.0 - PLATEAU_PCT))
+    contrast = sign * (bone - plateau)
+    if contrast <= 0:
+        return 0.0
+    share = sign * (bone - hu[region].astype(np.float64)) / contrast
+    return max(float(share.sum()), 0.0) * float(np.prod(spacing))

@@ -165,7 +165,7 @@ def _lesion_volume(hu, v: _Vertebra, spacing) -> tuple[float | None, float | Non
     if mm3 is None:  # no focus to start from: the classifier's own volumes
         mm3 = sum(float(features.get(f"{kind}_focus_mm3") or 0.0) for kind in KINDS[v.finding.lesion])
     body_mm3 = float(v.body.sum()) * float(np.prod(spacing))
-    return round(mm3 / 1000.0, 2), (round(100.0 * mm3 / body_mm3, 1) if body_mm3 else None)
+    return round(mm3 / 1000.0, 3), (round(100.0 * mm3 / body_mm3, 1) if body_mm3 else None)
 
 
 def _posterior_sides(hu, geometry: Geometry, v: _Vertebra, axis) -> list[str]:
