@@ -202,3 +202,12 @@ def test_node_and_process_take_their_pipeline_defaults_from_one_place():
     cli = PipelineOptions(model=args.model, device=args.device, step_size=args.step_size, mirroring=args.mirroring,
                           seg_type=args.seg_type, min_slices=args.min_slices)
     assert node.parameters() == cli.parameters() == PipelineOptions().parameters()
+
+
+@pytest.mark.parametrize("text", ["PACS@[::1]:104", "tls:PACS@[fe80::1]:2762", "PACS@10.0.0.5:104", "PACS@pacs.local:11112"])
+def test_a_destination_written_back_reads_the_same_ipv6_hosts_in_brackets(text):
+    from dicom_node.config.values import destination
+
+    peer = destination(text)
+    assert str(peer) == text
+    assert destination(str(peer)) == peer

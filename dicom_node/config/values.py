@@ -38,7 +38,9 @@ class DimsePeer:
     tls: bool = False  # ``tls:AE@host:port``: C-STORE to it over TLS
 
     def __str__(self) -> str:
-        return f"{'tls:' if self.tls else ''}{self.ae_title}@{self.host}:{self.port}"
+        """``AE@host:port`` as the configuration takes it back: an IPv6 host in brackets."""
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{'tls:' if self.tls else ''}{self.ae_title}@{host}:{self.port}"
 
 
 @dataclass(frozen=True)
