@@ -235,6 +235,19 @@ def test_label_ids_absent_from_dataset_json_are_a_one_line_error(make_bundle):
     assert "[40, 41]" in message and "dataset.json" in message
 
 
+def test_auxiliary_labels_of_a_bundle_are_verified_against_its_dataset(make_bundle):
+    labels = {**DATASET_LABELS, "C7": 18, "sacrum": 19}
+    good = make_bundle("aux-good", dataset_labels=labels, auxiliary_labels={"18": "C7", "19": "sacrum"})
+    assert verify_bundle(good, load_weights=False).manifest["auxiliary_labels"] == {"18": "C7", "19": "sacrum"}
+    absent = make_bundle("aux-absent", dataset_labels=labels, auxiliary_labels={"18": "C7", "30": "rib"})
+    message = _one_line_error(absent)
+    assert "[30]" in message and "auxiliary" in message
+    with pytest.raises(UnknownLevelError, match="knee"):
+        verify_bundle(make_bundle("aux-name", dataset_labels=labels, auxiliary_labels={"18": "knee"}), load_weights=False)
+    with pytest.raises(UnknownLevelError, match="both reported"):
+        verify_bundle(make_bundle("aux-clash", dataset_labels=labels, auxiliary_labels={"3": "rib"}), load_weights=False)
+
+
 def test_unreadable_dataset_json_is_a_one_line_error(make_bundle):
     folder = make_bundle()
     (folder / "nnunet" / "dataset.json").write_text("{broken")

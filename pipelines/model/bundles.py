@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from pipelines.errors import ChecksumMismatch, ModelBundleError
-from pipelines.levels import check_label_map, preset
+from pipelines.levels import check_auxiliary_labels, check_label_map, preset
 
 MANIFEST = "manifest.json"
 FORMAT = "spine-node-model-bundle/1"
@@ -122,8 +122,9 @@ def resolve_label_map(manifest: dict, where: str) -> dict[int, str]:
 def verify_bundle(folder: Path | str, load_weights: bool = True) -> ModelBundle:
     """Check a bundle completely and return it; raise ModelBundleError (one line) if anything is off.
 
-    Checks: manifest fields, label map, nnU-Net files present, the sha256 of every
-    checkpoint, and (``load_weights``) that each checkpoint deserialises.
+    Checks: manifest fields, label map, auxiliary labels (ids and names, and that they are
+    labels of the nnU-Net dataset), nnU-Net files present, the sha256 of every checkpoint,
+    and (``load_weights``) that each checkpoint deserialises.
     """
     folder = Path(folder)
     manifest = read_manifest(folder)
@@ -170,6 +171,10 @@ def _check_labels_in_dataset(bundle: ModelBundle, where: str) -> None:
     unknown = sorted(set(bundle.label_map) - ids)
     if unknown and "label_map" in bundle.manifest:
         raise ModelBundleError(f"{where}: label ids {unknown} are not labels of the nnU-Net dataset.json")
+    auxiliary = check_auxiliary_labels(bundle.manifest.get("auxiliary_labels", {}), bundle.label_map, where)
+    missing = sorted(set(auxiliary) - ids)
+    if missing:
+        raise ModelBundleError(f"{where}: auxiliary label ids {missing} are not labels of the nnU-Net dataset.json")
 
 
 def _load_checkpoint(path: Path) -> dict:
