@@ -112,6 +112,27 @@ def test_below_the_watermark_every_part_fails_with_0xa700_and_nothing_is_written
     assert store.receiving_series() == []
 
 
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_body_over_the_stow_cap_is_413_with_its_reason_recorded_and_the_node_takes_the_next_one(tmp_path, files,
+                                                                                                  chunked):
+    config = node_config(tmp_path / "data", SPINE_NODE_STOW_MAX_MB="0.002")
+    store = Store(open_database(config.database_url))
+    paths, datasets = files
+    body = multipart([p.read_bytes() for p in paths])
+    assert len(body) > 0.002 * 1024 * 1024 > len(multipart([paths[0].read_bytes()]))
+    content = (body[i:i + 1024] for i in range(0, len(body), 1024)) if chunked else body  # no Content-Length
+    with web_server(config, store) as server:
+        answer = httpx.post(server.url + "/dicom-web/studies", content=content,
+                            headers={"Content-Type": CONTENT_TYPE}, timeout=30)
+        assert answer.status_code == 413 and "0.002 MB" in answer.json()["error"]
+        assert not list(config.data_dir.rglob("*.dcm"))
+        with store.db.reading() as session:
+            assert ["stow_max_mb" in r.reason for r in session.scalars(select(RejectedInstance))] == [True]
+        small = httpx.post(server.url + "/dicom-web/studies", content=multipart([paths[0].read_bytes()]),
+                           headers={"Content-Type": CONTENT_TYPE}, timeout=30)
+    assert small.status_code == 200, small.text
+
+
 def test_stow_survives_sigkill_mid_request_without_losing_an_acknowledged_instance(tmp_path):
     first = ct_datasets(volume(slices=4), name="stow-acknowledged")
     second = ct_datasets(volume(slices=40, rows=64, columns=64), name="stow-killed")

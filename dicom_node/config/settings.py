@@ -91,6 +91,8 @@ SPINE_NODE_EMERGENCY_CLEAN emergency_clean        below the free-space watermark
                                                   finished, fully delivered series' files at once (true)
 SPINE_NODE_WEBHOOKS        webhooks               http(s) URLs POSTed a JSON notice when a job's results
                                                   are all delivered or a job fails, retried (empty)
+SPINE_NODE_STOW_MAX_MB      stow_max_mb            largest STOW-RS request body taken, MB; a larger one is
+                                                  answered 413 before it is held in memory (2048)
 =========================  =====================  ========================================================
 
 Installed model bundles are looked up in ``SPINE_NODE_MODELS_DIR`` (not a file key), else
@@ -207,6 +209,7 @@ class NodeConfig:
     output_retention_days: float = 0.0       # 0: outputs kept
     emergency_clean: bool = True
     webhooks: tuple[str, ...] = ()
+    stow_max_mb: float = 2048.0              # STOW-RS request bodies above it: 413
     source: Path | None = None               # the file read, if any
     warnings: tuple[str, ...] = ()           # not mistakes, but worth a log line at start
 
@@ -384,6 +387,7 @@ SETTINGS = (
                                                               what="a number of days (0: keep)")),
     _Setting("emergency_clean", lambda raw, _: v.boolean(raw)),
     _Setting("webhooks", lambda raw, _: tuple(dict.fromkeys(v.each(raw, _webhook_url)))),
+    _Setting("stow_max_mb", _positive("a number of megabytes above 0")),
 )
 LOOPBACK_HOSTS = frozenset({"127.0.0.1", "localhost", "::1"})
 

@@ -11,7 +11,10 @@ watermark applies (``DiskGuard``); a refused part is listed in the answer's
 FailedSOPSequence with the status a C-STORE would get (FailureReason 0xA700, 0xC000...),
 and recorded in ``rejected_instances``. HTTP status (PS3.18 10.5.3): 200 every part
 stored, 202 some stored, 409 none stored; a body that is not multipart/related of
-application/dicom is 415 (or 400 when its boundary is missing), with the reason.
+application/dicom is 415 (or 400 when its boundary is missing), with the reason. A body
+larger than ``stow_max_mb`` is 413: refused by its Content-Length before it is read, or as
+soon as the stream passes the cap, so one request cannot take the node's memory; the
+refusal is recorded in ``rejected_instances`` like any other.
 
 The sender is recorded with the calling AE title ``STOW_CALLING_AE``; when the request
 ends, its series are marked released (a completion signal, as at an association's end).
@@ -182,12 +185,32 @@ def _referenced(sop_class: str, sop_uid: str) -> dict:
     return item
 
 
+async def read_capped(request: Request, limit: int) -> bytes | None:
+    """The request body, or None as soon as it is known to be over ``limit`` bytes (declared or streamed)."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        return None
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 def stow_route(context: WebContext):
     """The Starlette endpoint of ``POST /dicom-web/studies``."""
     receiver = StowReceiver(context)
 
     async def stow(request: Request):
-        body = await request.body()
+        limit = int(context.config.stow_max_mb * 1024 * 1024)
+        body = await read_capped(request, limit)
+        if body is None:
+            reason = f"the request body exceeds the STOW-RS cap of {context.config.stow_max_mb:g} MB (stow_max_mb)"
+            log.warning("STOW-RS: refused a request: %s", reason)
+            receiver._record_refusal("", "", 0xA700, reason)
+            return JSONResponse({"error": reason}, status_code=413)
         try:
             parts = split_parts(request.headers.get("content-type", ""), body)
         except NotMultipart as exc:
