@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import and_, exists, func, select
+from sqlalchemy import and_, exists, func, or_, select
 from sqlalchemy.orm import Session
 
 from . import report
@@ -210,14 +210,16 @@ class Operations:
     def purgeable_series(self, before: datetime, limit: int = 500) -> list[PurgeCandidate]:
         """Finished series last received before ``before``, not yet purged, with nothing left to deliver or run."""
         with self.db.reading() as session:
-            query = (select(Series).where(Series.state.in_(FINISHED_SERIES), Series.purged_at.is_(None),
+            query = (select(Series).where(Series.state.in_(FINISHED_SERIES), _files_left(),
                                           Series.last_received_at < before,
                                           ~_active_job(Series.id), ~_undelivered_output(Series.id))
                      .order_by(Series.last_received_at, Series.id).limit(limit))
             found = []
             for series in session.scalars(query):
-                paths = tuple(Path(p) for p in session.scalars(select(Instance.path)
-                                                               .where(Instance.series_id == series.id)))
+                query = select(Instance.path).where(Instance.series_id == series.id)
+                if series.purged_at is not None:  # purged before, re-opened by later instances: only theirs
+                    query = query.where(Instance.received_at > series.purged_at)
+                paths = tuple(Path(p) for p in session.scalars(query))
                 found.append(PurgeCandidate("instances", series.id, series.series_instance_uid,
                                             series.last_received_at, paths))
             return found
@@ -232,7 +234,7 @@ class Operations:
         with self.db.writing() as session:
             series = session.get(Series, series_id, with_for_update=True)
             still = session.scalar(select(func.count()).select_from(Series).where(
-                Series.id == series_id, Series.state.in_(FINISHED_SERIES), Series.purged_at.is_(None),
+                Series.id == series_id, Series.state.in_(FINISHED_SERIES), _files_left(),
                 ~_active_job(Series.id), ~_undelivered_output(Series.id)))
             if series is None or not still:
                 return False
@@ -266,6 +268,11 @@ class Operations:
             session.add(JobEvent(job_id=output.job_id, at=now, state="output-purged",
                                  detail=f"{why}: {output.kind} {output.sop_instance_uid} file removed; row kept"))
             return True
+
+
+def _files_left():
+    """The series has instance files to purge: never purged, or re-opened by instances received after its purge."""
+    return or_(Series.purged_at.is_(None), Series.last_received_at > Series.purged_at)
 
 
 def _active_job(series_id_column):

@@ -217,11 +217,18 @@ class Store:
             return SeriesRow.of(_series(session, series_key))
 
     def series_instances(self, series_key: str) -> list[InstanceRow]:
-        """The instances of a series (every version), in arrival order: the files a job loads."""
+        """The instances of a series (every version), in arrival order: what a job loads.
+
+        Retention removes a finished series' files but keeps its rows (``purged_at``). When an
+        instance arrives after that, it re-opens the series, and only the instances received
+        after the purge (the ones with files) are the series' instances.
+        """
         with self.db.reading() as session:
             series = _series(session, series_key)
-            rows = session.scalars(select(Instance).where(Instance.series_id == series.id).order_by(Instance.id))
-            return [InstanceRow.of(i, series_key) for i in rows]
+            query = select(Instance).where(Instance.series_id == series.id)
+            if series.purged_at is not None and series.last_received_at > series.purged_at:
+                query = query.where(Instance.received_at > series.purged_at)
+            return [InstanceRow.of(i, series_key) for i in session.scalars(query.order_by(Instance.id))]
 
     # --- jobs ------------------------------------------------------------------------------------------
 
@@ -499,9 +506,14 @@ class Store:
         previous = series.state
         series.version += 1
         series.state, series.released_at = "receiving", None
+        purged = "" if series.purged_at is None else (
+            f"; the files of the {series.instance_count} earlier instance(s) were purged on "
+            f"{series.purged_at:%Y-%m-%d}, so this version holds only instances received from now")
         session.add(SeriesEvent(series_id=series.id, at=now, event="reopened",
                                 detail=f"instance {sop_instance_uid} arrived while {previous}; "
-                                       f"version {series.version}"))
+                                       f"version {series.version}{purged}"))
+        if series.purged_at is not None:
+            series.instance_count = 0  # the count is of instances with files; the new one is added next
         for job in session.scalars(select(Job).where(Job.series_id == series.id,
                                                      Job.state.in_(("queued", "running"))).with_for_update()):
             if job.state == "queued":

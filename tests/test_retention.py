@@ -96,6 +96,33 @@ def test_a_purged_series_cannot_be_requeued(seeded):
         Operations(seeded.store).requeue_job(seeded.job_id)
 
 
+def test_a_late_instance_reopens_a_purged_series_with_only_its_own_file_which_retention_can_purge_later(seeded):
+    config, seeded = seeded
+    _deliver_all(seeded)
+    _retention(config, seeded).purge(now=utcnow() + LATER)
+    late = ct_datasets(volume(slices=1), name="late")[0]
+    path = save([late], config.data_dir / "instances" / "late")[0]
+    seeded.store.record_instance(sop_instance_uid=str(late.SOPInstanceUID), sop_class_uid=str(late.SOPClassUID),
+                                 series_key=seeded.series_key, series_instance_uid=seeded.series_uid,
+                                 study_instance_uid=str(late.StudyInstanceUID),
+                                 transfer_syntax_uid=str(late.file_meta.TransferSyntaxUID), calling_ae="ORTHANC",
+                                 path=path, size=path.stat().st_size, modality="CT")
+
+    instances = seeded.store.series_instances(seeded.series_key)
+    assert [i.sop_instance_uid for i in instances] == [str(late.SOPInstanceUID)] and instances[0].path.exists()
+    series = seeded.store.get_series(seeded.series_key)
+    assert series.state == "receiving" and series.instance_count == 1
+    with seeded.store.db.reading() as session:
+        reopened = session.scalars(select(SeriesEvent.detail).where(SeriesEvent.event == "reopened")).all()
+    assert reopened and "purged" in reopened[-1]
+
+    job = seeded.store.create_job(seeded.series_key, "association released")
+    seeded.store.claim_next_job("test-worker")
+    seeded.store.finish_job(job.id, state="failed", timings={})
+    report = _retention(config, seeded).purge(now=utcnow() + LATER)
+    assert [c.paths for c in report.series] == [(path,)] and not path.exists()
+
+
 def test_a_series_with_a_queued_job_is_not_purged(seeded):
     config, seeded = seeded
     _deliver_all(seeded)
