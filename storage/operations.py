@@ -30,7 +30,7 @@ from .errors import NotFoundError, StateError
 from .models import (Delivery, Instance, Job, JobEvent, Output, PausedDestination, RejectedInstance, Series,
                      SeriesEvent, utcnow)
 from .rows import JobRow
-from .store import Store
+from .store import Store, with_files
 
 FINISHED_SERIES = ("done", "failed", "rejected")
 TIMINGS_SAMPLE = 2000  # most recent finished jobs whose stage timings feed the histograms
@@ -216,9 +216,7 @@ class Operations:
                      .order_by(Series.last_received_at, Series.id).limit(limit))
             found = []
             for series in session.scalars(query):
-                query = select(Instance.path).where(Instance.series_id == series.id)
-                if series.purged_at is not None:  # purged before, re-opened by later instances: only theirs
-                    query = query.where(Instance.received_at > series.purged_at)
+                query = with_files(select(Instance.path).where(Instance.series_id == series.id), series)
                 paths = tuple(Path(p) for p in session.scalars(query))
                 found.append(PurgeCandidate("instances", series.id, series.series_instance_uid,
                                             series.last_received_at, paths))

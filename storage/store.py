@@ -225,9 +225,7 @@ class Store:
         """
         with self.db.reading() as session:
             series = _series(session, series_key)
-            query = select(Instance).where(Instance.series_id == series.id)
-            if series.purged_at is not None and series.last_received_at > series.purged_at:
-                query = query.where(Instance.received_at > series.purged_at)
+            query = with_files(select(Instance).where(Instance.series_id == series.id), series)
             return [InstanceRow.of(i, series_key) for i in session.scalars(query.order_by(Instance.id))]
 
     # --- jobs ------------------------------------------------------------------------------------------
@@ -543,6 +541,13 @@ class Store:
 
 def _event(session: Session, job_id: int, state: str, detail: str, at: datetime) -> None:
     session.add(JobEvent(job_id=job_id, at=at, state=state, detail=detail))
+
+
+def with_files(query, series: Series):
+    """``query`` of a series' instances kept to those with files: after a purge and a re-open, the later ones."""
+    if series.purged_at is not None and series.last_received_at > series.purged_at:
+        return query.where(Instance.received_at > series.purged_at)
+    return query
 
 
 def _series(session: Session, series_key: str) -> Series:

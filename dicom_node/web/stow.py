@@ -148,7 +148,7 @@ class StowReceiver:
                 keys.add(key)
                 continue
             log.warning("STOW-RS: refused instance %s: 0x%04X %s", sop_uid or "?", status, reason)
-            self._record_refusal(sop_class, sop_uid, status, reason)
+            self.record_refusal(sop_class, sop_uid, status, reason)
             failed.append({**_referenced(sop_class, sop_uid), "00081197": {"vr": "US", "Value": [status]}})
         if keys:
             self._released(sorted(keys))
@@ -160,7 +160,7 @@ class StowReceiver:
         http = 200 if not failed else (202 if stored else 409)
         return http, answer
 
-    def _record_refusal(self, sop_class: str, sop_uid: str, status: int, reason: str) -> None:
+    def record_refusal(self, sop_class: str, sop_uid: str, status: int, reason: str) -> None:
         try:
             self.context.store.record_rejected_instance(calling_ae=STOW_CALLING_AE, reason=f"0x{status:04X} {reason}",
                                                         sop_instance_uid=sop_uid or None,
@@ -209,7 +209,7 @@ def stow_route(context: WebContext):
         if body is None:
             reason = f"the request body exceeds the STOW-RS cap of {context.config.stow_max_mb:g} MB (stow_max_mb)"
             log.warning("STOW-RS: refused a request: %s", reason)
-            receiver._record_refusal("", "", 0xA700, reason)
+            receiver.record_refusal("", "", 0xA700, reason)
             return JSONResponse({"error": reason}, status_code=413)
         try:
             parts = split_parts(request.headers.get("content-type", ""), body)
