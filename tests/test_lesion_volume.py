@@ -57,3 +57,28 @@ def test_no_volume_is_given_without_a_focus_or_a_reference():
     assert lesion_volume_mm3(hu, body, spacing, _features(30.0, "hypodense"), "none") is None
     no_focus = {**_features(30.0, "hypodense"), "hypodense_focus_mm3": 0.0}
     assert lesion_volume_mm3(hu, body, spacing, no_focus, "lytic") == 0.0
+
+
+def test_dense_bone_lining_the_core_edge_is_not_taken_for_a_blastic_focus():
+    """Bone past the half-way level along the core's edge (a pedicle's root, blurred cortex) is not lesion.
+
+    On report phantoms the core a vertebra's body is measured in reaches the dense roots of its
+    pedicles in places: pieces of 100-330 mm3 lining the core's edge, at 600-700 HU, were
+    counted at about 60 % each beside a blastic focus, reading it 17-25 % large.
+    """
+    fine = 0.25
+    n = 144
+    z, y, x = (np.arange(n) * fine - n * fine / 2 + fine / 2 for _ in range(3))
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+    hu = np.full(zz.shape, 200.0, np.float32)
+    hu[(yy >= 13.5) & (np.abs(xx) <= 8.0) & (np.abs(zz) <= 6.0)] = 650.0  # reaches 1.5 mm into the core
+    hu[zz ** 2 + yy ** 2 + xx ** 2 <= RADIUS_MM ** 2] = 900.0
+    hu = ndimage.gaussian_filter(hu, [0.4 / fine, 0.6 / fine, 0.6 / fine])
+    hu = hu.reshape(n // 4, 4, n // 3, 3, n // 3, 3).mean(axis=(1, 3, 5))
+    hu = hu + np.random.default_rng(0).normal(0, 40, hu.shape).astype(np.float32)
+    spacing = (1.0, 0.75, 0.75)
+    centres = [(np.arange(k) + 0.5) * s - 18.0 for k, s in zip(hu.shape, spacing)]
+    cz, cy, cx = np.meshgrid(*centres, indexing="ij")
+    core = (np.abs(cz) <= 15.0) & (np.abs(cy) <= 15.0) & (np.abs(cx) <= 15.0)  # the body less a 3 mm shell
+    got = lesion_volume_mm3(hu, core, spacing, _features(900.0, "hyperdense"), "blastic")
+    assert got == pytest.approx(TRUE_MM3, rel=0.10)
