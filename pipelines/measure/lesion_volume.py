@@ -26,17 +26,18 @@ Blur moves attenuation between voxels but keeps its sum, so the estimate does no
 on the slice thickness the way a threshold does.
 
 Why blastic volumes read high (issue 16, follow-up pairs): the core found from the labels
-reaches, in places, the dense bone around it (the roots of the pedicles, painted on the
-report phantoms at the mean of cortical and trabecular HU, 550-700 HU, and blurred
-cortex). Past a blastic half-way level (about 400-450 HU) those voxels formed pieces of
-100-330 mm3 lining the core's posterior edge, apart from the lesion, and each of their
-voxels counted about 60 % lesion: seed 6's L3 read 1.075 ml against 0.862 (+25 %) and
-1.309 against 1.119 (+17 %). The phantoms' lesions themselves are uniform balls (one HU,
-the truth the painted voxels), and the bone HU of the shell and the plateau were right
-(189 against 181-190, 1029 against 1033 HU). Such a piece has 75 % or more of its surface
-on the core's edge, a focus in the bone 26 % or less (a ball centred on the edge about
-half), so pieces with ``EDGE_SHARE`` of their surface on the edge are left out; a lytic
-seed rarely meets one (the cortex is brighter than the bone), and none changed.
+reaches, in places, through the body's posterior wall: on seed 6's L3 it holds 329 voxels
+off the phantom's trabecular core, 276 of its cortex (1066 HU) and 53 of a pedicle's root
+(painted at the mean of cortical and trabecular HU). Past the blastic half-way level
+(about 425-450 HU) the blurred edge of that bone formed pieces of 110-330 mm3 lining the
+core's posterior edge, apart from the lesion, and each of their voxels counted about 60 %
+lesion: L3 read 1.075 ml against 0.862 (+25 %), and 1.309 against 1.119 (+17 %) at the
+follow-up. The phantoms' lesions themselves are uniform ellipsoids (one HU, no rim or
+halo; the truth is their painted voxels in the body), and the bone HU of the shell and
+the plateau were right (189 HU against 181-190, 1029 against 1033). Such a piece has 75 % or more of
+its surface on the core's edge, a focus inside the bone 26 % or less (a ball centred on
+the edge about half), so pieces with ``EDGE_SHARE`` of their surface on the edge are left
+out; no lytic seed met one on the report phantoms (the cortex is brighter than the bone).
 """
 from __future__ import annotations
 
@@ -76,7 +77,7 @@ def _seed(smooth: np.ndarray, body: np.ndarray, spacing, level: float, sign: flo
     """Voxels of ``body`` past ``level`` on the lesion's side, in pieces of at least ``MIN_PIECE_MM3``.
 
     A piece with ``EDGE_SHARE`` or more of its surface on ``body``'s edge is left out: it is
-    the blurred edge of something outside the core (a pedicle's root, the cortex), which a
+    the blurred edge of dense bone outside the core (the cortex, a pedicle's root), which a
     focus inside the bone, bounded mostly by bone, is not.
     """
     inside = body & ((smooth < level) if sign > 0 else (smooth > level))
