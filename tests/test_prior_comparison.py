@@ -46,6 +46,23 @@ def test_a_level_the_segmentations_disagree_on_is_not_compared():
     assert change["new_lesions"] == []
 
 
+def test_a_crush_that_halved_the_body_is_a_new_collapse_not_a_disagreement():
+    # the collapse took 38 % of the volume with half the height: before, that read as two different bones
+    before = summary(vertebra("L4", volume=52.0, heights=(26.7, 29.6, 26.3)))
+    now = summary(vertebra("L4", volume=32.3, grade=3, heights=(13.8, 15.0, 12.9)))
+    change = compare(now, before)
+    assert change["vertebrae"]["L4"]["compared"] is True and change["new_collapse"] == ["L4"]
+
+
+def test_a_lost_volume_with_heights_that_did_not_fall_or_no_fracture_now_still_disagrees():
+    # the same 38 % loss: unexplained by the heights, or on a vertebra the current study does not grade fractured
+    unexplained = compare(summary(vertebra("L4", volume=32.3, grade=3)), summary(vertebra("L4", volume=52.0)))
+    assert unexplained["vertebrae"]["L4"]["compared"] is False
+    not_fractured = compare(summary(vertebra("L4", volume=32.3, heights=(13.8, 15.0, 12.9))),
+                            summary(vertebra("L4", volume=52.0, heights=(26.7, 29.6, 26.3))))
+    assert not_fractured["vertebrae"]["L4"]["compared"] is False and not_fractured["new_collapse"] == []
+
+
 def test_a_prior_of_another_model_is_compared_with_a_warning_naming_both():
     change = compare(summary(vertebra("L1"), model=("spine-demo", "2.0")), summary(vertebra("L1")))
     assert "spine-demo 1.0" in change["warnings"][0] and "spine-demo 2.0" in change["warnings"][0]
