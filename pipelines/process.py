@@ -173,7 +173,8 @@ def build_outputs(series: CTSeries, analysis: Analysis, options: PipelineOptions
     summary["patient_key"] = patient_key
     if change is not None:
         summary["change"] = change
-    optional = build_optional_outputs(series, analysis.labels, analysis.findings, analysis.model, options.outputs)
+    optional = build_optional_outputs(series, analysis.labels, analysis.findings, analysis.model, options.outputs,
+                                      change, summary.get("bone_density"))
     summary["timings_s"].update({k: round(v, 3) for k, v in optional.timings_s.items()})
     summary["outputs"] = {"kinds": list(options.outputs), "not_built": optional.not_built}
     if built:

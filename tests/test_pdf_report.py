@@ -87,3 +87,32 @@ def test_with_no_vertebra_the_report_says_so(case, tmp_path):
     path = tmp_path / "empty.pdf"
     path.write_bytes(report_pdf(case.series, [], MODEL, None))
     assert "no vertebra found" in pdf_text(path)
+
+
+@pytest.mark.peer
+def test_the_page_gives_the_spine_report_and_the_change_since_the_prior(case, tmp_path):
+    import copy
+
+    findings = copy.deepcopy(case.findings)
+    first, second = findings[0], findings[1]
+    first.measurements = {"heights_mm": {"anterior": 17.6, "middle": 23.1, "posterior": 25.0}, "genant_grade": 2,
+                          "genant_morphology": "wedge", "trabecular_hu": 142.0, "lesion_volume_ml": 0.52,
+                          "sins": {"partial_score": 7}}
+    second.measurements = {"genant_grade": 0, "trabecular_hu": 95.0}
+    change = {"prior": {"study_instance_uid": "1.2.826.0.1.3680043.8.498.1"}, "only_now": [], "only_before": [],
+              "warnings": [], "vertebrae": {first.level: {"compared": True, "lesion_change": "new",
+                                                          "new_collapse": True},
+                                            second.level: {"compared": False, "reason": "disagree"}}}
+    density = {"site": "L1", "trabecular_hu": 85.0, "threshold_hu": 90.25, "source": "TotalSegmentator",
+               "low": True, "contrast": "no contrast", "flag": "low bone density"}
+    path = tmp_path / "report.pdf"
+    path.write_bytes(report_pdf(case.series, findings, MODEL, None, change, density))
+    text = pdf_text(path)
+    row = next(line for line in text.splitlines() if line.split()[:1] == [first.level])
+    for words in ("0.52", "142", "17.6/23.1/25.0", "2 wedge", "7", "new lesion, new collapse"):
+        assert words in row, (words, row)
+    row = next(line for line in text.splitlines() if line.split()[:1] == [second.level])
+    assert "not compared" in row, row
+    flat = " ".join(text.split())
+    assert "Change since the prior study 1.2.826.0.1.3680043.8.498.1" in flat
+    assert "Bone density: low bone density" in flat and "pain and spinal alignment are not assessed" in flat

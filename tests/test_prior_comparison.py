@@ -104,3 +104,35 @@ def test_the_nodes_patient_secret_is_made_once_and_readable_by_the_node_only(tmp
     first = patient_secret(tmp_path)
     assert len(bytes.fromhex(first)) == 32 and patient_secret(tmp_path) == first
     assert (tmp_path / PATIENT_SECRET_FILE).stat().st_mode & 0o077 == 0
+
+
+@pytest.mark.peer
+def test_the_node_s_pdf_report_names_the_prior_and_each_level_s_change(tmp_path):
+    import subprocess
+
+    import pydicom
+
+    from support.programs import require
+
+    options = PipelineOptions(min_slices=5, patient_key_secret=SECRET.hex(), outputs=("seg", "sr", "pdf"))
+    node = InProcessNode(tmp_path / "node", options)
+    try:
+        jobs = []
+        for name in ("baseline", "follow-up"):
+            datasets = ct_series(name, 8)
+            for ds in datasets:
+                ds.PatientID, ds.IssuerOfPatientID = "MRN-0042", "HOSPITAL-A"
+            assert send_c_store(node.port, save(datasets, tmp_path / name)) == [0] * len(datasets)
+            jobs += node.run_completed_jobs(stable_age=0.01)
+    finally:
+        node.close()
+    first, second = jobs
+    pdf = next(o["path"] for o in second["outputs"] if o["kind"] == "pdf")
+    ds = pydicom.dcmread(pdf)
+    (tmp_path / "report.pdf").write_bytes(ds.EncapsulatedDocument[:ds.EncapsulatedDocumentLength])
+    run = subprocess.run([require("pdftotext", "poppler-utils"), "-layout", str(tmp_path / "report.pdf"), "-"],
+                         capture_output=True, text=True, timeout=60)
+    text = " ".join(run.stdout.split())
+    assert f"Change since the prior study {first['study_instance_uid']}" in text, text
+    row = next(line for line in run.stdout.splitlines() if line.split()[:1] == ["L1"])
+    assert "no change" in row and "MRN" not in run.stdout, row

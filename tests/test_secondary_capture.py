@@ -89,3 +89,22 @@ def test_a_short_series_gets_no_key_images_and_the_others_are_still_made(phantom
     made = build_optional_outputs(short, labels, findings, MODEL, ("seg", "sr", "sc", "pdf"))
     assert "slices" in made.not_built["sc"]
     assert [kind for kind, _, _ in made.datasets] == ["pdf"]
+
+
+def test_with_a_prior_the_key_images_note_each_level_s_change_and_name_the_prior(written):
+    case, _ = written
+    level = case.findings[0].level
+    change = {"prior": {"study_instance_uid": "1.2.826.0.1.3680043.8.498.7"}, "only_now": [], "only_before": [],
+              "warnings": [], "vertebrae": {level: {"compared": True, "lesion_change": "new", "new_collapse": False}}}
+    plain = key_picture(case.series, case.labels, case.findings, MODEL)
+    noted = key_picture(case.series, case.labels, case.findings, MODEL, change)
+    assert noted.shape[1] > plain.shape[1]  # the listing widened for the notes
+    from pipelines.outputs.qc import FOOTER_PX, HEADER_PX
+
+    def yellow_in_listing(rgb):  # the notes' colour, between header and footer (the footer is yellow too)
+        right = rgb[HEADER_PX:-FOOTER_PX, plain.shape[1] - 60:]
+        return bool(((right[..., 0] > 200) & (right[..., 1] > 170) & (right[..., 2] < 160)).any())
+
+    assert yellow_in_listing(noted) and not yellow_in_listing(plain)
+    (image,) = build_key_images(case.series, case.labels, case.findings, MODEL, change=change)
+    assert "prior study 1.2.826.0.1.3680043.8.498.7" in image.ImageComments

@@ -37,12 +37,17 @@ class OptionalOutputs:
 
 
 def build_optional_outputs(series: CTSeries, labels: np.ndarray, findings: list[VertebraFinding],
-                           model: ModelIdentity, kinds: tuple[str, ...]) -> OptionalOutputs:
-    """The optional objects among ``kinds`` (rtstruct, sc, pdf), each built or refused with its reason."""
+                           model: ModelIdentity, kinds: tuple[str, ...], change: dict | None = None,
+                           bone_density: dict | None = None) -> OptionalOutputs:
+    """The optional objects among ``kinds`` (rtstruct, sc, pdf), each built or refused with its reason.
+
+    ``change`` (the change since the prior study) and ``bone_density`` (the series' flag), as
+    in the summary, go into the key images and the PDF.
+    """
     made = OptionalOutputs()
     picture = None
     if "sc" in kinds or "pdf" in kinds:
-        picture = _step(made, "sc_picture", lambda: _picture(series, labels, findings, model))
+        picture = _step(made, "sc_picture", lambda: _picture(series, labels, findings, model, change))
     picture_error = made.not_built.pop("sc_picture", None)  # the PDF goes on without the picture
     if "rtstruct" in kinds:
         from pipelines.outputs.rtstruct import build_rtstruct
@@ -55,25 +60,28 @@ def build_optional_outputs(series: CTSeries, labels: np.ndarray, findings: list[
     elif "sc" in kinds:
         from pipelines.outputs.secondary_capture import build_key_images
 
-        images = _step(made, "sc", lambda: build_key_images(series, labels, findings, model, picture=picture))
+        images = _step(made, "sc", lambda: build_key_images(series, labels, findings, model, picture=picture,
+                                                            change=change))
         for n, image in enumerate(images or [], start=1):
             made.datasets.append(("sc", f"sc-{n}.dcm", image))
     if "pdf" in kinds:
         from pipelines.outputs.pdf_report import build_pdf_report
 
-        report = _step(made, "pdf", lambda: build_pdf_report(series, findings, model, picture=picture))
+        report = _step(made, "pdf", lambda: build_pdf_report(series, findings, model, picture=picture, change=change,
+                                                             bone_density=bone_density))
         if report is not None:
             made.datasets.append(("pdf", FILE_NAMES["pdf"], report))
     return made
 
 
-def _picture(series: CTSeries, labels: np.ndarray, findings: list[VertebraFinding], model: ModelIdentity):
+def _picture(series: CTSeries, labels: np.ndarray, findings: list[VertebraFinding], model: ModelIdentity,
+             change: dict | None = None):
     from pipelines.outputs.rtstruct import OutputNotBuilt
     from pipelines.outputs.secondary_capture import key_picture
 
     if not findings:
         raise OutputNotBuilt("no vertebra was found: there is nothing to show in key images")
-    return key_picture(series, labels, findings, model)
+    return key_picture(series, labels, findings, model, change)
 
 
 def _step(made: OptionalOutputs, kind: str, build):

@@ -43,6 +43,8 @@ TARGET_HEIGHT_PX = 900
 MIN_PIXEL_MM = 0.25
 TINT = 0.35                      # opacity of a level's colour over its voxels
 HEADER_PX, FOOTER_PX, GAP_PX = 56, 64, 12
+NOTE_PX = 420
+"""The listing's extra width for the notes (collapse, change since the prior)."""
 LESION_LETTERS = {"lytic": "L", "blastic": "B", "mixed": "M"}
 LESION_RED = (230, 30, 30)
 INDETERMINATE = (250, 210, 40)
@@ -50,10 +52,11 @@ INDETERMINATE = (250, 210, 40)
 
 @dataclass
 class VertebraMark:
-    """What the picture says about one vertebra: its level and its lesion call."""
+    """What the picture says about one vertebra: its level, its lesion call, and a short note (collapse, change)."""
 
     level: str
     lesion: str = "none"
+    note: str = ""
 
 
 def qc_picture(hu: np.ndarray, labels: np.ndarray, spacing, label_map: dict[int, str],
@@ -72,6 +75,7 @@ def qc_picture(hu: np.ndarray, labels: np.ndarray, spacing, label_map: dict[int,
     axis = _axis(labels, levels, spacing)
     pixel = max(hu.shape[0] * float(spacing[0]) / TARGET_HEIGHT_PX, MIN_PIXEL_MM)
     lesions = {m.level: m.lesion for m in marks or []}
+    notes = {m.level: m.note for m in marks or [] if m.note}
     panels = []
     for view in ("sagittal", "coronal"):
         grey, names, across = _panel(hu, labels, levels, axis, spacing, view)
@@ -82,7 +86,7 @@ def qc_picture(hu: np.ndarray, labels: np.ndarray, spacing, label_map: dict[int,
     if not found:
         for panel in panels:
             _banner(panel, "NO VERTEBRA FOUND")
-    panels.append(_listing(found, lesions, panels[0].height))
+    panels.append(_listing(found, lesions, panels[0].height, notes))
     return _compose(panels, title, footer)
 
 
@@ -231,9 +235,14 @@ def _rib_ticks(panel: Image.Image, ribs: list[tuple[float, str | None]], nz: int
         _outlined_text(draw, (30, row - 9), f"rib {name}" if name else "rib", (255, 255, 255), font)
 
 
-def _listing(found: list[str], lesions: dict, height: int) -> Image.Image:
-    """The column on the right: every vertebra found, its colour and its lesion call, head to feet."""
-    image = Image.new("RGB", (270, height), (24, 24, 24))
+def _listing(found: list[str], lesions: dict, height: int, notes: dict | None = None) -> Image.Image:
+    """The column on the right: every vertebra found, its colour and its lesion call, head to feet.
+
+    ``notes`` (level -> text: its collapse, its change since the prior study) widen the
+    column and are written after the call, in yellow, cut to fit.
+    """
+    notes = notes or {}
+    image = Image.new("RGB", (270 + (NOTE_PX if notes else 0), height), (24, 24, 24))
     draw = ImageDraw.Draw(image)
     font = _font(20)
     draw.text((10, 6), "found" if found else "no vertebra found", fill=(255, 255, 255), font=font)
@@ -245,7 +254,19 @@ def _listing(found: list[str], lesions: dict, height: int) -> Image.Image:
         if lesion != "none":
             _lesion_mark(draw, (100, y + 12), lesion, _font(16))
         draw.text((120, y), "no lesion" if lesion == "none" else lesion, fill=(220, 220, 220), font=_font(18))
+        if notes.get(level):
+            note = _fit(notes[level], draw, _font(15), NOTE_PX + 5)
+            draw.text((255, y + 2), note, fill=(255, 220, 120), font=_font(15))
     return image
+
+
+def _fit(text: str, draw: ImageDraw.ImageDraw, font, width: float) -> str:
+    """``text`` cut (with an ellipsis) to ``width`` pixels."""
+    if draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
 
 
 def _banner(image: Image.Image, text: str) -> None:
