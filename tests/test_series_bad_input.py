@@ -278,6 +278,20 @@ def enhanced_mixed_with_slices(folder: Path) -> None:
     save(datasets[1:] + [enhanced_ct(datasets[:1])], folder)
 
 
+def series_in_two_studies(folder: Path) -> None:
+    datasets = base("two-studies")
+    for ds in datasets[12:]:
+        ds.StudyInstanceUID = generate_uid(entropy_srcs=["another study"])
+    save(datasets, folder)
+
+
+def series_of_two_patients(folder: Path) -> None:
+    datasets = base("two-patients")
+    for ds in datasets[12:]:
+        ds.PatientID = "OTHER-PATIENT"
+    save(datasets, folder)
+
+
 class Case(NamedTuple):
     build: Callable[[Path], None]
     outcome: str                      # "loaded" or "rejected"
@@ -319,6 +333,8 @@ CORPUS = {
     "two-series-in-one-folder": Case(two_series_in_one_folder, "loaded", series=2),
     "dose-screen-capture-in-series": Case(dose_screen_in_series, "loaded", ("dropped_non_ct",)),
     "enhanced-mixed-with-single-frames": Case(enhanced_mixed_with_slices, "rejected", "mixed_instances"),
+    "series-uid-in-two-studies": Case(series_in_two_studies, "rejected", "mixed_studies"),
+    "series-of-two-patients": Case(series_of_two_patients, "rejected", "mixed_studies"),
 }
 
 
@@ -410,3 +426,16 @@ def test_shuffled_instance_numbers_are_reported_as_a_warning(tmp_path):
 def test_rules_refuse_a_minimum_below_two_slices():
     with pytest.raises(ValueError, match="min_slices"):
         SeriesRules(min_slices=1)
+
+
+def test_a_series_in_two_studies_is_refused_naming_both_studies_and_no_patient(tmp_path):
+    series_of_two_patients(tmp_path / "patients")
+    (files,) = scan_inputs([tmp_path / "patients"]).series
+    with pytest.raises(SeriesRejected, match="2 different patients") as refused:
+        load_series(files)
+    assert "OTHER-PATIENT" not in str(refused.value)
+    series_in_two_studies(tmp_path / "studies")
+    (files,) = scan_inputs([tmp_path / "studies"]).series
+    with pytest.raises(SeriesRejected, match=r"name 2 studies: .* \(12\), .* \(12\)") as refused:
+        load_series(files)
+    assert generate_uid(entropy_srcs=["another study"]) in str(refused.value)

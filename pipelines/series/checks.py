@@ -17,8 +17,8 @@ UID. Documented repairs:
 
 Slices are always put in order along the slice normal, whatever their InstanceNumber or
 file order; that is not a repair. Missing slices (gaps), irregular spacing, mixed
-orientations, pixel spacings or matrix sizes, missing geometry and too few slices are
-refused.
+orientations, pixel spacings or matrix sizes, missing geometry, too few slices and a
+series whose instances name more than one study or patient are refused.
 """
 from __future__ import annotations
 
@@ -35,6 +35,7 @@ REJECTION_CODES = (
     "not_ct",               # no CT image in the series (MR, secondary capture, SEG, SR...)
     "unsupported_pixels",   # colour, not monochrome, a modality LUT table instead of a rescale
     "mixed_instances",      # single-frame and multi-frame instances, or several multi-frame ones
+    "mixed_studies",        # instances of one SeriesInstanceUID that name different studies or patients
     "missing_geometry",     # ImagePositionPatient, ImageOrientationPatient or PixelSpacing absent
     "orientation",          # image planes that differ (and are not clearly localizers)
     "pixel_spacing",        # PixelSpacing differs between images

@@ -18,6 +18,7 @@ import copy
 import logging
 import re
 import warnings
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -231,6 +232,26 @@ def _check_pixel_format(instances: list[Instance], uid: str) -> None:
                                                             "with a Modality LUT table, not a rescale")
 
 
+def _check_one_study(instances: list[Instance], uid: str) -> None:
+    """A series belongs to one study of one patient; instances that name several are refused.
+
+    A SeriesInstanceUID reused in two studies (a sender's merge or a copied header) would
+    put one study's slices in the other's SEG and SR. The refusal gives the study UIDs and
+    the instance counts; of the patients only how many there are, never who.
+    """
+    studies = Counter(_text(i.header, "StudyInstanceUID") for i in instances)
+    studies.pop("", None)  # an empty UID is derived later (``_identify``), not a second study
+    if len(studies) > 1:
+        listed = ", ".join(f"{study} ({n})" for study, n in studies.most_common())
+        raise SeriesRejected("mixed_studies", uid, f"its {len(instances)} instances name {len(studies)} studies: "
+                                                   f"{listed}; a series belongs to one study")
+    patients = {(_text(i.header, "PatientID"), _text(i.header, "IssuerOfPatientID")) for i in instances}
+    if len(patients) > 1:
+        raise SeriesRejected("mixed_studies", uid, f"its {len(instances)} instances name {len(patients)} different "
+                                                   "patients (PatientID / IssuerOfPatientID); a series belongs to "
+                                                   "one patient")
+
+
 def _derived_sop_instance_uid(series_uid: str, header: Dataset) -> str:
     """A deterministic SOPInstanceUID for an instance that has none, even in its file meta."""
     return generate_uid(entropy_srcs=["spine-node derived instance", series_uid] + [
@@ -282,6 +303,7 @@ def load_series(files: SeriesFiles, rules: SeriesRules | None = None) -> CTSerie
     repairs: list[str] = []
     instances = _ct_instances(files, uid, repairs)
     _check_pixel_format(instances, uid)
+    _check_one_study(instances, uid)
     study_uid, series_uid, headers = _identify(files, instances, repairs)
     plan = plan_stack(frames_of(instances), rules, uid)
     hu = np.empty((len(plan.frames), plan.frames[0].rows, plan.frames[0].columns), np.float32)
