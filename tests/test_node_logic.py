@@ -119,6 +119,19 @@ def test_a_series_the_pipeline_refuses_is_rejected_with_its_reason(node, tmp_pat
     assert job["instances"] == 3  # nothing acknowledged is lost: the instances stay recorded
 
 
+def test_a_series_uid_reused_in_two_studies_is_rejected_naming_both_and_kept(node, tmp_path):
+    datasets = ct_series("two-studies", 8)
+    other = "1.2.826.0.1.3680043.8.498.424242"
+    for ds in datasets[4:]:
+        ds.StudyInstanceUID = other
+    paths = save(datasets, tmp_path / "two-studies")
+    assert send(node.port, paths) == [0] * 8
+    [job] = node.run_completed_jobs()
+    assert job["state"] == "rejected" and job["error"].startswith("mixed_studies"), job["error"]
+    assert other in job["error"] and datasets[0].StudyInstanceUID in job["error"]
+    assert job["outputs"] == [] and job["instances"] == 8
+
+
 @pytest.mark.real_data
 def test_a_series_of_another_storage_class_is_stored_not_processed(node):
     sr = shared("reference-objects", "highdicom", "sr_document.dcm")
