@@ -52,6 +52,14 @@ def _vertebra(scan: cases.RealScan, label: int):
     return scan.hu[box], mask[box], estimate_noise(scan.hu, scan.spacing).sd_hu
 
 
+def _resliced(hu, mask, spacing, thickness):
+    """(HU, mask, spacing) resliced to ``thickness`` mm slices, or as they are for None."""
+    if not thickness:
+        return hu, mask, spacing
+    return (reslice(hu, spacing[0], thickness), reslice_mask(mask, spacing[0], thickness),
+            (thickness,) + tuple(spacing[1:]))
+
+
 def _with_lesion(scan, label, kind, diameter_mm, target_hu, seed=0):
     """The vertebra's box with one lesion inserted in its body at a seeded place, and its mask and noise."""
     hu, mask, noise = _vertebra(scan, label)
@@ -65,11 +73,7 @@ def _with_lesion(scan, label, kind, diameter_mm, target_hu, seed=0):
 @pytest.mark.parametrize("thickness", [None, 3.0])
 def test_a_normal_real_lumbar_vertebra_is_not_called_a_lesion(lumbar, thickness):
     hu, mask, noise = _vertebra(lumbar, 22)  # L3, whole; median ~60 HU with fatty marrow, as docs/REAL_CT_NOTES.md
-    spacing = lumbar.spacing
-    if thickness:
-        hu, mask = reslice(hu, spacing[0], thickness), reslice_mask(mask, spacing[0], thickness)
-        spacing = (thickness,) + tuple(spacing[1:])
-    finding = ThresholdClassifier().classify(hu, mask, spacing, noise)
+    finding = ThresholdClassifier().classify(*_resliced(hu, mask, lumbar.spacing, thickness), noise)
     assert finding.kind == "none", finding.features["reason"]
     assert not finding.features["partial"]
     assert 30 < finding.features["reference_hu"] < 90
@@ -113,11 +117,7 @@ def test_a_soft_tissue_ball_45_hu_below_osteoporotic_real_bone_is_lytic(lumbar, 
     # L3 reads ~55 HU: no tumour lies lytic_delta_hu (60 HU) below it, so before the light-bone delta this 13 mm ball
     # of 10 HU was "none" at every place; it is found at these two (at seed 0's place, and at 20 HU, it still is not)
     hu, mask, noise = _with_lesion(lumbar, 22, "lytic", 13.0, 10.0, seed)
-    spacing = lumbar.spacing
-    if thickness:
-        hu, mask = reslice(hu, spacing[0], thickness), reslice_mask(mask, spacing[0], thickness)
-        spacing = (thickness,) + tuple(spacing[1:])
-    finding = ThresholdClassifier().classify(hu, mask, spacing, noise)
+    finding = ThresholdClassifier().classify(*_resliced(hu, mask, lumbar.spacing, thickness), noise)
     assert finding.kind == "lytic", finding.features["reason"]
     assert finding.features["reference_hu"] < LesionThresholds().lytic_delta_hu + LesionThresholds().light_floor_hu
 

@@ -78,9 +78,9 @@ def test_the_patient_key_holds_no_identifier_and_needs_an_issuer_unless_allowed(
     assert patient_key(no_issuer, SECRET, allow_without_issuer=True) is not None
 
 
-def test_the_node_compares_a_new_study_with_the_patients_prior_one(tmp_path):
-    options = PipelineOptions(min_slices=5, patient_key_secret=SECRET.hex())
-    node = InProcessNode(tmp_path / "node", options)
+def _baseline_and_follow_up(tmp_path, **options) -> list[dict]:
+    """The jobs of two studies of one patient sent to a node one after the other: the baseline, then the follow-up."""
+    node = InProcessNode(tmp_path / "node", PipelineOptions(min_slices=5, patient_key_secret=SECRET.hex(), **options))
     try:
         jobs = []
         for name in ("baseline", "follow-up"):
@@ -92,7 +92,11 @@ def test_the_node_compares_a_new_study_with_the_patients_prior_one(tmp_path):
             jobs += node.run_completed_jobs(stable_age=0.01)
     finally:
         node.close()
-    first, second = (job["summary"] for job in jobs)
+    return jobs
+
+
+def test_the_node_compares_a_new_study_with_the_patients_prior_one(tmp_path):
+    first, second = (job["summary"] for job in _baseline_and_follow_up(tmp_path))
     assert "change" not in first and second["change"]["prior"]["study_instance_uid"] == first["study_instance_uid"]
     assert second["change"]["vertebrae"]["L1"]["compared"] is True
     assert first["patient_key"] == second["patient_key"] and "MRN" not in first["patient_key"]
@@ -114,19 +118,7 @@ def test_the_node_s_pdf_report_names_the_prior_and_each_level_s_change(tmp_path)
 
     from support.programs import require
 
-    options = PipelineOptions(min_slices=5, patient_key_secret=SECRET.hex(), outputs=("seg", "sr", "pdf"))
-    node = InProcessNode(tmp_path / "node", options)
-    try:
-        jobs = []
-        for name in ("baseline", "follow-up"):
-            datasets = ct_series(name, 8)
-            for ds in datasets:
-                ds.PatientID, ds.IssuerOfPatientID = "MRN-0042", "HOSPITAL-A"
-            assert send_c_store(node.port, save(datasets, tmp_path / name)) == [0] * len(datasets)
-            jobs += node.run_completed_jobs(stable_age=0.01)
-    finally:
-        node.close()
-    first, second = jobs
+    first, second = _baseline_and_follow_up(tmp_path, outputs=("seg", "sr", "pdf"))
     pdf = next(o["path"] for o in second["outputs"] if o["kind"] == "pdf")
     ds = pydicom.dcmread(pdf)
     (tmp_path / "report.pdf").write_bytes(ds.EncapsulatedDocument[:ds.EncapsulatedDocumentLength])
