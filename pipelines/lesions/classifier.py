@@ -43,9 +43,9 @@ vertebra's own distribution*, at a smoothing scale tied to the scan's noise and 
    measured without the focus found before (and without the other kind's focus: mixed
    lesions), so that a lesion filling a third of a small body does not widen the spread
    it is judged by; a "focus" that would leave less than half the zone (``_without``) is
-   the bone itself, read against a reference a lesion has raised, and is not left out. A focus is measured: volume (mm3), thickness (the diameter of the
-   largest ball inside it: a compact lesion is thick, a vessel, an endplate rim or noise
-   speckle is not), compactness (thickness / equivalent diameter), and its *core* (voxels
+   the bone itself, read against a reference a lesion has raised, and is not left out.
+   A focus is measured: volume (mm3), thickness (the diameter of the largest ball inside
+   it: a compact lesion is thick, a vessel, an endplate rim or noise speckle is not), compactness (thickness / equivalent diameter), and its *core* (voxels
    at least half its inscribed radius deep): mean z and unsmoothed mean HU.
 6. **Decision per kind.** A focus is *evidence* when it has ``min_focus_mm3``,
    ``call_thickness_mm``, a core z of ``call_z`` and a core ``lytic_call_hu`` below the
@@ -147,7 +147,7 @@ class LesionThresholds:
     spread_cap_hu: float = 60.0      # ... and at most this (normal bone varies less at this scale)
     # focus voxels
     voxel_z: float = 1.5             # this many spreads from the reference ...
-    lytic_delta_hu: float = 60.0     # ... and, hypodense, at least this far below it (in light bone, less: below)
+    lytic_delta_hu: float = 60.0     # ... and, hypodense, at least this far below it (less in light bone: the next two)
     light_floor_hu: float = 25.0     # light bone: a hypodense focus need only read below this (soft tissue) ...
     light_min_delta_hu: float = 25.0  # ... and at least this far below the reference (``lytic_delta``)
     blastic_delta_hu: float = 150.0  # ... or, hyperdense, at least this far above it
@@ -189,10 +189,12 @@ class LesionThresholds:
             if getattr(self, name) <= 0:
                 raise LesionConfigError(f"lesion threshold {name} must be positive, got {getattr(self, name)}")
         for name in ("cortex_mm", "margin_voxels", "elements_margin_mm", "elements_min_mm", "lytic_shell_mm", "smooth_min_mm",
-                     "lytic_delta_hu", "light_min_delta_hu", "blastic_delta_hu", "min_body_ml", "voxel_z", "call_thickness_mm",
+                     "lytic_delta_hu", "light_min_delta_hu", "blastic_delta_hu", "min_body_ml", "voxel_z",
+                     "call_thickness_mm",
                      "lytic_call_hu", "blastic_call_hu", "min_core_ml", "strong_z", "strong_thickness_mm",
                      "strong_lytic_max_hu", "compact_thickness_mm", "compact_min", "compact_z",
-                     "weak_thickness_mm", "mixed_blastic_z", "mixed_lytic_z", "mixed_thickness_mm", "near_elements_z"):
+                     "weak_thickness_mm", "mixed_blastic_z", "mixed_lytic_z", "mixed_thickness_mm",
+                     "near_elements_z"):
             if getattr(self, name) < 0:
                 raise LesionConfigError(f"lesion threshold {name} must not be negative, got {getattr(self, name)}")
         for low, high in (("smooth_min_mm", "smooth_max_mm"), ("spread_floor_hu", "spread_cap_hu"),
@@ -322,10 +324,10 @@ class ThresholdClassifier:
         reference, spread = _reference(smooth[reference_zone], t)
         # A lesion of one kind is left out of the reference the other kind is judged by (mixed lesions).
         hyper, _ = _judge("hyperdense", zones, reference_zone, smooth, raw, spacing, sigma_mm, t)
-        hypo, lytic_below = _judge("hypodense", zones, _without(reference_zone, _region(hyper, spacing, sigma_mm, t)),
-                                   smooth, raw, spacing, sigma_mm, t)
-        hyper, blastic_above = _judge("hyperdense", zones, _without(reference_zone, _region(hypo, spacing, sigma_mm, t)),
-                                      smooth, raw, spacing, sigma_mm, t)
+        without_hyper = _without(reference_zone, _region(hyper, spacing, sigma_mm, t))
+        hypo, lytic_below = _judge("hypodense", zones, without_hyper, smooth, raw, spacing, sigma_mm, t)
+        without_hypo = _without(reference_zone, _region(hypo, spacing, sigma_mm, t))
+        hyper, blastic_above = _judge("hyperdense", zones, without_hypo, smooth, raw, spacing, sigma_mm, t)
         hypo = _beside_blastic(hypo, hyper, t)
         features.update(_focus_features(reference, spread, lytic_below, blastic_above, hypo, hyper))
         kind = _decide(hypo, hyper)
@@ -648,8 +650,8 @@ def _certain(focus: Focus, t: LesionThresholds) -> bool:
     vertebrae, 7.5-12 spreads) and, in the whole thoracic bodies, 1.8 mm (at most 5.6
     spreads).
     """
-    return (focus.grade == "evidence" and focus.core_hu > focus.reference_hu and focus.core_z >= t.near_elements_z
-            and focus.thickness_mm >= t.call_thickness_mm)
+    return (focus.grade == "evidence" and focus.core_hu > focus.reference_hu
+            and focus.core_z >= t.near_elements_z and focus.thickness_mm >= t.call_thickness_mm)
 
 
 def _measure(voxels: np.ndarray, z: np.ndarray, smooth: np.ndarray, raw: np.ndarray, spacing, reference: float,

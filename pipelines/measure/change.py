@@ -55,7 +55,8 @@ def _vertebra_change(now: dict, before: dict) -> dict:
         "persisting" if was else "none"
     v0, v1 = before.get("lesion_volume_ml"), now.get("lesion_volume_ml")
     if v0 is not None and v1 is not None:
-        change["lesion_volume_change_ml"] = round(v1 - v0, 3)  # volumes are kept to 1 mm3: a 0.2 ml change is not rounded 3 % off
+        # kept to 1 mm3, as the volumes are: a change of 0.2 ml is not rounded 3 % off
+        change["lesion_volume_change_ml"] = round(v1 - v0, 3)
         change["lesion_volume_change_pct"] = round(100.0 * (v1 - v0) / v0, 1) if v0 > 0 else None
     h0, h1 = before.get("heights_mm"), now.get("heights_mm")
     if h0 and h1:
