@@ -83,8 +83,9 @@ shape (step 6b) more than by its z-score (normal real bone has hypodense regions
 spreads and up to ~106 HU below its reference, but thin: at most 4 mm at the voxel
 threshold, 5 mm at half contrast). In osteoporotic bone (the TPTBox L3 reads ~55 HU) a
 soft-tissue lesion has little contrast to give: the light-bone delta (``lytic_delta``)
-lets a compact ball of 10-20 HU there be called, while one of 30-50 HU, within a spread
-or two of the bone, is not found; that is the limit of any rule on the CT alone.
+lets a compact 13 mm ball of 10 HU there be called (at two of the three places
+``tests/test_lesions_real_bone.py`` tries), while one of 20-50 HU, within a spread or two
+of the bone, is not found; that is the limit of any rule on the CT alone.
 
 Every deciding number is in ``LesionFinding.features`` with a one-line ``reason``; the
 node configuration's dict goes through ``LesionThresholds.from_dict``. Defaults were set
