@@ -11,8 +11,9 @@ are uploaded to a real Orthanc (Debian, DICOMweb plugin). The prebuilt OHIF view
   with its level ("L1 vertebra", ...), in the SEG's order;
 * the SR opens in OHIF's SR viewport: each vertebra's outline (TID 1410, SCOORD on the CT
   slice through its centre) is drawn and named with its level, and a marker at its centre
-  carries the numbers of its TID 1411 group (volume, mean HU, ...); stepping through the
-  SR's measurements shows every vertebra's name and volume;
+  carries the numbers of its TID 1411 group (volume, mean HU, the spine report's body
+  heights, ...); stepping through the SR's measurements shows every vertebra's name and
+  volume, and the anterior, middle and posterior heights of every vertebra they were measured on;
 * no error reaches the browser's console and no page error is thrown (the old SR threw
   "Cannot read properties of undefined (reading 'ReferencedSOPSequence')"), and every request
   the viewer made was answered.
@@ -58,6 +59,7 @@ class Processed:
     levels: list[str]
     volumes: dict[str, float]  # ml, per level
     lesions: dict[str, str]  # lesion class, per level
+    heights: dict[str, dict[str, float]]  # anterior / middle / posterior body heights (mm), per level measured
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,8 @@ def processed(tmp_path_factory) -> Processed:
     assert levels, "the demo model found no vertebra in the phantom: nothing to show"
     return Processed(ct, outputs, outcome.outputs.summary["study_instance_uid"], levels,
                      {v["level"]: float(v["volume_ml"]) for v in vertebrae},
-                     {v["level"]: v["lesion"] for v in vertebrae})
+                     {v["level"]: v["lesion"] for v in vertebrae},
+                     {v["level"]: v["heights_mm"] for v in vertebrae if v.get("heights_mm")})
 
 
 @pytest.fixture(scope="module")
@@ -172,18 +175,23 @@ def test_the_sr_draws_every_vertebra_named_by_level_and_lesion_class_with_its_nu
     page.wait_for_timeout(2000)
     page.screenshot(path=str(ARTIFACTS / "ohif-sr.png"))
     volumes = {f"Volume: {volume:.2f} ml": level for level, volume in processed.volumes.items()}
-    named, measured, classes = set(), set(), {}
+    named, measured, classes, heights_shown = set(), set(), {}, set()
+    heights = {level: [f"{position.capitalize()} vertebral body height: {value:.2f} mm"
+                       for position, value in measured_heights.items()]
+               for level, measured_heights in processed.heights.items()}
     for step in range(2 * len(processed.levels) + 1):  # an outline and a marker per vertebra
         text = viewport.inner_text()
         named.update(re.findall(r"(?:363698007|Finding Site): ([TL]\d{1,2}) vertebra", text))
         classes.update(re.findall(r"(?:363698007|Finding Site): ([TL]\d{1,2}) vertebra: ([a-z ,-]+[a-z])", text))
         measured.update(level for label, level in volumes.items() if label in text)
+        heights_shown.update(level for level, labels in heights.items() if all(label in text for label in labels))
         if step == 1:
             page.screenshot(path=str(ARTIFACTS / "ohif-sr-next.png"))
         page.locator('[data-cy="viewport-action-arrows-right"]').click()
         page.wait_for_timeout(1500)
     assert named == set(processed.levels), f"outlines named {sorted(named)}, expected {processed.levels}"
     assert measured == set(processed.levels), f"volumes shown for {sorted(measured)}"
+    assert heights and heights_shown == set(heights), f"heights shown for {sorted(heights_shown)} of {sorted(heights)}"
     expected = {level: LESION_WORDS[lesion] for level, lesion in processed.lesions.items()}
     assert classes == expected, f"lesion classes shown {classes}, expected {expected}"  # the marker's label
     assert not page.errors, "\n".join(page.errors)
