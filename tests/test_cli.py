@@ -97,3 +97,31 @@ def test_evaluate_writes_the_json_report(tmp_path, capsys):
     assert 0.0 <= report["mean_dice"] <= 1.0
     assert all(set(v) == {"dice", "n"} for v in report["per_level"].values())
     assert "mean Dice" in capsys.readouterr().out
+
+
+def test_phantom_writes_a_follow_up_pair_as_two_studies_of_one_patient_with_the_change_s_truth(tmp_path, capsys):
+    import pydicom
+
+    assert main(["phantom", "--out", str(tmp_path), "--seed", "3", "--kind", "followup", "--format", "dicom",
+                 "--fov", "lumbar", *SMALL]) == 0
+    case = tmp_path / "phantom_00003"
+    baseline, followup = (pydicom.dcmread(next((case / visit / "dicom").glob("*.dcm")))
+                          for visit in ("baseline", "followup"))
+    assert baseline.PatientID == followup.PatientID and baseline.IssuerOfPatientID == followup.IssuerOfPatientID
+    assert baseline.IssuerOfPatientID and baseline.StudyInstanceUID != followup.StudyInstanceUID
+    change = json.loads((case / "followup" / "truth.json").read_text())["change"]
+    assert change["new_lesions"] and change["vertebrae"]
+    assert f"new lesions {', '.join(change['new_lesions'])}" in capsys.readouterr().out
+
+
+def test_phantom_writes_report_phantoms_with_fractures_of_known_grade(tmp_path):
+    assert main(["phantom", "--out", str(tmp_path), "--seed", "4", "--kind", "report", "--fov", "lumbar",
+                 *SMALL]) == 0
+    truth = json.loads((tmp_path / "phantom_00004" / "truth.json").read_text())
+    grades = [v.get("genant_grade") for v in truth["vertebrae"].values()] if "vertebrae" in truth else []
+    assert truth.get("report_design") and any(grade for grade in grades if grade), truth.keys()
+
+
+def test_a_follow_up_pair_is_not_written_as_an_nnunet_dataset(tmp_path, capsys):
+    assert main(["phantom", "--out", str(tmp_path), "--kind", "followup", "--format", "nnunet", *SMALL]) != 0
+    assert "nifti or dicom" in capsys.readouterr().err

@@ -80,35 +80,72 @@ def _phantom_parser(sub) -> None:
                    help="voxel spacing in mm (random 1-3 mm slices, 0.6-1.0 mm pixels by default)")
     p.add_argument("--orientation", default="HFS", choices=("HFS", "FFS", "HFP", "FFP"),
                    help="DICOM patient position (an exact flip of the same volume)")
+    p.add_argument("--kind", choices=PHANTOM_KINDS, default="plain",
+                   help="plain: the training and evaluation phantoms; report: compression fractures of known Genant "
+                        "grade and morphology, known trabecular HU and designed lesions (the spine report's truth in "
+                        "truth.json); followup: a baseline and its follow-up of one patient, in baseline/ and "
+                        "followup/ (two studies; lesion growth, a new lesion, a new collapse: the change's truth in "
+                        "followup/truth.json)")
     p.set_defaults(handler=cmd_phantom)
+
+
+PHANTOM_KINDS = ("plain", "report", "followup")
+FOLLOWUP_ISSUER = "SPINE-NODE-PHANTOMS"
+"""The IssuerOfPatientID of follow-up phantoms, so that a node matches the two studies by patient."""
 
 
 def cmd_phantom(args) -> int:
     from research.phantoms.generator import make_phantom
     from research.phantoms.nifti import nnunet_dataset_json, write_nnunet_case
+    from research.phantoms.report import ReportDesign
 
     if args.n < 1:
         raise NodeError("--n must be at least 1")
+    if args.kind != "plain" and args.format == "nnunet":
+        raise NodeError(f"--kind {args.kind} phantoms are written as nifti or dicom cases, not as an nnU-Net dataset")
     args.out.mkdir(parents=True, exist_ok=True)
+    spacing = tuple(args.spacing) if args.spacing else None
     for seed in range(args.seed, args.seed + args.n):
-        phantom = make_phantom(seed, fov=args.fov, spacing=tuple(args.spacing) if args.spacing else None,
-                               matrix=args.matrix)
         name = f"phantom_{seed:05d}"
+        if args.kind == "followup":
+            _write_followup(seed, args.out / name, spacing, args)
+            continue
+        phantom = make_phantom(seed, fov=args.fov, spacing=spacing, matrix=args.matrix,
+                               report=ReportDesign() if args.kind == "report" else None)
         if args.format == "nnunet":
             write_nnunet_case(phantom, args.out, name)
         else:
             _write_case_atomically(phantom, args.out / name, args)
         print(f"{name}: {phantom.fov}, {phantom.grid.shape[0]} slices, levels "
               f"{phantom.levels_present()[0]}-{phantom.levels_present()[-1]}, lesions: "
-              + (", ".join(f"{k} {v['lesion']}" for k, v in phantom.truth.items() if v["lesion"] != "none") or "none"))
+              + (", ".join(f"{k} {v['lesion']}" for k, v in phantom.truth.items() if v["lesion"] != "none") or "none")
+              + "".join(f", {k} Genant {v['genant_grade']} {v.get('genant_morphology') or ''}".rstrip()
+                        for k, v in phantom.truth.items() if v.get("genant_grade")))
     if args.format == "nnunet":
         count = len(list((args.out / "labelsTr").glob("*.nii.gz")))
         (args.out / "dataset.json").write_text(json.dumps(nnunet_dataset_json(count), indent=1))
     return 0
 
 
-def _write_case_atomically(phantom, final: Path, args) -> None:
-    """Write a case into a temporary sibling folder, then rename it into place."""
+def _write_followup(seed: int, folder: Path, spacing, args) -> None:
+    """A follow-up pair of one patient (``report.followup_pair``): ``folder/baseline`` and ``folder/followup``."""
+    from research.phantoms.dicom import default_patient_id
+    from research.phantoms.report import followup_pair
+
+    folder.mkdir(parents=True, exist_ok=True)
+    pair = followup_pair(seed, fov=args.fov, spacing=spacing)
+    for phantom, visit in zip(pair, ("baseline", "followup")):
+        _write_case_atomically(phantom, folder / visit, args, patient_id=default_patient_id(seed),
+                               issuer=FOLLOWUP_ISSUER)
+    change = pair[1].extra_truth["change"]
+    print(f"{folder.name}: baseline and follow-up of one patient, {pair[0].grid.shape[0]} slices; "
+          f"new lesions {', '.join(change['new_lesions']) or 'none'}, new collapse "
+          f"{', '.join(change['new_collapse']) or 'none'}")
+
+
+def _write_case_atomically(phantom, final: Path, args, **patient) -> None:
+    """Write a case into a temporary sibling folder, then rename it into place (``patient``: the DICOM
+    writer's ``patient_id`` and ``issuer``, for the two studies of a follow-up pair)."""
     from research.phantoms.nifti import write_nifti_case
 
     staging = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
@@ -118,7 +155,7 @@ def _write_case_atomically(phantom, final: Path, args) -> None:
             from research.phantoms.dicom import write_dicom_series
 
             (staging / "ct.nii.gz").unlink()
-            write_dicom_series(phantom, staging / "dicom", orientation=args.orientation)
+            write_dicom_series(phantom, staging / "dicom", orientation=args.orientation, **patient)
         if final.exists():
             shutil.rmtree(final)
         staging.rename(final)
