@@ -1,7 +1,7 @@
 """The spine report in words, as the key images and the PDF page say it: collapse, change since the prior, density."""
 from __future__ import annotations
 
-from pipelines.outputs.report_text import (change_words, collapse_words, density_line, level_notes,
+from pipelines.outputs.report_text import (change_words, collapse_words, density_line, grade_words, level_notes,
                                            prior_line)
 from pipelines.records import VertebraFinding
 
@@ -10,6 +10,8 @@ def test_a_fractured_body_is_worded_with_its_grade_and_morphology_and_a_normal_o
     assert collapse_words({"genant_grade": 2, "genant_morphology": "wedge"}) == "Genant 2 wedge"
     assert collapse_words({"genant_grade": 0, "genant_morphology": None}) == ""
     assert collapse_words({"genant_grade": None}) == "" and collapse_words(None) == ""
+    assert grade_words({"genant_grade": 2, "genant_morphology": "wedge"}) == "2 wedge"
+    assert grade_words({"genant_grade": 0, "genant_morphology": None}) == "0" and grade_words({}) == ""
 
 
 def test_the_change_since_the_prior_says_new_gone_growth_and_new_collapse():

@@ -3,7 +3,8 @@
 Vertebrae are matched by level. Where the two segmentations disagree on a level (the
 vertebra's volume differs by more than ``VOLUME_DISAGREEMENT``, beyond what a collapse of
 its body since the prior explains), that level is not compared and the change says so,
-rather than compare the wrong bones. A prior made by another model or version is compared with a warning naming both.
+rather than compare the wrong bones. A prior made by another model or version is compared
+with a warning naming both.
 
 The patient is recognised by ``patient_key``: an HMAC-SHA256 of PatientID and
 IssuerOfPatientID under a secret of the node's, so that SQL and summaries never hold the

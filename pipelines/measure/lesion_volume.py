@@ -34,8 +34,8 @@ core's posterior edge, apart from the lesion, and each of their voxels counted a
 lesion: L3 read 1.075 ml against 0.862 (+25 %), and 1.309 against 1.119 (+17 %) at the
 follow-up. The phantoms' lesions themselves are uniform ellipsoids (one HU, no rim or
 halo; the truth is their painted voxels in the body), and the bone HU of the shell and
-the plateau were right (189 HU against 181-190, 1029 against 1033). Such a piece has 75 % or more of
-its surface on the core's edge, a focus inside the bone 26 % or less (a ball centred on
+the plateau were right (189 HU against 181-190, 1029 against 1033). Such a piece has 75 %
+or more of its surface on the core's edge, a focus inside the bone 26 % or less (a ball centred on
 the edge about half), so pieces with ``EDGE_SHARE`` of their surface on the edge are left
 out; no lytic seed met one on the report phantoms (the cortex is brighter than the bone).
 """

@@ -31,7 +31,9 @@ from pydicom.uid import EncapsulatedPDFStorage, ExplicitVRLittleEndian, generate
 
 from pipelines.levels import LEVELS
 from pipelines.outputs.codes import lesion_code
-from pipelines.outputs.report_text import NOT_ASSESSED_SINS, change_words, collapse_words, density_line, prior_line
+from pipelines.measure.change import HEIGHT_KEYS
+from pipelines.outputs.report_text import (NOT_ASSESSED_SINS, change_words, density_line, grade_words,
+                                           prior_line)
 from pipelines.outputs.rtstruct import OutputNotBuilt
 from pipelines.outputs.secondary_capture import NOT_CLINICAL
 from pipelines.outputs.seg import MANUFACTURER, SOFTWARE_VERSION, TYPE2_COPIED, reference_headers
@@ -54,8 +56,8 @@ def _table_rows(findings: list[VertebraFinding], change: dict | None = None) -> 
         heights = m.get("heights_mm")
         rows.append([f.level, lesion_code(f.lesion).meaning, _number(m.get("lesion_volume_ml"), "{:.2f}"),
                      _number(m.get("trabecular_hu"), "{:.0f}"),
-                     "/".join(f"{heights[k]:.1f}" for k in ("anterior", "middle", "posterior")) if heights else "-",
-                     collapse_words(m).replace("Genant ", "") or ("0" if m.get("genant_grade") == 0 else "-"),
+                     "/".join(f"{heights[k]:.1f}" for k in HEIGHT_KEYS) if heights else "-",
+                     grade_words(m) or "-",
                      _number((m.get("sins") or {}).get("partial_score"), "{:g}"),
                      change_words(per_level.get(f.level)) or ("-" if change is None else "not in the prior")])
     return rows

@@ -4,7 +4,8 @@ The SR codes every number (``report_items``) and the summary gives each with its
 a review station that shows only pictures and documents gets these words instead, made
 here once for both:
 
-* ``collapse_words``: the Genant grade and morphology of a fractured body ("Genant 2 wedge");
+* ``grade_words`` and ``collapse_words``: the Genant grade and morphology ("2 wedge", "0"),
+  and of a fractured body only ("Genant 2 wedge");
 * ``change_words``: one level's change since the prior study ("new lesion", "lesion +0.32 ml
   (+30 %)", "new collapse", "not compared");
 * ``level_notes``: both, per level, for the key images' listing;
@@ -21,13 +22,18 @@ NOT_ASSESSED_SINS = ("SINS: CT components only (location, bone lesion quality, v
                      "posterolateral involvement); pain and spinal alignment are not assessed.")
 
 
-def collapse_words(measurements: dict | None) -> str:
-    """"Genant <grade> <morphology>" for a fractured body (grade 1-3), else ""."""
+def grade_words(measurements: dict | None) -> str:
+    """The Genant grade with its morphology ("2 wedge", "0"), or "" where it was not measured."""
     grade = (measurements or {}).get("genant_grade")
-    if not grade:
+    if grade is None:
         return ""
     morphology = (measurements or {}).get("genant_morphology")
-    return f"Genant {grade}" + (f" {morphology}" if morphology else "")
+    return f"{grade}" + (f" {morphology}" if grade and morphology else "")
+
+
+def collapse_words(measurements: dict | None) -> str:
+    """"Genant <grade> <morphology>" for a fractured body (grade 1-3), else ""."""
+    return f"Genant {grade_words(measurements)}" if (measurements or {}).get("genant_grade") else ""
 
 
 def change_words(record: dict | None) -> str:

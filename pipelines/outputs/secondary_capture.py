@@ -77,7 +77,7 @@ def build_key_images(series: CTSeries, labels: np.ndarray, findings: list[Verteb
     sc.BodyPartExamined = "SPINE"  # a midline part: Laterality (type 2C) is then rightly absent
     sc.SoftwareVersions = SOFTWARE_VERSION
     sc.BurnedInAnnotation = "NO"
-    prior = (change or {}).get("prior", {}).get("study_instance_uid") if change else None
+    prior = (change or {}).get("prior", {}).get("study_instance_uid")
     sc.ImageComments = (f"Sagittal and coronal views of the vertebrae named by {model.name} {model.version}"
                         + (f", with the change since the prior study {prior}" if prior else "") + f". {NOT_CLINICAL}")
     sc.DerivationDescription = "Thin-slab projections of the CT with the vertebra segmentation drawn over them"
