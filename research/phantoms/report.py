@@ -332,6 +332,7 @@ def followup_pair(seed: int, design: ReportDesign = PAIR_DESIGN, followup: Follo
     free = [lv for lv in measurable if not later.vertebra(lv).lesions and lv != collapsed]
     new = [str(lv) for lv in own.choice(free, size=min(followup.new_lesions, len(free)), replace=False)]
     for level in new:
+        _lesion_bone(anat, later, level, own)
         later.vertebra(level).lesions = [body_focus(later.vertebra(level), "lytic", own)]
     shift = own.uniform(-followup.shift_mm, followup.shift_mm, 2)
     moved = Grid(grid.shape, grid.spacing, (grid.origin[0] + shift[0], grid.origin[1] + shift[1],
@@ -342,6 +343,16 @@ def followup_pair(seed: int, design: ReportDesign = PAIR_DESIGN, followup: Follo
                      visit=1, days=followup.days)
     follow.extra_truth["change"] = change_truth(baseline, follow, growth, new, collapsed)
     return baseline, follow
+
+
+def _lesion_bone(anat: Anatomy, later: Anatomy, level: str, rng: np.random.Generator) -> None:
+    """Bone a new lytic focus shows in (``LESION_BONE_HU``), at both visits: its HU does not change between them.
+
+    The baseline's designed lesions get this bone already; without it a new focus of 0-80 HU
+    could fall in bone of 60 HU, which no reader or classifier would call lytic.
+    """
+    hu = max(anat.vertebra(level).trabecular_hu, float(rng.uniform(*LESION_BONE_HU)))
+    anat.vertebra(level).trabecular_hu = later.vertebra(level).trabecular_hu = hu
 
 
 def _grow_lesions(anat: Anatomy, rng: np.random.Generator, growth: tuple[float, float]) -> dict[str, float]:
