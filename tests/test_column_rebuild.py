@@ -4,13 +4,18 @@ Four vertebrae with a 2 mm cortex round a marrow as dark as soft tissue (60 HU, 
 an old adult), 6 mm discs, a spinal canal behind them, an arch round it, and a rib at
 each level reaching far laterally. What must hold: each body ends up whole (its dark
 marrow included) under the level its rib level was given, the discs, the canal and the
-far ribs under none, and the lesion core stays away from the discs.
+far ribs under none, and the lesion core stays away from the discs. And on the real
+lumbar crop: the discs below the ribs are found with the lumbar discs' endplate window.
 """
 from __future__ import annotations
 
 import numpy as np
+import pytest
 
-from pipelines.model.column import CORE_MARGIN_MM, _part_names, rebuild_column
+from pipelines.model.column import (CORE_MARGIN_MM, END_SCORE_HU, _part_names, core_profile, disc_score,
+                                    endplate_window, rebuild_column)
+from research.volume_io import read_volume
+from support.paths import SHARED_DATA
 
 SPACING = (2.0, 1.0, 1.0)
 SHAPE = (82, 130, 160)
@@ -69,6 +74,12 @@ def test_each_body_is_labelled_whole_with_the_name_of_its_rib_level():
     assert len(column.record["discs"]["below_last"]) == 2  # under T12 and under L1; none under L2 (no body below)
 
 
+def test_the_endplate_window_stays_under_half_a_body_so_dark_marrow_is_no_disc():
+    assert endplate_window(22.0) < 8.0  # the bodies above: 16 mm tall, 6 mm discs
+    assert endplate_window(37.0) >= 7.0  # a lumbar pitch: the endplates of a 10 mm disc lie 5-7 mm from its middle
+    assert endplate_window(10.0) == 4.0 and endplate_window(80.0) == 8.0
+
+
 def test_lesions_are_judged_only_on_the_body_core_away_from_the_discs():
     hu, truth, _, _ = _spine()
     axis = np.tile([CENTRE_Y + 12.0, CENTRE_X], (SHAPE[0], 1))
@@ -92,3 +103,27 @@ def test_the_part_above_the_first_rib_disc_is_the_level_above_and_the_one_below_
     assert _part_names(["T11", "T12"], below=2) == ["T10", "T11", "T12", "L1", "L2"]
     assert _part_names(["T1", "T2"], below=0) == ["C7", "T1", "T2"]
     assert _part_names(["T12"], below=6)[-1] == "S1"  # past L5: not a reported level
+
+
+@pytest.mark.real_data
+def test_the_real_lumbar_discs_stand_out_only_with_the_endplate_window_of_their_pitch():
+    """On the real L2-L4 crop the two discs are 8-12 mm thick: their endplates lie beyond 4 mm of their middle."""
+    ct = read_volume(SHARED_DATA / "real-ct-crop-l2-l4" / "sub-ct_label-22_ct.nii.gz")
+    ref = np.rint(read_volume(SHARED_DATA / "real-ct-crop-l2-l4" / "sub-ct_seg-vert_label-22_msk.nii.gz").array)
+    sz = ct.spacing[0]
+    l3 = np.argwhere(ref == 22)
+    front = l3[:, 1].min()
+    body = l3[l3[:, 1] <= front + 20]  # the front 30 mm of L3: its body, not the arch
+    centre = np.tile(body[:, 1:].mean(0), (ct.array.shape[0], 1))
+    profile = core_profile(ct.array.astype(np.float32), ct.spacing, centre)
+    core = np.zeros(ref.shape, bool)
+    core[:, int(centre[0, 0]) - 3:int(centre[0, 0]) + 4, int(centre[0, 1]) - 3:int(centre[0, 1]) + 4] = True
+    gaps = [z for z in range(1, ref.shape[0] - 1) if not (ref[z][core[z]] > 0).any()]  # no vertebra in the core
+    discs = [np.mean([z for z in gaps if z < l3[:, 0].mean()]), np.mean([z for z in gaps if z > l3[:, 0].mean()])]
+    pitch_mm = (discs[1] - discs[0]) * sz
+    assert 30.0 <= pitch_mm <= 45.0  # L3, about 37 mm from disc to disc
+    thoracic, lumbar = disc_score(profile, sz), disc_score(profile, sz, endplate_window(pitch_mm))
+    for disc in discs:
+        near = slice(int(round(disc - 4 / sz)), int(round(disc + 4 / sz)) + 1)
+        assert lumbar[near].max() >= END_SCORE_HU > thoracic[near].max()
+        assert abs(near.start + int(np.argmax(lumbar[near])) - disc) * sz <= 3.0

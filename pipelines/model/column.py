@@ -48,7 +48,9 @@ FRONT_SOFT_HU = 60.0     # in front of the body: soft tissue or fat ...
 FRONT_GAP_MM = 5.0       # ... over this depth ends the body
 CORE_RADIUS_MM = 6.0     # the body's core, where the disc profile is sampled
 TANGENT_MM = 20.0        # the column's direction is smoothed over this (sd); the centre wobbles by a few mm
-ENDPLATE_MM = 4.0        # a disc's endplates lie within this above and below it
+ENDPLATE_MM = 4.0        # a thoracic disc's endplates lie within this above and below it ...
+PITCH_ENDPLATE = 0.2     # ... below the ribs, within this share of the pitch (a lumbar disc is 8-12 mm thick) ...
+MAX_ENDPLATE_MM = 8.0    # ... up to this
 DISC_SEARCH_MM = (-3.0, 10.0)  # the disc above a rib's vertebra lies this far from the rib level (below, above)
 END_WINDOW = (0.6, 1.4)  # each disc below the last rib's vertebra lies this many pitches below the one above it
 MAX_BELOW_RIBS = 6       # L1-L5 and a transitional L6 at most
@@ -148,15 +150,16 @@ def core_profile(hu: np.ndarray, spacing, centre: np.ndarray) -> np.ndarray:
     return out
 
 
-def disc_score(profile: np.ndarray, sz: float) -> np.ndarray:
+def disc_score(profile: np.ndarray, sz: float, endplate_mm: float = ENDPLATE_MM) -> np.ndarray:
     """Per slice, how much darker the core is than the brighter of the endplates on either side of it.
 
     A disc between real vertebrae is a dark layer between two bright endplates, each within
-    ``ENDPLATE_MM``: the score is the lower of the two sides' brightest value minus the
+    ``endplate_mm``: the score is the lower of the two sides' brightest value minus the
     slice's own. Trabecular bone (as dark as 100 HU in an old adult, the disc 80-100 HU)
-    has no such rims, so a dark patch in the middle of a body scores little.
+    has no such rims, so a dark patch in the middle of a body scores little, as long as
+    ``endplate_mm`` is under half the body's height (``endplate_window``).
     """
-    k = max(int(round(ENDPLATE_MM / sz)), 1)
+    k = max(int(round(endplate_mm / sz)), 1)
     n = len(profile)
     score = np.zeros(n)
     for z in range(n):
@@ -165,6 +168,19 @@ def disc_score(profile: np.ndarray, sz: float) -> np.ndarray:
         if len(above) and len(below):
             score[z] = min(above.max(), below.max()) - profile[z]
     return score
+
+
+def endplate_window(pitch_mm: float) -> float:
+    """How far (mm) from a disc's middle its endplates are looked for, below the ribs, where the pitch is known.
+
+    A lumbar disc is 8-12 mm thick, so its endplates lie beyond the thoracic
+    ``ENDPLATE_MM``: on the real L2-L4 crop in ``../shared/data`` its two discs score under
+    45 HU with 4 mm, well over ``END_SCORE_HU`` with this window (``tests/test_column_rebuild.py``).
+    A window near half a body's height would instead find the middle of a body with dark
+    marrow between its two endplates, so it is ``PITCH_ENDPLATE`` of the pitch (a body is
+    about three quarters of it), at least ``ENDPLATE_MM`` and at most ``MAX_ENDPLATE_MM``.
+    """
+    return float(np.clip(PITCH_ENDPLATE * pitch_mm, ENDPLATE_MM, MAX_ENDPLATE_MM))
 
 
 def tangents(centre: np.ndarray, spacing) -> np.ndarray:
@@ -188,7 +204,8 @@ def disc_positions(profile: np.ndarray, rib_z: list[float], sz: float) -> tuple[
     levels that the clear discs show.
     Below the last rib's vertebra the next disc is looked for ``END_WINDOW`` pitches down
     (the pitch of the vertebra above it), and kept when the window lies in the scan and the
-    score is clear (``END_SCORE_HU``); and so on down the lumbar spine, one vertebra at a time.
+    score, with the endplates looked for as far as the pitch allows (``endplate_window``), is clear
+    (``END_SCORE_HU``); and so on down the lumbar spine, one vertebra at a time.
     """
     score = disc_score(profile, sz)
     n = len(profile)
@@ -210,7 +227,8 @@ def disc_positions(profile: np.ndarray, rib_z: list[float], sz: float) -> tuple[
     if len(rib_z) >= 2:
         pitch = discs[-2] - discs[-1] if discs[-2] > discs[-1] else rib_z[-2] - rib_z[-1]
         while len(notes["below_last"]) < MAX_BELOW_RIBS:  # L1, L2, ... down to the sacrum or the scan's end
-            below = _end_disc(score, discs[-1] - END_WINDOW[1] * pitch, discs[-1] - END_WINDOW[0] * pitch)
+            lumbar = disc_score(profile, sz, endplate_window(pitch * sz))
+            below = _end_disc(lumbar, discs[-1] - END_WINDOW[1] * pitch, discs[-1] - END_WINDOW[0] * pitch)
             if below is None:
                 break
             pitch = discs[-1] - below["z"]
