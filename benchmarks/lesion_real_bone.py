@@ -18,7 +18,11 @@ Vertebrae cut by their scan are classified as they are, once per thickness: they
 get no lesion call. 1 mm series are interpolated from 1.5 / 2 mm sources (reslice.py).
 
     .venv/bin/python benchmarks/lesion_real_bone.py [--reps 3] [--seed 0 | --seed 5,6] [--thicknesses 1,2,3]
-        [--json out.json] [--thresholds '{"call_z": 4}'] [--scans thorax,crop-l2-l4,t11-t12]
+        [--json out.json] [--thresholds '{"call_z": 4}'] [--scans thorax,crop-l2-l4,t11-t12] [--volumes]
+
+``--volumes`` also measures, for each lesion called right, the lesion volume the spine
+report gives (``pipelines.measure``, the vertebra alone as its label map) against the
+inserted balls' volume inside the body.
 
 Several seeds (``--seed 5,6``) pool their lesions; the vertebrae without one are the same
 whatever the seed and are counted once.
@@ -62,7 +66,7 @@ from pipelines.lesions import (LESION_CLASSES, LESION_KINDS, LesionThresholds, T
                                estimate_noise)
 from pipelines.lesions.zones import bounding_box, vertebral_body  # noqa: E402
 from research.lesions import cases  # noqa: E402
-from research.lesions.insertion import LesionTruth, implant, place  # noqa: E402
+from research.lesions.insertion import LesionTruth, ball_fraction, implant, place  # noqa: E402
 from research.lesions.reslice import reslice, reslice_mask  # noqa: E402
 
 TRUTHS = ["none", "lytic", "blastic", "mixed"]
@@ -120,6 +124,7 @@ def run_scan(scan: cases.RealScan, scan_index: int, classifier, args: argparse.N
                             plans.append((kind, lesions, seed))
         for truth, lesions, seed in plans:
             volume = implant(hu, scan.spacing, lesions, noise_native) if lesions else hu
+            true_ml = lesion_ml_in(body, scan.spacing, lesions) if args.volumes and lesions else None
             for thickness in args.thicknesses:
                 spacing = (thickness,) + tuple(scan.spacing[1:])
                 image, m = reslice(volume, sz, thickness), reslice_mask(vmask, sz, thickness)
@@ -131,7 +136,30 @@ def run_scan(scan: cases.RealScan, scan_index: int, classifier, args: argparse.N
                              "seconds": round(time.perf_counter() - start, 3),
                              "reason": finding.features["reason"],
                              "features": {k: v for k, v in finding.features.items() if k != "thresholds"}})
+                if true_ml is not None and finding.kind == truth:
+                    rows[-1]["lesion_ml"] = {"true": round(true_ml, 3), "measured": measured_ml(image, m, spacing, finding)}
     return rows
+
+
+def lesion_ml_in(body: np.ndarray, spacing, lesions: list[LesionTruth]) -> float:
+    """The inserted lesions' volume inside the body (ml): each voxel's share of a ball, summed (a ball may stick out)."""
+    share = sum(ball_fraction(body.shape, spacing, les.centre_mm, les.diameter_mm / 2) for les in lesions)
+    return float(np.minimum(share, 1.0)[body].sum()) * float(np.prod(spacing)) / 1000.0
+
+
+def measured_ml(image: np.ndarray, mask: np.ndarray, spacing, finding) -> float | None:
+    """The lesion volume the spine report gives this vertebra (``pipelines.measure``), from the classifier's call."""
+    from pipelines.levels import PAPER
+    from pipelines.measure.report import measure_spine
+    from pipelines.process import vertebra_findings
+    from pipelines.records import Geometry
+
+    label = next(k for k, v in PAPER.items() if v == "L3")  # any level: one vertebra alone
+    labels = mask.astype(np.uint8) * np.uint8(label)
+    [record] = vertebra_findings(image, labels, spacing, {label: "L3"})
+    record.lesion, record.features = finding.kind, finding.features
+    measure_spine(image, labels, Geometry(np.zeros(3), np.eye(3), spacing), [record])
+    return record.measurements.get("lesion_volume_ml")
 
 
 def summarise(rows: list[dict]) -> dict:
@@ -153,11 +181,26 @@ def summarise(rows: list[dict]) -> dict:
             "normal_indeterminate": _share([r["predicted"] == "indeterminate" for r in normal]),
             "n_normal": len(normal), "n_lesion": len(subset) - len(normal),
             "cut_vertebrae_with_lesion_call": sum(r["predicted"] in LESION_KINDS for r in cut), "n_cut": len(cut),
+            "lesion_volume_error_pct": _volume_errors(subset),
             "per_scan_sensitivity": {scan: {k: _share([r["predicted"] == k for r in subset
                                                         if r["truth"] == k and r["scan"] == scan])
                                             for k in LESION_KINDS} for scan in sorted({r["scan"] for r in subset})},
         }
     return out
+
+
+def _volume_errors(rows: list[dict]) -> dict | None:
+    """Per class, (measured - true) / true of the lesion volume (%) where the class was called right: mean, |mean|, max."""
+    out = {}
+    for kind in LESION_KINDS:
+        errors = [100.0 * (r["lesion_ml"]["measured"] - r["lesion_ml"]["true"]) / r["lesion_ml"]["true"]
+                  for r in rows if r["truth"] == kind and r.get("lesion_ml") and r["lesion_ml"]["measured"] is not None]
+        if errors:
+            out[kind] = {"n": len(errors), "mean": round(float(np.mean(errors)), 1),
+                         "mean_abs": round(float(np.mean(np.abs(errors))), 1),
+                         "max_abs": round(float(np.max(np.abs(errors))), 1),
+                         "within_10_pct": round(100.0 * float(np.mean(np.abs(errors) <= 10.0)), 1)}
+    return out or None
 
 
 def _share(hits: list[bool]) -> float | None:
@@ -179,6 +222,10 @@ def format_summary(summary: dict) -> str:
         lines.append(f"{'':<9}" + "".join(f"{p:>15}" for p in LESION_CLASSES))
         for truth, row in s["matrix"].items():
             lines.append(f"{truth:<9}" + "".join(f"{row[p]:>15}" for p in LESION_CLASSES))
+        if s.get("lesion_volume_error_pct"):
+            lines.append("lesion volume, measured against inserted (called right): " + "; ".join(
+                f"{k} n={v['n']} mean {v['mean']:+.1f} %, |mean| {v['mean_abs']:.1f} %, max {v['max_abs']:.1f} %, "
+                f"{v['within_10_pct']:.0f} % within 10 %" for k, v in s["lesion_volume_error_pct"].items()))
         lines.append("sensitivity per scan: " + "; ".join(
             f"{scan} " + ", ".join(f"{k} {pct(v).strip()}" for k, v in sens.items())
             for scan, sens in s["per_scan_sensitivity"].items()))
@@ -203,6 +250,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--blastic-hu", type=_pair, default=(450.0, 900.0), help="blastic target range")
     p.add_argument("--thresholds", type=json.loads, default=None, help="JSON dict overriding LesionThresholds")
     p.add_argument("--json", type=Path, help="write the summary and every row here")
+    p.add_argument("--volumes", action="store_true",
+                   help="also measure each lesion called right as the spine report does, against its inserted volume")
     args = p.parse_args(argv)
     if not cases.available():
         print(f"real data not found under {cases.data_folder()}", file=sys.stderr)
