@@ -11,7 +11,7 @@ RADIUS_MM = 5.0
 TRUE_MM3 = 4.0 / 3.0 * np.pi * RADIUS_MM ** 3
 
 
-def _body_with_sphere(slice_mm: float, lesion_hu: float, seed: int = 0):
+def _body_with_sphere(slice_mm: float, lesion_hu: float, seed: int = 0, radius_mm: float = RADIUS_MM):
     """A block of trabecular bone (200 HU, noisy) with a sphere at ``lesion_hu``, blurred as a scanner does.
 
     Drawn on a fine 0.25 mm grid, blurred in plane and along z by the slice profile, then
@@ -21,7 +21,7 @@ def _body_with_sphere(slice_mm: float, lesion_hu: float, seed: int = 0):
     n = 144  # 36 mm: whole 0.75 mm pixels and 1 or 2 mm slices
     z, y, x = (np.arange(n) * fine - n * fine / 2 + fine / 2 for _ in range(3))
     zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
-    hu = np.where(zz ** 2 + yy ** 2 + xx ** 2 <= RADIUS_MM ** 2, lesion_hu, 200.0).astype(np.float32)
+    hu = np.where(zz ** 2 + yy ** 2 + xx ** 2 <= radius_mm ** 2, lesion_hu, 200.0).astype(np.float32)
     hu = ndimage.gaussian_filter(hu, [0.4 * slice_mm / fine, 0.6 / fine, 0.6 / fine])
     fz, fy = int(round(slice_mm / fine)), 3
     hu = hu.reshape(n // fz, fz, n // fy, fy, n // fy, fy).mean(axis=(1, 3, 5))
@@ -83,3 +83,17 @@ def test_dense_bone_lining_the_core_edge_is_not_taken_for_a_blastic_focus():
     core = (np.abs(cz) <= 15.0) & (np.abs(cy) <= 15.0) & (np.abs(cx) <= 15.0)  # the body less a 3 mm shell
     got = lesion_volume_mm3(hu, core, spacing, _features(900.0, "hyperdense"), "blastic")
     assert got == pytest.approx(TRUE_MM3, rel=0.10)
+
+
+def test_a_blastic_ball_against_the_core_edge_is_measured_not_dropped():
+    """A ball cut by the core's edge, as a real one against the cortex, is thick: it is no lining rim, and counts.
+
+    Here the edge runs 1.5 mm past the sphere's centre: the cap inside the core (3.5 mm of
+    its 5 mm radius) has more than half its surface voxels on the edge, and read 0 before.
+    """
+    hu, body, spacing = _body_with_sphere(1.0, 900.0)
+    core = body.copy()
+    core[:, : hu.shape[1] // 2 + 2, :] = False  # two 0.75 mm pixels past the centre
+    cap = np.pi * 3.5 ** 2 * (3 * RADIUS_MM - 3.5) / 3
+    got = lesion_volume_mm3(hu, core, spacing, _features(900.0, "hyperdense"), "blastic")
+    assert got == pytest.approx(cap, rel=0.15)

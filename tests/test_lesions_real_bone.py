@@ -252,3 +252,48 @@ def test_a_mask_on_dense_bone_without_a_trabecular_core_gets_no_lesion_call():
     finding = ThresholdClassifier().classify(hu, mask, (1.0, 1.0, 1.0), 20.0)
     assert finding.kind == "indeterminate", finding.features["reason"]
     assert finding.features["reason"].startswith(("too little trabecular bone", "too little bone"))
+
+
+def _report_volume_ml(hu, mask, spacing, finding) -> float | None:
+    """The lesion volume the spine report gives a vertebra (``pipelines.measure``), from the classifier's call."""
+    from pipelines.measure.report import measure_spine
+    from pipelines.process import vertebra_findings
+    from pipelines.records import Geometry
+
+    labels = mask.astype(np.uint8) * np.uint8(15)
+    [record] = vertebra_findings(hu, labels, spacing, {15: "L3"})
+    record.lesion, record.features = finding.kind, finding.features
+    measure_spine(hu, labels, Geometry(np.zeros(3), np.eye(3), spacing), [record])
+    return record.measurements.get("lesion_volume_ml")
+
+
+@real_data
+@pytest.mark.parametrize("kind", ["lytic", "blastic"])
+def test_the_spine_report_measures_lesions_inserted_in_real_thoracic_bone_to_about_a_fifth_of_their_volume(
+        thorax, kind):
+    """Eight lesions of 10-15 mm in the real chest CT's bodies: the median error under a quarter, none read as gone.
+
+    On real marrow the volume once read lytic lesions 50-70 % high (dark marrow counted with
+    the focus) and blastic ones against the cortex as 0 (``pipelines/measure/lesion_volume.py``).
+    One lytic ball here (in body 6) still reads 3.5 times its volume: it lies against a
+    naturally dark part of the marrow, and the classifier's focus is that region with it.
+    """
+    errors = []
+    for n, label in enumerate(list(thorax.names)[:8]):
+        hu, mask, noise = _vertebra(thorax, label)
+        body = vertebral_body(mask, thorax.spacing, 5.0)
+        rng = np.random.default_rng([7, n])
+        diameter = float(rng.uniform(10.0, 15.0))
+        target = float(rng.uniform(0.0, 40.0) if kind == "lytic" else rng.uniform(500.0, 850.0))
+        centre = place(body, thorax.spacing, diameter, rng)
+        lesion = LesionTruth(kind, diameter, centre, target, target - float(np.median(hu[body])))
+        image = implant(hu, thorax.spacing, [lesion], noise)
+        finding = ThresholdClassifier().classify(image, mask, thorax.spacing, noise)
+        if finding.kind != kind:
+            continue
+        share = ball_fraction(hu.shape, thorax.spacing, centre, diameter / 2)
+        truth_ml = float(share[body].sum()) * float(np.prod(thorax.spacing)) / 1000.0
+        errors.append(_report_volume_ml(image, mask, thorax.spacing, finding) / truth_ml - 1.0)
+    assert len(errors) >= 6, errors
+    assert np.median(np.abs(errors)) <= 0.25 and min(errors) > -0.6, np.round(errors, 2)
+    assert sum(e > 1.0 for e in errors) <= 1, np.round(errors, 2)
