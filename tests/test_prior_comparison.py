@@ -5,7 +5,8 @@ import copy
 
 import pytest
 
-from pipelines.measure.change import compare, patient_key
+from pipelines.measure.change import VOLUME_PRECISION_NOTE, compare, patient_key
+from pipelines.outputs.report_text import prior_line
 from pipelines.options import PipelineOptions
 from support.dimse import send_c_store
 from support.inprocess_node import InProcessNode, ct_series
@@ -38,6 +39,14 @@ def test_lesion_growth_new_lesions_lesions_gone_and_new_collapse_are_reported():
     assert change["new_lesions"] == ["L1"] and change["lesions_gone"] == ["L2"] and change["new_collapse"] == ["L1"]
     assert change["vertebrae"]["L1"]["height_change_mm"] == {"anterior": -9.0, "middle": -4.0, "posterior": 0.0}
     assert change["prior"]["study_instance_uid"] == "1.2.3" and change["warnings"] == []
+
+
+def test_a_lesion_volume_change_comes_with_how_far_a_volume_is_measured_on_real_bone():
+    grown = compare(summary(vertebra("T12", "lytic", 2.5)), summary(vertebra("T12", "lytic", 2.0)))
+    assert grown["notes"] == [VOLUME_PRECISION_NOTE] and "13-26 %" in VOLUME_PRECISION_NOTE
+    assert VOLUME_PRECISION_NOTE in prior_line(grown)  # the PDF's and key images' line; the SR's comment says it too
+    new_only = compare(summary(vertebra("T12", "lytic", 2.5)), summary(vertebra("T12")))
+    assert new_only["notes"] == []  # a new lesion compares no volumes
 
 
 def test_a_level_the_segmentations_disagree_on_is_not_compared():

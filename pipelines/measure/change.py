@@ -19,6 +19,10 @@ from pipelines.lesions import LESION_KINDS
 
 VOLUME_DISAGREEMENT = 0.35
 HEIGHT_KEYS = ("anterior", "middle", "posterior")
+VOLUME_PRECISION_NOTE = ("Lesion volume change: on lesions inserted into real CT, a lesion volume reads within 13-26 % "
+                         "of the truth on average (1-3 mm slices; benchmarks/lesion_real_bone.py --volumes), so a "
+                         "change of that order may be measurement error.")
+"""Said with every change that compares lesion volumes: how far a single volume can be trusted on real bone."""
 
 
 def patient_key(header, secret: bytes, allow_without_issuer: bool = False) -> str | None:
@@ -42,7 +46,10 @@ def compare(current: dict, prior: dict) -> dict:
            "lesions_gone": [lv for lv, c in per_level.items() if c.get("lesion_change") == "gone"],
            "new_collapse": [lv for lv, c in per_level.items() if c.get("new_collapse")],
            "only_now": [lv for lv in now if lv not in before], "only_before": [lv for lv in before if lv not in now],
-           "warnings": _model_warnings(current.get("model") or {}, prior.get("model") or {})}
+           "warnings": _model_warnings(current.get("model") or {}, prior.get("model") or {}),
+           "notes": [VOLUME_PRECISION_NOTE] if any(c.get("lesion_change") == "persisting"
+                                                   and c.get("lesion_volume_change_ml") is not None
+                                                   for c in per_level.values()) else []}
     return out
 
 

@@ -87,4 +87,4 @@ def prior_line(change: dict | None) -> str | None:
     for key, words in (("only_now", "not in the prior"), ("only_before", "only in the prior")):
         if change.get(key):
             line += f" {words.capitalize()}: {', '.join(change[key])}."
-    return " ".join([line, *change.get("warnings", [])])
+    return " ".join([line, *change.get("warnings", []), *change.get("notes", [])])

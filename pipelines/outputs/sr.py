@@ -316,7 +316,7 @@ def change_groups(change: dict, algorithm: hd.sr.AlgorithmIdentification
     """One ``change_group`` per level of the two studies, head to feet; the first says which prior and warns."""
     prior = (change.get("prior") or {}).get("study_instance_uid")
     note = [f"Compared with the prior study {prior}." if prior else "Compared with a prior study.",
-            *change.get("warnings", [])]
+            *change.get("warnings", []), *change.get("notes", [])]
     if change.get("only_now"):
         note.append(f"Not in the prior study: {', '.join(change['only_now'])}.")
     if change.get("only_before"):
