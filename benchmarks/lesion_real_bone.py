@@ -66,7 +66,8 @@ from pipelines.lesions import (LESION_CLASSES, LESION_KINDS, LesionThresholds, T
                                estimate_noise)
 from pipelines.lesions.zones import bounding_box, vertebral_body  # noqa: E402
 from research.lesions import cases  # noqa: E402
-from research.lesions.insertion import LesionTruth, ball_fraction, implant, place  # noqa: E402
+from research.lesions.insertion import LesionTruth, implant, inserted_ml, place  # noqa: E402
+from research.report_figures import lesion_volume_ml  # noqa: E402
 from research.lesions.reslice import reslice, reslice_mask  # noqa: E402
 
 TRUTHS = ["none", "lytic", "blastic", "mixed"]
@@ -124,7 +125,7 @@ def run_scan(scan: cases.RealScan, scan_index: int, classifier, args: argparse.N
                             plans.append((kind, lesions, seed))
         for truth, lesions, seed in plans:
             volume = implant(hu, scan.spacing, lesions, noise_native) if lesions else hu
-            true_ml = lesion_ml_in(body, scan.spacing, lesions) if args.volumes and lesions else None
+            true_ml = inserted_ml(body, scan.spacing, lesions) if args.volumes and lesions else None
             for thickness in args.thicknesses:
                 spacing = (thickness,) + tuple(scan.spacing[1:])
                 image, m = reslice(volume, sz, thickness), reslice_mask(vmask, sz, thickness)
@@ -137,29 +138,8 @@ def run_scan(scan: cases.RealScan, scan_index: int, classifier, args: argparse.N
                              "reason": finding.features["reason"],
                              "features": {k: v for k, v in finding.features.items() if k != "thresholds"}})
                 if true_ml is not None and finding.kind == truth:
-                    rows[-1]["lesion_ml"] = {"true": round(true_ml, 3), "measured": measured_ml(image, m, spacing, finding)}
+                    rows[-1]["lesion_ml"] = {"true": round(true_ml, 3), "measured": lesion_volume_ml(image, m, spacing, finding)}
     return rows
-
-
-def lesion_ml_in(body: np.ndarray, spacing, lesions: list[LesionTruth]) -> float:
-    """The inserted lesions' volume inside the body (ml): each voxel's share of a ball, summed (a ball may stick out)."""
-    share = sum(ball_fraction(body.shape, spacing, les.centre_mm, les.diameter_mm / 2) for les in lesions)
-    return float(np.minimum(share, 1.0)[body].sum()) * float(np.prod(spacing)) / 1000.0
-
-
-def measured_ml(image: np.ndarray, mask: np.ndarray, spacing, finding) -> float | None:
-    """The lesion volume the spine report gives this vertebra (``pipelines.measure``), from the classifier's call."""
-    from pipelines.levels import PAPER
-    from pipelines.measure.report import measure_spine
-    from pipelines.process import vertebra_findings
-    from pipelines.records import Geometry
-
-    label = next(k for k, v in PAPER.items() if v == "L3")  # any level: one vertebra alone
-    labels = mask.astype(np.uint8) * np.uint8(label)
-    [record] = vertebra_findings(image, labels, spacing, {label: "L3"})
-    record.lesion, record.features = finding.kind, finding.features
-    measure_spine(image, labels, Geometry(np.zeros(3), np.eye(3), spacing), [record])
-    return record.measurements.get("lesion_volume_ml")
 
 
 def summarise(rows: list[dict]) -> dict:

@@ -142,6 +142,19 @@ def report_figures(n: int, seed: int, acquisitions=ACQUISITIONS, design: ReportD
 
 
 # ----------------------------------------------------------------------------- follow-up pairs
+def lesion_volume_ml(hu: np.ndarray, mask: np.ndarray, spacing, finding) -> float | None:
+    """The lesion volume (ml) the spine report gives one vertebra (``mask``), from a classifier's ``finding``.
+
+    The vertebra goes through ``pipelines.measure`` alone, as its own label map: what the
+    real-bone benchmark and its tests measure against the inserted volume.
+    """
+    labels = mask.astype(np.uint8) * np.uint8(1)
+    [record] = vertebra_findings(hu, labels, spacing, {1: "L3"})  # any level: the vertebra is alone
+    record.lesion, record.features = finding.kind, finding.features
+    measure_spine(hu, labels, Geometry(np.zeros(3), np.eye(3), spacing), [record])
+    return record.measurements.get("lesion_volume_ml")
+
+
 def summary_of(phantom: Phantom, findings: list[VertebraFinding]) -> dict:
     """The part of ``summary.json`` that ``change.compare`` reads."""
     return {"study_instance_uid": f"phantom-{phantom.seed}-visit-{phantom.visit}",

@@ -12,7 +12,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipelines.model.column import (CORE_MARGIN_MM, END_SCORE_HU, _part_names, core_profile, disc_score,
+from pipelines.model.column import (CORE_MARGIN_MM, END_SCORE_HU, _part_names, core_profile, disc_positions, disc_score,
                                     endplate_window, rebuild_column)
 from research.volume_io import read_volume
 from support.paths import SHARED_DATA
@@ -127,3 +127,31 @@ def test_the_real_lumbar_discs_stand_out_only_with_the_endplate_window_of_their_
         near = slice(int(round(disc - 4 / sz)), int(round(disc + 4 / sz)) + 1)
         assert lumbar[near].max() >= END_SCORE_HU > thoracic[near].max()
         assert abs(near.start + int(np.argmax(lumbar[near])) - disc) * sz <= 3.0
+
+
+def _thoraco_lumbar_profile(sz: float = 2.0):
+    """A core profile head to feet: three lower thoracic vertebrae (30 mm pitch, 6 mm discs), then four lumbar (36, 10 mm).
+
+    Returns the profile (index 0 = feet, as ``disc_positions`` reads it), the rib levels
+    (4 mm under the disc above each thoracic vertebra) and the lumbar discs' indices.
+    """
+    layers = []  # (HU, mm) from the head down
+    for pitch, disc, marrow in [(30.0, 6.0, 200.0)] * 3 + [(36.0, 10.0, 150.0)] * 4:
+        layers += [(90.0, disc), (400.0, 2.0), (marrow, pitch - disc - 4.0), (400.0, 2.0)]
+    layers += [(90.0, 10.0), (400.0, 2.0), (150.0, 30.0)]  # the disc under the last one, and bone below it
+    head_down = np.concatenate([np.full(int(round(mm / sz)), hu) for hu, mm in layers])
+    starts = np.cumsum([0] + [int(round(mm / sz)) for _, mm in layers])
+    middles = [starts[i] + int(round(layers[i][1] / sz)) // 2 for i in range(0, len(layers) - 2, 4)]  # discs' middles
+    n = len(head_down)
+    z = [n - 1 - m for m in middles]  # head to feet, as indices from the feet
+    rib_z = [d - 4.0 / sz for d in z[:3]]
+    return head_down[::-1].copy(), rib_z, z[3:]
+
+
+def test_the_discs_below_the_ribs_are_found_by_endplates_as_far_apart_as_a_lumbar_disc():
+    profile, rib_z, lumbar_discs = _thoraco_lumbar_profile()
+    discs, notes = disc_positions(profile, rib_z, 2.0)
+    found = [b["z"] for b in notes["below_last"]]
+    assert len(found) == len(lumbar_discs) and all(abs(f - d) <= 1 for f, d in zip(found, lumbar_discs)), found
+    # the thoracic window alone (4 mm) does not reach a 10 mm disc's endplates: the column would stop under T12
+    assert disc_score(profile, 2.0)[lumbar_discs].max() < END_SCORE_HU

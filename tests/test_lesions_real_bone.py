@@ -15,7 +15,8 @@ from pipelines.lesions import LESION_CLASSES, LESION_KINDS, LesionThresholds, Th
 from pipelines.lesions.zones import bounding_box, vertebral_body
 from pipelines.outputs.codes import ABSENT, INDETERMINATE, LESION_CODES, PRESENT, lesion_code, metastasis_value
 from research.lesions import cases
-from research.lesions.insertion import LesionTruth, ball_fraction, implant, place
+from research.lesions.insertion import LesionTruth, ball_fraction, implant, inserted_ml, place
+from research.report_figures import lesion_volume_ml
 from research.lesions.reslice import reslice, reslice_mask
 from support.paths import SHARED_DATA
 
@@ -254,19 +255,6 @@ def test_a_mask_on_dense_bone_without_a_trabecular_core_gets_no_lesion_call():
     assert finding.features["reason"].startswith(("too little trabecular bone", "too little bone"))
 
 
-def _report_volume_ml(hu, mask, spacing, finding) -> float | None:
-    """The lesion volume the spine report gives a vertebra (``pipelines.measure``), from the classifier's call."""
-    from pipelines.measure.report import measure_spine
-    from pipelines.process import vertebra_findings
-    from pipelines.records import Geometry
-
-    labels = mask.astype(np.uint8) * np.uint8(15)
-    [record] = vertebra_findings(hu, labels, spacing, {15: "L3"})
-    record.lesion, record.features = finding.kind, finding.features
-    measure_spine(hu, labels, Geometry(np.zeros(3), np.eye(3), spacing), [record])
-    return record.measurements.get("lesion_volume_ml")
-
-
 @real_data
 @pytest.mark.parametrize("kind", ["lytic", "blastic"])
 def test_the_spine_report_measures_lesions_inserted_in_real_thoracic_bone_to_about_a_fifth_of_their_volume(
@@ -291,9 +279,8 @@ def test_the_spine_report_measures_lesions_inserted_in_real_thoracic_bone_to_abo
         finding = ThresholdClassifier().classify(image, mask, thorax.spacing, noise)
         if finding.kind != kind:
             continue
-        share = ball_fraction(hu.shape, thorax.spacing, centre, diameter / 2)
-        truth_ml = float(share[body].sum()) * float(np.prod(thorax.spacing)) / 1000.0
-        errors.append(_report_volume_ml(image, mask, thorax.spacing, finding) / truth_ml - 1.0)
+        errors.append(lesion_volume_ml(image, mask, thorax.spacing, finding)
+                      / inserted_ml(body, thorax.spacing, [lesion]) - 1.0)
     assert len(errors) >= 6, errors
     assert np.median(np.abs(errors)) <= 0.25 and min(errors) > -0.6, np.round(errors, 2)
     assert sum(e > 1.0 for e in errors) <= 1, np.round(errors, 2)

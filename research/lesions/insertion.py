@@ -74,6 +74,12 @@ def ball_fraction(shape: tuple[int, int, int], spacing, centre_mm, radius_mm: fl
     return out
 
 
+def inserted_ml(body: np.ndarray, spacing, lesions: list[LesionTruth]) -> float:
+    """The lesions' volume inside ``body`` (ml): each voxel's share of a ball, summed (a ball may stick out of it)."""
+    share = sum(ball_fraction(body.shape, spacing, les.centre_mm, les.diameter_mm / 2) for les in lesions)
+    return float(np.minimum(share, 1.0)[body].sum()) * float(np.prod(spacing)) / 1000.0
+
+
 def implant(hu: np.ndarray, spacing, lesions: list[LesionTruth], noise_hu: float) -> np.ndarray:
     """``hu`` (float32 copy) with every lesion blended in, keeping the scan's own noise (module docstring)."""
     hu = np.asarray(hu, np.float32)
