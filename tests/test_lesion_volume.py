@@ -97,3 +97,50 @@ def test_a_blastic_ball_against_the_core_edge_is_measured_not_dropped():
     cap = np.pi * 3.5 ** 2 * (3 * RADIUS_MM - 3.5) / 3
     got = lesion_volume_mm3(hu, core, spacing, _features(900.0, "hyperdense"), "blastic")
     assert got == pytest.approx(cap, rel=0.15)
+
+def _lytic_sphere_at_the_cortex():
+    """A lytic sphere (30 HU) in bone (200 HU) reaching 2 mm into the 3 mm shell, under a 1 mm cortex (800 HU).
+
+    Returns the blurred, noisy HU, the vertebra (the whole block), its core (the block less
+    its 3 mm shell) and the spacing; the sphere lies inside the vertebra, so all of it is lesion.
+    """
+    fine = 0.25
+    n = 144
+    z, y, x = (np.arange(n) * fine - n * fine / 2 + fine / 2 for _ in range(3))
+    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
+    hu = np.full(zz.shape, 200.0, np.float32)
+    hu[np.maximum.reduce([np.abs(zz), np.abs(yy), np.abs(xx)]) > 17.0] = 800.0  # the cortex: the outer 1 mm
+    hu[zz ** 2 + (yy - 12.0) ** 2 + xx ** 2 <= RADIUS_MM ** 2] = 30.0  # up to y = 17 mm: 2 mm past the core
+    hu = ndimage.gaussian_filter(hu, [0.4 / fine, 0.6 / fine, 0.6 / fine])
+    hu = hu.reshape(n // 4, 4, n // 3, 3, n // 3, 3).mean(axis=(1, 3, 5))
+    hu = hu + np.random.default_rng(0).normal(0, 40, hu.shape).astype(np.float32)
+    spacing = (1.0, 0.75, 0.75)
+    centres = [(np.arange(k) + 0.5) * s - 18.0 for k, s in zip(hu.shape, spacing)]
+    cz, cy, cx = np.meshgrid(*centres, indexing="ij")
+    vertebra = np.ones(hu.shape, bool)
+    core = (np.abs(cz) <= 15.0) & (np.abs(cy) <= 15.0) & (np.abs(cx) <= 15.0)
+    return hu, vertebra, core, spacing
+
+
+def test_a_lytic_focus_grown_into_the_cortical_shell_is_measured_there_too():
+    """The cap of the sphere past the core (2 mm of its 10 mm, 10 % of its volume) counts, the bright cortex does not.
+
+    The cortex blurs into the cap, so part of it reads as bone: here the core alone reads
+    12 % low and the shell brings back more than half of what is missing.
+    """
+    hu, vertebra, core, spacing = _lytic_sphere_at_the_cortex()
+    features = _features(30.0, "hypodense")
+    core_only = lesion_volume_mm3(hu, core, spacing, features, "lytic")
+    with_shell = lesion_volume_mm3(hu, core, spacing, features, "lytic", vertebra=vertebra)
+    assert core_only < 0.93 * TRUE_MM3  # the cap is missing
+    assert with_shell - core_only >= 0.05 * TRUE_MM3  # half of the cap or more is back
+    assert with_shell == pytest.approx(TRUE_MM3, rel=0.08)
+
+
+def test_a_lytic_focus_inside_the_core_gains_nothing_from_the_shell():
+    hu, body, spacing = _body_with_sphere(1.0, 30.0)
+    core = np.zeros(body.shape, bool)
+    core[3:-3, 4:-4, 4:-4] = True  # 3 mm in from every face: the sphere (5 mm) stays inside it
+    features = _features(30.0, "hypodense")
+    assert lesion_volume_mm3(hu, core, spacing, features, "lytic", vertebra=body) == \
+        lesion_volume_mm3(hu, core, spacing, features, "lytic")

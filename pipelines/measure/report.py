@@ -161,7 +161,7 @@ def _lesion_volume(hu, v: _Vertebra, spacing) -> tuple[float | None, float | Non
     features = v.finding.features or {}
     if v.finding.lesion not in KINDS:
         return (0.0, 0.0) if v.finding.lesion == "none" else (None, None)
-    mm3 = lesion_volume_mm3(hu[v.box], v.core, spacing, features, v.finding.lesion)
+    mm3 = lesion_volume_mm3(hu[v.box], v.core, spacing, features, v.finding.lesion, vertebra=v.body)
     if mm3 is None:  # no focus to start from: the classifier's own volumes
         mm3 = sum(float(features.get(f"{kind}_focus_mm3") or 0.0) for kind in KINDS[v.finding.lesion])
     body_mm3 = float(v.body.sum()) * float(np.prod(spacing))
