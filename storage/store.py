@@ -510,8 +510,9 @@ class Store:
         session.add(SeriesEvent(series_id=series.id, at=now, event="reopened",
                                 detail=f"instance {sop_instance_uid} arrived while {previous}; "
                                        f"version {series.version}{purged}"))
-        if series.purged_at is not None:
-            series.instance_count = 0  # the count is of instances with files; the new one is added next
+        if series.purged_at is not None:  # the count is of instances with files: those received since the purge
+            series.instance_count = session.scalar(select(func.count()).select_from(Instance).where(
+                Instance.series_id == series.id, Instance.received_at > series.purged_at))
         for job in session.scalars(select(Job).where(Job.series_id == series.id,
                                                      Job.state.in_(("queued", "running"))).with_for_update()):
             if job.state == "queued":
@@ -527,6 +528,7 @@ class Store:
                            now: datetime) -> None:
         """A SOP Instance UID received again replaces the earlier copy (the event keeps the old path and sender)."""
         old_series_id, old_path, old_ae = instance.series_id, instance.path, instance.calling_ae
+        file_purged = series.purged_at is not None and instance.received_at <= series.purged_at
         for name, value in values.items():
             setattr(instance, name, value)
         instance.replaced += 1
@@ -537,6 +539,8 @@ class Store:
             series.instance_count += 1
             old = session.get(Series, old_series_id, with_for_update=True)
             old.instance_count -= 1
+        elif file_purged:  # its earlier file was purged, so the count (of instances with files) had left it out
+            series.instance_count += 1
 
 
 def _event(session: Session, job_id: int, state: str, detail: str, at: datetime) -> None:

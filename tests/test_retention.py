@@ -123,6 +123,43 @@ def test_a_late_instance_reopens_a_purged_series_with_only_its_own_file_which_re
     assert [c.paths for c in report.series] == [(path,)] and not path.exists()
 
 
+def _record_again(seeded, row, path: Path) -> None:
+    """``row``'s SOP instance received again, its file now at ``path``."""
+    seeded.store.record_instance(sop_instance_uid=row.sop_instance_uid, sop_class_uid=row.sop_class_uid,
+                                 series_key=seeded.series_key, series_instance_uid=seeded.series_uid,
+                                 study_instance_uid=None, transfer_syntax_uid=row.transfer_syntax_uid,
+                                 calling_ae="ORTHANC", path=path, size=path.stat().st_size, modality="CT")
+
+
+def test_a_purged_series_sent_again_counts_every_instance_it_holds_again(seeded):
+    """Its SOP instances come back under their old UIDs (rows kept): each is counted, and a later re-open keeps them."""
+    config, seeded = seeded
+    earlier = seeded.store.series_instances(seeded.series_key)
+    _deliver_all(seeded)
+    _retention(config, seeded).purge(now=utcnow() + LATER)
+    again = config.data_dir / "instances" / "again"
+    again.mkdir(parents=True)
+    for row in earlier:
+        (again / row.sop_instance_uid).write_bytes(b"resent")
+        _record_again(seeded, row, again / row.sop_instance_uid)
+
+    series = seeded.store.get_series(seeded.series_key)
+    assert series.instance_count == len(earlier) == 4
+    assert sorted(i.path for i in seeded.store.series_instances(seeded.series_key)) == \
+        sorted(again / row.sop_instance_uid for row in earlier)
+
+    job = seeded.store.create_job(seeded.series_key, "association released")
+    seeded.store.claim_next_job("test-worker")
+    seeded.store.finish_job(job.id, state="done", timings={})
+    late = ct_datasets(volume(slices=1), name="late")[0]
+    path = save([late], config.data_dir / "instances" / "late")[0]
+    seeded.store.record_instance(sop_instance_uid=str(late.SOPInstanceUID), sop_class_uid=str(late.SOPClassUID),
+                                 series_key=seeded.series_key, series_instance_uid=seeded.series_uid,
+                                 study_instance_uid=None, transfer_syntax_uid=str(late.file_meta.TransferSyntaxUID),
+                                 calling_ae="ORTHANC", path=path, size=path.stat().st_size, modality="CT")
+    assert seeded.store.get_series(seeded.series_key).instance_count == 5  # not reset: nothing was purged since
+
+
 def test_a_series_with_a_queued_job_is_not_purged(seeded):
     config, seeded = seeded
     _deliver_all(seeded)
