@@ -59,6 +59,26 @@ def test_no_volume_is_given_without_a_focus_or_a_reference():
     assert lesion_volume_mm3(hu, body, spacing, no_focus, "lytic") == 0.0
 
 
+def _scanned(paint, n: int = 144, pixel_cells: int = 3, noise_hu: float = 40.0, seed: int = 0):
+    """HU painted by ``paint(zz, yy, xx)`` on a 0.25 mm grid (mm, centred), blurred as a scanner does, averaged
+    down to 1 mm slices and ``pixel_cells`` x 0.25 mm pixels, plus voxel noise; returns (hu, spacing)."""
+    fine = 0.25
+    z, y, x = (np.arange(n) * fine - n * fine / 2 + fine / 2 for _ in range(3))
+    hu = paint(*np.meshgrid(z, y, x, indexing="ij")).astype(np.float32)
+    hu = ndimage.gaussian_filter(hu, [0.4 / fine, 0.6 / fine, 0.6 / fine])
+    k = pixel_cells
+    hu = hu.reshape(n // 4, 4, n // k, k, n // k, k).mean(axis=(1, 3, 5))
+    hu = hu + np.random.default_rng(seed).normal(0, noise_hu, hu.shape).astype(np.float32)
+    return hu, (1.0, fine * k, fine * k)
+
+
+def _core(hu: np.ndarray, spacing) -> np.ndarray:
+    """The 36 mm block less a 3 mm shell: what the report measures a lesion in."""
+    centres = [(np.arange(k) + 0.5) * s - 18.0 for k, s in zip(hu.shape, spacing)]
+    cz, cy, cx = np.meshgrid(*centres, indexing="ij")
+    return (np.abs(cz) <= 15.0) & (np.abs(cy) <= 15.0) & (np.abs(cx) <= 15.0)
+
+
 def test_dense_bone_lining_the_core_edge_is_not_taken_for_a_blastic_focus():
     """Dense bone past the half-way level along the core's edge (the body's wall, a pedicle's root) is not lesion.
 
@@ -67,20 +87,13 @@ def test_dense_bone_lining_the_core_edge_is_not_taken_for_a_blastic_focus():
     core's edge, each voxel counted about 60 % lesion beside a blastic focus (+17 to +25 %).
     Here dense bone reaches 1.5 mm into the core's posterior face; before, this read +36 %.
     """
-    fine = 0.25
-    n = 144
-    z, y, x = (np.arange(n) * fine - n * fine / 2 + fine / 2 for _ in range(3))
-    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
-    hu = np.full(zz.shape, 200.0, np.float32)
-    hu[(yy >= 13.5) & (np.abs(xx) <= 8.0) & (np.abs(zz) <= 6.0)] = 650.0  # reaches 1.5 mm into the core
-    hu[zz ** 2 + yy ** 2 + xx ** 2 <= RADIUS_MM ** 2] = 900.0
-    hu = ndimage.gaussian_filter(hu, [0.4 / fine, 0.6 / fine, 0.6 / fine])
-    hu = hu.reshape(n // 4, 4, n // 3, 3, n // 3, 3).mean(axis=(1, 3, 5))
-    hu = hu + np.random.default_rng(0).normal(0, 40, hu.shape).astype(np.float32)
-    spacing = (1.0, 0.75, 0.75)
-    centres = [(np.arange(k) + 0.5) * s - 18.0 for k, s in zip(hu.shape, spacing)]
-    cz, cy, cx = np.meshgrid(*centres, indexing="ij")
-    core = (np.abs(cz) <= 15.0) & (np.abs(cy) <= 15.0) & (np.abs(cx) <= 15.0)  # the body less a 3 mm shell
+    def paint(zz, yy, xx):
+        hu = np.full(zz.shape, 200.0)
+        hu[(yy >= 13.5) & (np.abs(xx) <= 8.0) & (np.abs(zz) <= 6.0)] = 650.0  # reaches 1.5 mm into the core
+        hu[zz ** 2 + yy ** 2 + xx ** 2 <= RADIUS_MM ** 2] = 900.0
+        return hu
+    hu, spacing = _scanned(paint)
+    core = _core(hu, spacing)
     got = lesion_volume_mm3(hu, core, spacing, _features(900.0, "hyperdense"), "blastic")
     assert got == pytest.approx(TRUE_MM3, rel=0.10)
 
@@ -104,22 +117,13 @@ def _sphere_at_the_cortex(lesion_hu: float = 30.0, cortex_hu: float = 800.0):
     Returns the blurred, noisy HU, the vertebra (the whole block), its core (the block less
     its 3 mm shell) and the spacing; the sphere lies inside the vertebra, so all of it is lesion.
     """
-    fine = 0.25
-    n = 144
-    z, y, x = (np.arange(n) * fine - n * fine / 2 + fine / 2 for _ in range(3))
-    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
-    hu = np.full(zz.shape, 200.0, np.float32)
-    hu[np.maximum.reduce([np.abs(zz), np.abs(yy), np.abs(xx)]) > 17.0] = cortex_hu  # the cortex: the outer 1 mm
-    hu[zz ** 2 + (yy - 12.0) ** 2 + xx ** 2 <= RADIUS_MM ** 2] = lesion_hu  # up to y = 17 mm: 2 mm past the core
-    hu = ndimage.gaussian_filter(hu, [0.4 / fine, 0.6 / fine, 0.6 / fine])
-    hu = hu.reshape(n // 4, 4, n // 3, 3, n // 3, 3).mean(axis=(1, 3, 5))
-    hu = hu + np.random.default_rng(0).normal(0, 40, hu.shape).astype(np.float32)
-    spacing = (1.0, 0.75, 0.75)
-    centres = [(np.arange(k) + 0.5) * s - 18.0 for k, s in zip(hu.shape, spacing)]
-    cz, cy, cx = np.meshgrid(*centres, indexing="ij")
-    vertebra = np.ones(hu.shape, bool)
-    core = (np.abs(cz) <= 15.0) & (np.abs(cy) <= 15.0) & (np.abs(cx) <= 15.0)
-    return hu, vertebra, core, spacing
+    def paint(zz, yy, xx):
+        hu = np.full(zz.shape, 200.0)
+        hu[np.maximum.reduce([np.abs(zz), np.abs(yy), np.abs(xx)]) > 17.0] = cortex_hu  # the cortex: the outer 1 mm
+        hu[zz ** 2 + (yy - 12.0) ** 2 + xx ** 2 <= RADIUS_MM ** 2] = lesion_hu  # up to y = 17 mm: 2 mm past the core
+        return hu
+    hu, spacing = _scanned(paint)
+    return hu, np.ones(hu.shape, bool), _core(hu, spacing), spacing
 
 
 def test_a_lytic_focus_grown_into_the_cortical_shell_is_measured_there_too():
@@ -163,17 +167,12 @@ def test_a_blastic_focus_grown_into_the_shell_counts_there_but_the_cortex_does_n
 
 def test_a_mixed_lesions_blastic_part_does_not_raise_the_bone_its_lytic_part_is_measured_against():
     """Beside a blastic ball the lytic ball's shell holds bright voxels: the bone is taken without them."""
-    fine = 0.25
-    n = 160
-    z, y, x = (np.arange(n) * fine - n * fine / 2 + fine / 2 for _ in range(3))
-    zz, yy, xx = np.meshgrid(z, y, x, indexing="ij")
-    hu = np.full(zz.shape, 200.0, np.float32)
-    hu[zz ** 2 + (yy + 5.75) ** 2 + xx ** 2 <= RADIUS_MM ** 2] = 30.0
-    hu[zz ** 2 + (yy - 5.75) ** 2 + xx ** 2 <= RADIUS_MM ** 2] = 900.0  # 1.5 mm apart
-    hu = ndimage.gaussian_filter(hu, [0.4 / fine, 0.6 / fine, 0.6 / fine])
-    hu = hu.reshape(n // 4, 4, n // 2, 2, n // 2, 2).mean(axis=(1, 3, 5))  # 1 mm slices, 0.5 mm pixels
-    hu = hu + np.random.default_rng(1).normal(0, 30, hu.shape).astype(np.float32)
-    spacing = (1.0, 0.5, 0.5)
+    def paint(zz, yy, xx):
+        hu = np.full(zz.shape, 200.0)
+        hu[zz ** 2 + (yy + 5.75) ** 2 + xx ** 2 <= RADIUS_MM ** 2] = 30.0
+        hu[zz ** 2 + (yy - 5.75) ** 2 + xx ** 2 <= RADIUS_MM ** 2] = 900.0  # 1.5 mm apart
+        return hu
+    hu, spacing = _scanned(paint, n=160, pixel_cells=2, noise_hu=30.0, seed=1)  # 0.5 mm pixels
     lytic_part = lesion_volume_mm3(hu, np.ones(hu.shape, bool), spacing, _features(30.0, "hypodense"), "lytic")
     assert lytic_part == pytest.approx(TRUE_MM3, rel=0.06)  # the mean of its shell read it 15 % high
     both = {**_features(30.0, "hypodense"), **_features(900.0, "hyperdense")}
