@@ -18,7 +18,6 @@ import pytest
 from pydicom.uid import (Comprehensive3DSRStorage, EncapsulatedPDFStorage, RTStructureSetStorage,
                          SecondaryCaptureImageStorage, SegmentationStorage, ExplicitVRLittleEndian,
                          ImplicitVRLittleEndian, RLELossless)
-from pynetdicom import AE, evt
 
 from dicom_node.dimse.scu import c_store
 from dicom_node.config.values import DimsePeer
@@ -27,7 +26,7 @@ from pipelines.outputs.rtstruct import build_rtstruct
 from pipelines.outputs.seg import build_seg
 from pipelines.outputs.sr import build_sr
 from research.phantoms.generator import make_phantom
-from support.dimse import LOOPBACK, free_port
+from support.dimse import LOOPBACK, StoreReceiver
 from support.programs import dciodvfy_messages
 from support.seg_sr_cases import MODEL, PHANTOM, phantom_case, save_dataset
 
@@ -54,39 +53,15 @@ def files(case, tmp_path_factory) -> dict[str, Path]:
     return {kind: save_dataset(ds, folder / f"{kind}.dcm") for kind, ds in datasets.items()}
 
 
-class ReceiverWithoutSeg:
-    """A pynetdicom SCP on loopback that supports every class sent but Segmentation Storage."""
-
-    def __init__(self) -> None:
-        self.port, self.requested, self.stored = free_port(), [], []
-        self.ae = AE(ae_title="NOSEG")
-        for sop_class in SENT_CLASSES - {SegmentationStorage}:
-            self.ae.add_supported_context(sop_class, [ExplicitVRLittleEndian, ImplicitVRLittleEndian])
-
-    def _established(self, event) -> None:
-        self.requested.extend(str(c.abstract_syntax) for c in event.assoc.requestor.requested_contexts)
-
-    def _store(self, event) -> int:
-        self.stored.append(str(event.request.AffectedSOPClassUID))
-        return 0x0000
-
-    def __enter__(self) -> "ReceiverWithoutSeg":
-        self.server = self.ae.start_server((LOOPBACK, self.port), block=False, evt_handlers=[
-            (evt.EVT_ESTABLISHED, self._established), (evt.EVT_C_STORE, self._store)])
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.server.shutdown()
-
-
 def test_the_scu_proposes_each_outputs_class_and_a_refused_one_stops_only_itself(files):
-    with ReceiverWithoutSeg() as receiver:
+    with StoreReceiver("NOSEG", SENT_CLASSES - {SegmentationStorage},
+                       syntaxes=[ExplicitVRLittleEndian, ImplicitVRLittleEndian]) as receiver:
         results = c_store(DimsePeer("NOSEG", LOOPBACK, receiver.port), list(files.values()), "SPINENODE")
-    assert set(receiver.requested) == SENT_CLASSES
+    assert set().union(*receiver.requested) == SENT_CLASSES
     assert results[files["seg"]] is not None and "not sent" in results[files["seg"]]
     assert {kind: results[path] for kind, path in files.items() if kind != "seg"} == {
         "sr": None, "rtstruct": None, "sc": None, "pdf": None}
-    assert sorted(receiver.stored) == sorted(SENT_CLASSES - {SegmentationStorage})
+    assert receiver.stored_classes() == sorted(SENT_CLASSES - {SegmentationStorage})
 
 
 @pytest.mark.parametrize("labelmap", [False, True], ids=["binary", "labelmap"])
