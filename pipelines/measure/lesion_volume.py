@@ -98,6 +98,8 @@ out; no lytic seed met one on the report phantoms (the cortex is brighter than t
 """
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 from scipy import ndimage
 
@@ -122,12 +124,22 @@ MIN_SHELL_CONTRAST = 0.25
 KINDS = {"lytic": ("hypodense",), "blastic": ("hyperdense",), "mixed": ("hypodense", "hyperdense")}
 
 
+@dataclass(frozen=True)
+class _Focus:
+    """One focus' seed, each voxel's distance to it (mm), its plateau HU and side (+1 lytic, -1 blastic)."""
+
+    seed: np.ndarray
+    distance: np.ndarray
+    plateau: float
+    sign: float
+
+
 def lesion_volume_mm3(hu: np.ndarray, body: np.ndarray, spacing, features: dict, lesion: str,
                       vertebra: np.ndarray | None = None) -> float | None:
     """The lesion's volume (mm3) in ``body`` (on ``hu``'s grid), or None when the classifier gave no focus to start from.
 
     ``body`` is the trabecular core the lesion is measured in; ``vertebra`` (the body with its
-    cortical shell), when given, is where a lytic focus meeting the core's edge is followed.
+    cortical shell), when given, is where a focus meeting the core's edge is followed (step 5).
     """
     reference = features.get("reference_hu")
     if lesion not in KINDS or reference is None:
@@ -142,9 +154,11 @@ def lesion_volume_mm3(hu: np.ndarray, body: np.ndarray, spacing, features: dict,
         seed = _seed(_seed_image(hu, smooth, spacing, features), body, spacing,
                      0.5 * (float(reference) + float(mean)), sign)
         if seed.any():
-            total += _mixing_volume(hu, smooth, body, seed, spacing, float(reference), sign)
+            focus = _Focus(seed, ndimage.distance_transform_edt(~seed, sampling=spacing),
+                           _plateau(smooth, seed, spacing, sign), sign)
+            total += _mixing_volume(hu, smooth, body, focus, spacing, float(reference))
             if vertebra is not None:
-                total += _shell_volume(smooth, body, vertebra, seed, spacing, float(reference), sign)
+                total += _shell_volume(smooth, body, vertebra, focus, spacing, float(reference))
     return total
 
 
@@ -183,7 +197,7 @@ def _seed(smooth: np.ndarray, body: np.ndarray, spacing, level: float, sign: flo
     return keep[pieces]
 
 
-def _shell_volume(smooth, core, vertebra, seed, spacing, reference: float, sign: float) -> float:
+def _shell_volume(smooth, core, vertebra, focus: _Focus, spacing, reference: float) -> float:
     """The focus' part in the cortical shell, next to where its seed meets the core's edge (mm3; step 5).
 
     The shell's own HU changes with depth (bright cortex outside, marrow inside), so each
@@ -192,6 +206,7 @@ def _shell_volume(smooth, core, vertebra, seed, spacing, reference: float, sign:
     voxel of cortex counts half. Where that background is on the lesion's side of the
     plateau, or too close to it to tell them apart, the voxel counts nothing.
     """
+    seed, sign, plateau = focus.seed, focus.sign, focus.plateau
     cross = ndimage.generate_binary_structure(3, 1)
     edge = seed & ndimage.binary_dilation(~core, cross)
     if not edge.any():
@@ -200,10 +215,9 @@ def _shell_volume(smooth, core, vertebra, seed, spacing, reference: float, sign:
     depth = ndimage.distance_transform_edt(np.pad(vertebra, 1), sampling=spacing)[1:-1, 1:-1, 1:-1]
     shell = vertebra & ~core & (depth > SKIN_MM)
     zone = shell & near
-    away = shell & (ndimage.distance_transform_edt(~seed, sampling=spacing) > SHELL_REACH_MM + BAND_MM)
+    away = shell & (focus.distance > SHELL_REACH_MM + BAND_MM)
     if not zone.any():
         return 0.0
-    plateau = _plateau(smooth, seed, spacing, sign)
     background = _shell_background(smooth, depth, away, zone)
     if background is None:
         return 0.0
@@ -239,12 +253,11 @@ def _plateau(smooth, seed, spacing, sign: float) -> float:
     return float(np.percentile(values, PLATEAU_PCT if sign > 0 else 100.0 - PLATEAU_PCT))
 
 
-def _mixing_volume(hu, smooth, body, seed, spacing, reference: float, sign: float) -> float:
+def _mixing_volume(hu, smooth, body, focus: _Focus, spacing, reference: float) -> float:
     """Sum over the seed's region of the lesion's share of each voxel (mm3); 0 when there is no contrast."""
-    distance = ndimage.distance_transform_edt(~seed, sampling=spacing)
+    distance, plateau, sign = focus.distance, focus.plateau, focus.sign
     region = body & (distance <= BAND_MM)
     shell = body & (distance > BAND_MM) & (distance <= BAND_MM + SHELL_MM)
-    plateau = _plateau(smooth, seed, spacing, sign)
     # the bone around the focus, without any focus of either kind in it (a mixed lesion's other part)
     shell &= np.abs(smooth - reference) <= 0.5 * abs(reference - plateau)
     bone = float(np.median(hu[shell])) if int(shell.sum()) >= MIN_SHELL_VOXELS else reference
