@@ -177,3 +177,16 @@ def test_a_mixed_lesions_blastic_part_does_not_raise_the_bone_its_lytic_part_is_
     assert lytic_part == pytest.approx(TRUE_MM3, rel=0.06)  # the mean of its shell read it 15 % high
     both = {**_features(30.0, "hypodense"), **_features(900.0, "hyperdense")}
     assert lesion_volume_mm3(hu, np.ones(hu.shape, bool), spacing, both, "mixed") == pytest.approx(2 * TRUE_MM3, rel=0.06)
+
+
+@pytest.mark.parametrize("slice_mm", [1.0, 2.0])
+def test_a_lytic_spheres_growth_in_noisy_bone_is_measured_within_ten_percent(slice_mm):
+    """A lesion read the lower the larger it grew while its HU was a low percentile of its seed (past the lesion's HU
+    by part of the noise): on real bone growths read 26-35 % low. Here 5 mm grows to 6.5 mm (2.2 times the volume)."""
+    grown = 6.5
+    before = lesion_volume_mm3(*_body_with_sphere(slice_mm, 30.0, seed=3), _features(30.0, "hypodense"), "lytic")
+    after = lesion_volume_mm3(*_body_with_sphere(slice_mm, 30.0, seed=4, radius_mm=grown),
+                              _features(30.0, "hypodense"), "lytic")
+    true_change = 4.0 / 3.0 * np.pi * (grown ** 3 - RADIUS_MM ** 3)
+    assert after - before == pytest.approx(true_change, rel=0.10)
+

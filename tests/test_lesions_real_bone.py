@@ -284,3 +284,55 @@ def test_the_spine_report_measures_lesions_inserted_in_real_thoracic_bone_to_abo
     assert len(errors) >= 6, errors
     assert np.median(np.abs(errors)) <= 0.25 and min(errors) > -0.6, np.round(errors, 2)
     assert sum(e > 1.0 for e in errors) <= 1, np.round(errors, 2)
+
+
+@real_data
+def test_the_growth_of_lytic_lesions_inserted_in_real_thoracic_bone_is_not_read_a_third_low(thorax):
+    """Eight lytic balls of 10-13 mm grown 1.6-2.2 times in the real chest CT's bodies: the change, not each volume.
+
+    The lesion's HU was a low percentile of its seed, past its true HU by part of the noise,
+    and the seed took in dark marrow beside a small focus: growths read 26-35 % low on real
+    bone (``benchmarks/lesion_growth_real_bone.py``), so a doubling looked like +60 %.
+    """
+    errors = []
+    for n, label in enumerate(list(thorax.names)[:8]):
+        hu, mask, noise = _vertebra(thorax, label)
+        body = vertebral_body(mask, thorax.spacing, 5.0)
+        rng = np.random.default_rng([11, n])
+        diameter, scale = float(rng.uniform(10.0, 13.0)), float(rng.uniform(1.6, 2.2)) ** (1 / 3)
+        target = float(rng.uniform(0.0, 40.0))
+        centre = place(body, thorax.spacing, diameter * scale, rng)
+        measured, true = [], []
+        for d in (diameter, diameter * scale):
+            lesion = LesionTruth("lytic", d, centre, target, target - float(np.median(hu[body])))
+            image = implant(hu, thorax.spacing, [lesion], noise)
+            finding = ThresholdClassifier().classify(image, mask, thorax.spacing, noise)
+            measured.append(lesion_volume_ml(image, mask, thorax.spacing, finding) if finding.kind == "lytic" else None)
+            true.append(inserted_ml(body, thorax.spacing, [lesion]))
+        if None not in measured:
+            errors.append((measured[1] - measured[0]) / (true[1] - true[0]) - 1.0)
+    assert len(errors) >= 6, errors
+    assert np.median(errors) > -0.2 and np.median(np.abs(errors)) <= 0.2, np.round(errors, 2)  # was -0.29
+
+
+@real_data
+def test_the_growth_benchmark_runs_and_reports_every_class_at_each_thickness(tmp_path):
+    """``benchmarks/lesion_growth_real_bone.py`` on the lumbar crop's L3, one pair per class: the table and its JSON."""
+    import importlib.util
+    import json
+
+    from support.paths import REPO
+    if not cases.available():
+        pytest.skip(f"the benchmark reads the real scans from {cases.data_folder()}, which is absent")
+    spec = importlib.util.spec_from_file_location("growth", REPO / "benchmarks" / "lesion_growth_real_bone.py")
+    growth = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(growth)
+    out = tmp_path / "growth.json"
+    assert growth.main(["--scans", "crop-l2-l4", "--reps", "1", "--seed", "1", "--thicknesses", "2,3",
+                        "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert set(report["summary"]) == {"2mm", "3mm"}
+    for kinds in report["summary"].values():
+        assert set(kinds) == set(LESION_KINDS) and all(k["pairs"] == 1 for k in kinds.values())
+    for row in report["rows"]:
+        assert row["true_ml"][1] > row["true_ml"][0] > 0  # the follow-up's lesion is the larger

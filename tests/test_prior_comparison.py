@@ -43,7 +43,7 @@ def test_lesion_growth_new_lesions_lesions_gone_and_new_collapse_are_reported():
 
 def test_a_lesion_volume_change_comes_with_how_far_a_volume_is_measured_on_real_bone():
     grown = compare(summary(vertebra("T12", "lytic", 2.5)), summary(vertebra("T12", "lytic", 2.0)))
-    assert grown["notes"] == [VOLUME_PRECISION_NOTE] and "7-21 %" in VOLUME_PRECISION_NOTE
+    assert grown["notes"] == [VOLUME_PRECISION_NOTE] and "a growth within 5-19 %" in VOLUME_PRECISION_NOTE
     assert VOLUME_PRECISION_NOTE in prior_line(grown)  # the PDF's and key images' line; the SR's comment says it too
     new_only = compare(summary(vertebra("T12", "lytic", 2.5)), summary(vertebra("T12")))
     assert new_only["notes"] == []  # a new lesion compares no volumes
