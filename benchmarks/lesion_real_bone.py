@@ -99,20 +99,30 @@ def vertebra_box(mask: np.ndarray, spacing) -> tuple[slice, ...]:
     return tuple(slice(max(b.start - g, 0), min(b.stop + g, n)) for b, g, n in zip(box, grow, mask.shape))
 
 
+def scan_noise(scan: cases.RealScan, thicknesses) -> tuple[dict, float]:
+    """The scan's noise SD (HU) resliced to each thickness (what the classifier is told), and at its own slices."""
+    sz = scan.spacing[0]
+    noise = {t: estimate_noise(reslice(scan.hu, sz, t), (t,) + tuple(scan.spacing[1:])).sd_hu for t in thicknesses}
+    return noise, estimate_noise(scan.hu, scan.spacing).sd_hu or 20.0
+
+
+def vertebrae(scan: cases.RealScan):
+    """Per vertebra of the scan: its label, name, box of HU, mask and body (``vertebral_body``) in that box."""
+    for label, name in scan.names.items():
+        mask = scan.labels == label
+        if mask.any():
+            box = vertebra_box(mask, scan.spacing)
+            vmask = mask[box]
+            yield label, name, scan.hu[box], vmask, vertebral_body(vmask, scan.spacing, 5.0)
+
+
 def run_scan(scan: cases.RealScan, scan_index: int, classifier, args: argparse.Namespace) -> list[dict]:
     """Every row of one scan: per vertebra, thickness and case."""
     rows = []
     sz = scan.spacing[0]
-    noise = {t: estimate_noise(reslice(scan.hu, sz, t), (t,) + tuple(scan.spacing[1:])).sd_hu for t in args.thicknesses}
-    noise_native = estimate_noise(scan.hu, scan.spacing).sd_hu or 20.0
-    for label, name in scan.names.items():
-        mask = scan.labels == label
-        if not mask.any():
-            continue
-        box = vertebra_box(mask, scan.spacing)
-        hu, vmask = scan.hu[box], mask[box]
+    noise, noise_native = scan_noise(scan, args.thicknesses)
+    for label, name, hu, vmask, body in vertebrae(scan):
         whole = scan.whole(label)
-        body = vertebral_body(vmask, scan.spacing, 5.0)
         median = float(np.median(hu[body]))
         plans = [("none", [], None)]  # the vertebra as it is: once, whatever the seeds
         if whole:
