@@ -76,13 +76,13 @@ absolute error at 1 / 2 / 3 mm: lytic 24 / 18 / 26 % -> 21 / 15 / 16 %, blastic
 Why the median of the shell, without foci (step 3): a mixed lesion's blastic ball beside
 its lytic one lifted the mean of the lytic region's shell (233 HU against 193 on a follow-up
 phantom), and every voxel of the region then counted some lesion. On the phantoms that
-error had offset another (the plateau, a percentile, lies past the true lesion HU by part
-of the noise): seed 12's mixed L4 now reads 11 % low at both visits, and the follow-up
+error had offset another (the plateau, then a percentile, lay past the true lesion HU by part
+of the noise): seed 12's mixed L4 read 11 % low at both visits, and the follow-up
 pairs' volume change is 4.4 / 15.1 % (mean / max error) on seeds 1-6 and 15.5 / 77.5 % on
 seeds 7-12 (without it 4.6 / 14.1 and 12.3 / 74.2 %; before step 5 for blastic foci,
 5.2 / 14.1 and 11.3 / 74.2 %). Correcting the percentile for noise estimated in the shell
 made real lytic volumes read 20-37 % high (real marrow's texture is not noise). Real bone
-decided.
+decided. (Stop 24 made the plateau a median, with a tighter seed: "Why the growth read low".)
 
 Why the growth read low (issue 16; ``benchmarks/lesion_growth_real_bone.py``: a lesion
 inserted into a real vertebra at two sizes, its follow-up ball concentric and 1.3-2.5 times
