@@ -123,18 +123,16 @@ def summarise(rows: list[dict]) -> dict:
         for kind in LESION_KINDS:
             subset = [r for r in rows if r["thickness_mm"] == thickness and r["kind"] == kind]
             measured = [r for r in subset if None not in r["measured_ml"]]
-            errors = [100.0 * ((r["measured_ml"][1] - r["measured_ml"][0]) - (r["true_ml"][1] - r["true_ml"][0]))
-                      / (r["true_ml"][1] - r["true_ml"][0]) for r in measured]
+            true = np.array([r["true_ml"][1] - r["true_ml"][0] for r in measured])
+            got = np.array([r["measured_ml"][1] - r["measured_ml"][0] for r in measured])
+            errors = 100.0 * (got - true) / true if len(measured) else np.array([])
             per_kind[kind] = {"pairs": len(subset), "both_called": len(measured)}
-            if errors:
+            if len(errors):
                 per_kind[kind].update({"mean_abs": round(float(np.mean(np.abs(errors))), 1),
                                        "mean": round(float(np.mean(errors)), 1),
                                        "max_abs": round(float(np.max(np.abs(errors))), 1),
                                        "within_10_pct": round(100.0 * float(np.mean(np.abs(errors) <= 10.0)), 1),
-                                       "true_change_ml": [round(float(np.min([r["true_ml"][1] - r["true_ml"][0]
-                                                                              for r in measured])), 3),
-                                                          round(float(np.max([r["true_ml"][1] - r["true_ml"][0]
-                                                                              for r in measured])), 3)]})
+                                       "true_change_ml": [round(float(true.min()), 3), round(float(true.max()), 3)]})
         out[f"{thickness:g}mm"] = per_kind
     return out
 

@@ -182,8 +182,7 @@ def lesion_volume_mm3(hu: np.ndarray, body: np.ndarray, spacing, features: dict,
         sign = 1.0 if kind == "hypodense" else -1.0  # lesion darker (lytic) or brighter (blastic) than bone
         image = _seed_image(hu, smooth, spacing, features)
         pieces = _seed(image, body, spacing, 0.5 * (float(reference) + float(mean)), sign)
-        tight = float(reference) + SEED_LEVEL * (float(mean) - float(reference))
-        seed = pieces & ((image < tight) if sign > 0 else (image > tight))
+        seed = pieces & _past(image, float(reference) + SEED_LEVEL * (float(mean) - float(reference)), sign)
         if seed.any():
             focus = _Focus(seed, ndimage.distance_transform_edt(~seed, sampling=spacing),
                            _plateau(smooth, seed, body, spacing), sign)
@@ -209,7 +208,7 @@ def _seed(smooth: np.ndarray, body: np.ndarray, spacing, level: float, sign: flo
     dense bone outside the core (the cortex, a pedicle's root), which a focus inside the
     bone, bounded mostly by bone, is not; nor is a lesion against the edge, which is thick.
     """
-    inside = body & ((smooth < level) if sign > 0 else (smooth > level))
+    inside = body & _past(smooth, level, sign)
     pieces, count = ndimage.label(inside)
     if not count:
         return inside
@@ -226,6 +225,11 @@ def _seed(smooth: np.ndarray, body: np.ndarray, spacing, level: float, sign: flo
     keep = (sizes >= MIN_PIECE_MM3) & ((edge < EDGE_SHARE * np.maximum(faces, 1)) | thick)
     keep[0] = False
     return keep[pieces]
+
+
+def _past(image: np.ndarray, level: float, sign: float) -> np.ndarray:
+    """Where ``image`` lies past ``level`` on the lesion's side: below it for a lytic focus, above for a blastic one."""
+    return (image < level) if sign > 0 else (image > level)
 
 
 def _shell_volume(smooth, core, vertebra, focus: _Focus, spacing, reference: float) -> float:
