@@ -258,14 +258,20 @@ def column_box(shape, spacing, centre: np.ndarray) -> tuple[slice, slice, slice]
     return slice(0, shape[0]), slice(y0, y1), slice(x0, x1)
 
 
-def column_bone(hu: np.ndarray, spacing, centre: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def column_bone(hu: np.ndarray, spacing, centre: np.ndarray, radius_mm: float = BODY_RADIUS_MM,
+                min_piece_mm2: float = 0.0, disc_slices: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Bone of the column and the part of it that is vertebral body (two bool arrays shaped like ``hu``).
 
     Bone is dense voxels (``BONE_HU`` after a light smoothing). The body, per slice, is the
-    convex hull of the bone within ``BODY_RADIUS_MM`` of the body's centre and in front of
+    convex hull of the bone within ``radius_mm`` of the body's centre and in front of
     its posterior wall (``posterior_walls``): real marrow can be as dark as soft tissue (a
     median of 60 HU is normal at L3), so it is the cortex that outlines a body, and the
-    wall keeps the hull out of the spinal canal behind it.
+    wall keeps the hull out of the spinal canal behind it. ``radius_mm`` is how far from the
+    centre the outline may lie; on a noisy scan, pieces of bone under ``min_piece_mm2`` in a
+    slice (noise over ``BONE_HU`` in a disc) are left out of the hull, so a disc is no body.
+    In ``disc_slices`` (bool per slice: between a disc's two endplates) no hull is taken at
+    all (the ring of a disc's rim would outline the disc as a body), and a slice or more
+    from the endplates the rim itself is no bone of the column.
     """
     from skimage.morphology import convex_hull_image
 
@@ -274,13 +280,33 @@ def column_bone(hu: np.ndarray, spacing, centre: np.ndarray) -> tuple[np.ndarray
     back = posterior_walls(hu, spacing, centre)
     yy, xx = np.indices(hu.shape[1:], dtype=np.float32)
     body = np.zeros(hu.shape, bool)
+    pieces_of = min_piece_mm2 / (sy * sx)
     for z in range(hu.shape[0]):
         cy, cx = centre[z]
-        zone = (((yy - cy) * sy) ** 2 + ((xx - cx) * sx) ** 2 <= BODY_RADIUS_MM ** 2) & (yy <= back[z] + 0.5)
+        zone = (((yy - cy) * sy) ** 2 + ((xx - cx) * sx) ** 2 <= radius_mm ** 2) & (yy <= back[z] + 0.5)
+        if disc_slices is not None and disc_slices[z]:
+            if pieces_of > 0:
+                dense[z] = _without_small_pieces(dense[z], pieces_of)
+            if disc_slices[max(z - 1, 0)] and disc_slices[min(z + 1, len(disc_slices) - 1)]:
+                dense[z] &= ~zone  # the disc's rim, a slice or more from the endplates: not the body
+            continue
         seen = dense[z] & zone
+        if pieces_of > 0:
+            seen = _without_small_pieces(seen, pieces_of)
         if seen.sum() * sy * sx >= MIN_BODY_SLICE_MM2:
             body[z] = convex_hull_image(seen) & zone
     return dense | body, body
+
+
+def _without_small_pieces(mask: np.ndarray, min_voxels: float) -> np.ndarray:
+    """A 2-D mask without its connected pieces of fewer than ``min_voxels`` voxels."""
+    pieces, n = ndimage.label(mask)
+    if n == 0:
+        return mask
+    sizes = np.bincount(pieces.ravel())
+    keep = sizes >= min_voxels
+    keep[0] = False
+    return keep[pieces]
 
 
 def posterior_walls(hu: np.ndarray, spacing, centre: np.ndarray) -> np.ndarray:
@@ -325,10 +351,13 @@ def split_column(bone: np.ndarray, body: np.ndarray, spacing, centre: np.ndarray
     bone (pedicles, laminae, processes) floods from the bodies through bone (a watershed on
     a flat image: each voxel goes to the marker with the shortest path through bone to
     it), competing with the ribs (bone beyond ``RIB_MARKER_MM`` laterally): a spinous
-    process goes to its own vertebra through its pedicles, a rib to the ribs. Rib voxels come back as 0, and so does bone that
-    the flood carried above its own body's slab, or more than one slab below it (a chain
-    of touching processes): a thoracic spinous process reaches down over the next
-    vertebra, never over two, and never up.
+    process goes to its own vertebra through its pedicles, a rib to the ribs. Rib voxels
+    come back as 0, and so does bone that the flood carried more than one slab below its
+    body (a chain of touching processes): a thoracic spinous process reaches down over the
+    next vertebra, never over two. Bone it carried above its body's slab crossed a facet
+    joint from below (the articular processes of two vertebrae touch at ``BONE_HU``): it
+    goes to the vertebra of its slab, whose lower arch it is (on the real L2-L4 crop, L3's
+    laminae and spinous process, and L2's inferior articular processes).
     """
     from skimage.segmentation import watershed
 
@@ -351,7 +380,9 @@ def split_column(bone: np.ndarray, body: np.ndarray, spacing, centre: np.ndarray
     for d in discs:
         below += (np.arange(bone.shape[0]) < d).astype(np.int32)
     reach = below[:, None, None] - labels
-    labels[(labels > 0) & ~body & ((reach < 0) | (reach > 1))] = 0  # above its slab, or more than one below
+    up = (labels > 0) & ~body & (reach < 0)  # above its body's slab: the flood crossed a facet joint from below
+    labels[(labels > 0) & ~body & (reach > 1)] = 0  # more than one slab below its body
+    labels[up] = np.broadcast_to(below[:, None, None], labels.shape)[up]
     return labels.astype(np.int32)
 
 
@@ -368,12 +399,34 @@ def rebuild_column(hu: np.ndarray, spacing, axis: np.ndarray, rib_z: list[float]
         return None
     centre = body_centreline(hu, spacing, axis)
     discs, notes = disc_positions(core_profile(hu, spacing, centre), rib_z, float(spacing[0]))
+    labels, cores, kept, dropped = label_parts(hu, spacing, centre, discs,
+                                               _part_names(rib_names, below=len(notes["below_last"])), label_map)
+    record = {"method": "rebuilt from the CT: bodies along their centreline, the disc above each rib's vertebra "
+                        "found by its endplates just above the rib level (a rib's head articulates at the top of "
+                        "its own vertebra), square to the column, the bone split between the bodies, names by "
+                        "the rib count",
+              "levels": kept, "left_out": dropped,
+              "discs_z_mm": [round(d * float(spacing[0]), 1) for d in discs], "discs": notes}
+    record["lesions_judged_on"] = (f"the body's core only: {CORE_MARGIN_MM:.0f} mm or more from the disc planes "
+                                   f"and within {CORE_RADIUS_LESION_MM:.0f} mm of the centreline, "
+                                   "which are placed to a few mm, so that a neighbour's endplate or the disc is "
+                                   "never read as a focus")
+    return Column(labels, cores, record)
+
+
+def label_parts(hu: np.ndarray, spacing, centre: np.ndarray, discs: list[float], names: list[str],
+                label_map: dict[int, str], **outline) -> tuple[np.ndarray, np.ndarray, list[str], list[dict]]:
+    """The column's bone split by the disc planes (head to feet), each part labelled with its name's id.
+
+    ``outline`` goes to ``column_bone`` (``radius_mm``, ``min_piece_mm2``, ``disc_slices``).
+    Returns the labels and the bodies' cores (both uint8, the bundle's ids), the levels kept
+    and those left out (not a reported level, or under ``MIN_VERTEBRA_ML``), with their volume.
+    """
     box = column_box(hu.shape, spacing, centre)
     local = centre - [box[1].start, box[2].start]
-    bone, body = column_bone(hu[box], spacing, local)
+    bone, body = column_bone(hu[box], spacing, local, **outline)
     parts = split_column(bone, body, spacing, local, discs)
     core_parts = np.where(_body_core(body, spacing, local, discs), parts, 0)
-    names = _part_names(rib_names, below=len(notes["below_last"]))
     id_of = {level: label for label, level in label_map.items()}
     labels = np.zeros(hu.shape, np.uint8)
     cores = np.zeros(hu.shape, np.uint8)
@@ -387,17 +440,7 @@ def rebuild_column(hu: np.ndarray, spacing, axis: np.ndarray, rib_z: list[float]
         labels[box][parts == part] = id_of[name]
         cores[box][core_parts == part] = id_of[name]
         kept.append(name)
-    record = {"method": "rebuilt from the CT: bodies along their centreline, the disc above each rib's vertebra "
-                        "found by its endplates just above the rib level (a rib's head articulates at the top of "
-                        "its own vertebra), square to the column, the bone split between the bodies, names by "
-                        "the rib count",
-              "levels": kept, "left_out": dropped,
-              "discs_z_mm": [round(d * float(spacing[0]), 1) for d in discs], "discs": notes}
-    record["lesions_judged_on"] = (f"the body's core only: {CORE_MARGIN_MM:.0f} mm or more from the disc planes "
-                                   f"and within {CORE_RADIUS_LESION_MM:.0f} mm of the centreline, "
-                                   "which are placed to a few mm, so that a neighbour's endplate or the disc is "
-                                   "never read as a focus")
-    return Column(labels, cores, record)
+    return labels, cores, kept, dropped
 
 
 def _body_core(body: np.ndarray, spacing, centre: np.ndarray, discs: list[float]) -> np.ndarray:
