@@ -35,6 +35,7 @@ import numpy as np
 from scipy import ndimage
 
 from pipelines.levels import LEVELS
+from pipelines.model import ct_column
 from pipelines.model.column import Column, rebuild_column
 from pipelines.model.postprocess import disc_cuts
 
@@ -74,6 +75,9 @@ TOO_TALL = 1.5   # a vertebra taller than this many pitches is probably several 
 REBUILT_NO_HEIGHTS = ("the column was rebuilt from the CT (the network ran vertebrae together): its disc planes are "
                       "estimated to a few millimetres, not the endplates, so no body height or collapse grade is "
                       "measured on it")
+CT_ONLY_NO_HEIGHTS = ("the vertebrae were found on the CT alone (the network found none in this short field): their "
+                      "disc planes are estimated to a few millimetres, not the endplates, so no body height or "
+                      "collapse grade is measured on them")
 RULE = ("ribs: T1-T12 bear ribs and T12 is the last rib-bearing vertebra (12 thoracic vertebrae expected "
         "unless the scan shows otherwise); sacrum: L5 stands on it")
 
@@ -646,10 +650,20 @@ def review_vertebrae(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dic
     """
     vertebrae = named_vertebrae(labels, spacing, label_map)
     if not vertebrae:
+        found = review_ct_only(hu, spacing, labels, label_map)
+        if found is not None:
+            return found
         reason = "the model found no vertebra (T1-L5) in this series"
+        if ct_column.short_field(hu.shape, spacing):
+            reason += ", nor does the CT show a spinal canal with a vertebral body in front of it and a disc"
         return Review(labels, {"rule": RULE, "verdict": "no_vertebra", "reason": reason, "evidence": {}}, reason)
     positions = [trunk_position(hu, spacing, v) for v in vertebrae]
     if not any(p["inside_trunk"] for p in positions):
+        found = review_ct_only(hu, spacing, np.where(_is_vertebra(labels, label_map), 0, labels), label_map)
+        if found is not None:
+            found.naming["dropped"] += [{"level": p["level"], "reason": f"the network's, not a vertebra of the "
+                                                                         f"spine: {p['reason']}"} for p in positions]
+            return found
         narrow = all(p.get("body_width_mm", 0.0) < MIN_TRUNK_WIDTH_MM for p in positions)
         reason = ("no vertebra found: what the model took for vertebrae (" + ", ".join(v.level for v in vertebrae)
                   + (") does not lie in a trunk: " if narrow else ") lies off the spine: ")
@@ -682,6 +696,60 @@ def review_vertebrae(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dic
     if rebuilt is None:
         return Review(labels, record)
     return Review(labels, record, lesion_labels=rebuilt.cores, no_heights=REBUILT_NO_HEIGHTS)
+
+
+def review_ct_only(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dict[int, str]) -> Review | None:
+    """The vertebrae of a short field found on the CT alone (``ct_column``), where the network found none in the
+    column; None if the CT shows none either.
+
+    Named by the rib numbering where the field numbers its ribs, else by ``ct_column.prior_names``:
+    the verdict is then ``cannot_be_settled``, and the SR and the QC picture say so.
+    Vertebrae that do not lie in a trunk's column (``trunk_position``) are left out, as the network's are.
+    """
+    if not ct_column.short_field(hu.shape, spacing):
+        return None
+    found = ct_column.find_centre(hu, spacing)
+    if found is None:
+        return None
+    centre, seen = found
+    axis = np.tile(np.asarray(seen["canal_yx"], float), (hu.shape[0], 1))
+    ribs, free = rib_levels(hu, spacing, axis)
+    numbering = _rib_numbering(free, spacing, ribs)
+    column = ct_column.column_from_ct(hu, spacing, label_map, centre, seen, [r.z for r in ribs],
+                                      numbering["names"] or None)
+    if column is None:
+        return None
+    vertebrae = named_vertebrae(column.labels, spacing, label_map)
+    positions = [trunk_position(hu, spacing, v) for v in vertebrae]
+    outside = [p["level"] for p in positions if not p["inside_trunk"]]
+    if len(outside) == len(vertebrae):
+        return None
+    id_of = {level: label for label, level in label_map.items()}
+    drop = np.isin(column.labels, [id_of[level] for level in outside])
+    kept = [v for v in vertebrae if v.level not in outside]
+    contiguous = column_check(kept, heights=False)
+    settled = column.record["named_by"] == "the rib numbering" and contiguous["contiguous"]
+    levels = f"{kept[0].level}-{kept[-1].level}" if len(kept) > 1 else kept[0].level
+    ribs_seen = numbering["reason"]
+    if column.record["ribs_leaving_field_z_mm"]:
+        ribs_seen += ("; ribs run out of the field's edge from z " +
+                      ", ".join(f"{z:.0f}" for z in column.record["ribs_leaving_field_z_mm"]) + " mm")
+    reason = (f"the network found no vertebra in this short field ({hu.shape[0] * float(spacing[0]):.0f} mm); "
+              f"{len(kept)} vertebrae ({levels}) were found on the CT alone, " +
+              (f"named by the rib numbering ({numbering['reason']})" if settled else
+               f"but nothing in the field names them ({ribs_seen}): the names are a prior "
+               f"({column.record['named_by']}), not a finding"))
+    evidence = {"ct_only": column.record, "named": [v.level for v in kept], "column": contiguous,
+                "rib_levels": [{"z_mm": round(r.z_mm(spacing), 1), "sides": r.sides, "reach_mm": r.reach_mm}
+                               for r in ribs],
+                "rib_numbering": {k: v for k, v in numbering.items() if k != "names"}, "positions": positions}
+    record = {"rule": RULE, "verdict": "consistent" if settled else "cannot_be_settled", "reason": reason,
+              "offset": 0 if settled else None, "apply": False, "evidence": evidence, "applied": False,
+              "dropped": [{"level": p["level"], "reason": f"not a vertebra of the spine: {p['reason']}"}
+                          for p in positions if not p["inside_trunk"]]}
+    out = np.where(drop, 0, column.labels).astype(labels.dtype)
+    cores = np.where(drop, 0, column.cores).astype(labels.dtype)
+    return Review(out, record, lesion_labels=cores, no_heights=CT_ONLY_NO_HEIGHTS)
 
 
 def _rebuild_if_run_together(hu, spacing, labels, label_map, check: NamingCheck) -> Column | None:
