@@ -63,10 +63,10 @@ VERTEBRA_CODES = {vertebra_code(level).value for level in LEVELS}
 SMALL_CT = dict(fov="lumbar", spacing=(3.0, 1.5, 1.5), matrix=192)  # 74 slices of 192x192
 RESULT_TIMEOUT = 600  # s: routing, then two inferences one after the other on a shared 2-core CPU
 # The real JPEG 2000 series is 20 slices of T11-T12: the demo model's pieces there lie off the
-# spine, so the node answers with an SR saying "no vertebra found" and no SEG, and this module's
-# cases (which follow a SEG and an SR through Orthanc) run on the phantom only. JPEG 2000 stored
-# as sent is pinned by test_node_scp::test_jpeg2000_is_stored_without_decoding.
-CASES = ("phantom",)
+# spine, so its two vertebrae are found on the CT alone (pipelines/model/ct_column.py), named by
+# a prior that the SR says is one; its SEG and SR are followed through Orthanc like the phantom's.
+# JPEG 2000 stored as sent is pinned by test_node_scp::test_jpeg2000_is_stored_without_decoding.
+CASES = ("phantom", "real-jpeg2000")
 
 
 @dataclass

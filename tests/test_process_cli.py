@@ -117,6 +117,31 @@ def test_the_real_series_without_uids_is_processed_with_the_repair_recorded(run)
     assert real[0]["study_instance_uid"] and real[0]["series_instance_uid"]
 
 
+@pytest.mark.real_data
+@pytest.mark.peer
+def test_the_real_crop_gets_a_valid_seg_and_an_sr_that_says_its_levels_are_unconfirmed(run):
+    """The 40 mm real series: the network finds nothing in its column, the CT shows two vertebrae (ct_column)."""
+    _, out, _, _ = run
+    folder = next(p.parent for p in out.glob("*/summary.json")
+                  if any(r.startswith("derived_uids") for r in json.loads(p.read_text())["repairs"]))
+    summary = json.loads((folder / "summary.json").read_text())
+    assert [v["level"] for v in summary["vertebrae"]] == ["T11", "T12"]
+    assert summary["naming"]["verdict"] == "cannot_be_settled"
+    assert all(v["lesion"] not in ("lytic", "blastic", "mixed") for v in summary["vertebrae"])
+    for name in ("seg.dcm", "sr.dcm"):
+        errors = [m for m in dciodvfy_messages(folder / name) if m.startswith("Error")]
+        assert errors == [], f"{name}: {errors}"
+    comments = [item.TextValue for item in _content_items(pydicom.dcmread(folder / "sr.dcm"))
+                if item.ValueType == "TEXT" and item.ConceptNameCodeSequence[0].CodeValue == "121106"]
+    assert any("could not be confirmed" in text and "prior" in text for text in comments)
+
+
+def _content_items(ds):
+    for item in getattr(ds, "ContentSequence", []):
+        yield item
+        yield from _content_items(item)
+
+
 def test_no_staging_folder_is_left_behind(run):
     _, out, _, _ = run
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]
