@@ -76,13 +76,29 @@ def test_a_normal_real_crop_found_on_the_ct_alone_gets_no_lesion_call():
 
 
 @pytest.mark.real_data
-def test_a_short_slab_of_the_real_thorax_is_named_by_its_ribs_when_the_field_shows_the_rib_free_l1():
+def test_a_short_slab_of_the_real_thorax_is_found_but_its_rib_numbering_on_a_cut_vertebra_is_not_trusted():
+    """Slices 10-49 of the real chest CT: the whole scan's column puts T9-T12 there (T12 cut by the slab's bottom).
+
+    The rib rule would call the cut vertebra at the bottom rib-free, hence L1, and name the
+    slab one level low with confidence; a short field's numbering must rest on a whole
+    rib-free vertebra, so here the names stay a prior and the verdict says so.
+    """
     ct = read_volume(SHARED_DATA / "real-ct-thorax-dicom")
-    slab = ct.array[10:50].astype(np.float32)  # 80 mm at the thorax's lower end: T10-L1
+    slab = ct.array[10:50].astype(np.float32)
     review = review_ct_only(slab, ct.spacing, np.zeros(slab.shape, np.uint8), LEVEL_MAP)
     assert review is not None
-    assert review.naming["evidence"]["ct_only"]["named_by"] == "the rib numbering"
-    assert review.naming["evidence"]["named"][-2:] == ["T12", "L1"]
+    assert review.naming["verdict"] == "cannot_be_settled"
+    assert review.naming["evidence"]["named"] == ["T9", "T10", "T11", "T12"]
+
+
+def test_a_short_fields_rib_numbering_stands_only_on_a_whole_rib_free_vertebra():
+    # parts head to feet: 0 | 1 | 2 | 3; ribs in parts 0 and 1
+    assert ct_column._numbering_stands([0, 1], 4, "last rib", [], [40.0, 30.0], 2.0)  # part 2 is whole
+    assert not ct_column._numbering_stands([0, 1, 2], 4, "last rib", [], [40.0, 30.0, 20.0], 2.0)  # part 3 is cut
+    assert not ct_column._numbering_stands([0, 1], 4, "last rib", [5.0], [40.0, 30.0], 2.0)  # a rib leaves below
+    assert ct_column._numbering_stands([2, 3], 5, "first rib", [], [20.0, 10.0], 2.0)
+    assert not ct_column._numbering_stands([1, 2], 4, "first rib", [], [20.0, 10.0], 2.0)  # part 0 is cut
+    assert not ct_column._numbering_stands([1, 2], 4, None, [], [20.0, 10.0], 2.0)
 
 
 def test_a_short_field_of_a_long_bone_has_no_canal_with_a_body_in_front():
@@ -125,3 +141,16 @@ def test_prior_names_make_a_ribbed_column_end_at_t12_and_a_rib_free_one_lumbar_r
     assert ct_column.prior_names(3, [False, False, False])[0] == ["L2", "L3", "L4"]
     assert ct_column.prior_names(5, [False] * 5)[0] == ["L1", "L2", "L3", "L4", "L5"]
     assert ct_column.prior_names(6, [False] * 6)[0][0] == "L1"  # never thoracic without a rib
+
+
+@pytest.mark.real_data  # v2 phantoms take their vertebra shapes from the VerSe masks in ../shared/data
+def test_the_short_field_evaluation_finds_and_names_a_mid_lumbar_phantom_field():
+    from research.evaluate_short_fields import evaluate_seed, summarise
+
+    row = evaluate_seed(300020)  # a "short" field of L2-L4 (76 mm), never used to set the method
+    assert row["truth"] == ["L2", "L3", "L4"] and row["found"] == ["L2", "L3", "L4"]
+    assert row["vertebra_dice"] >= 0.6 and row["names_right"] == 3
+    summary = summarise([row, {**row, "found": [], "vertebra_dice": 0.0, "names_right": 0,
+                               "best_dice": {lv: 0.0 for lv in row["truth"]}}])
+    assert summary["found"] == 1 and summary["found_vertebrae"] == 3 and summary["named_right"] == 3
+    assert summary["consistent_and_wrong"] == 0

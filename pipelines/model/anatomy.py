@@ -716,7 +716,7 @@ def review_ct_only(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dict[
     ribs, free = rib_levels(hu, spacing, axis)
     numbering = _rib_numbering(free, spacing, ribs)
     column = ct_column.column_from_ct(hu, spacing, label_map, centre, seen, [r.z for r in ribs],
-                                      numbering["names"] or None)
+                                      numbering["names"] or None, numbering.get("from"))
     if column is None:
         return None
     vertebrae = named_vertebrae(column.labels, spacing, label_map)
@@ -730,7 +730,7 @@ def review_ct_only(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dict[
     contiguous = column_check(kept, heights=False)
     settled = column.record["named_by"] == "the rib numbering" and contiguous["contiguous"]
     levels = f"{kept[0].level}-{kept[-1].level}" if len(kept) > 1 else kept[0].level
-    ribs_seen = numbering["reason"]
+    ribs_seen = column.record.get("rib_numbering_set_aside", numbering["reason"])
     if column.record["ribs_leaving_field_z_mm"]:
         ribs_seen += ("; ribs run out of the field's edge from z " +
                       ", ".join(f"{z:.0f}" for z in column.record["ribs_leaving_field_z_mm"]) + " mm")

@@ -41,6 +41,7 @@ MIN_BODY_SLICES = 0.5    # a spine shows its body in front of the canal in at le
 PITCH_PER_DEPTH = 1.1    # a vertebra's pitch (disc to disc) is about this times its body's depth (T12 30/33 mm, L3 35/38)
 MIN_SEPARATION = 0.6     # two discs are at least this share of that pitch apart (dark marrow mid-body is no disc)
 RADIUS_PER_DEPTH = 0.7   # a body's outline lies within this times its depth of its centre (L3 35 mm deep, 50 wide)
+RIB_ROOT_MM = 26.0       # a rib's neck passes this close to the centreline (the body's side is ~20 mm out)
 MIN_PIECE_MM2 = 10.0     # bone pieces under this in a slice are noise (a disc on a noisy scan), not the body's cortex
 
 
@@ -201,9 +202,10 @@ def ribs_leaving_field(hu: np.ndarray, spacing, centre: np.ndarray) -> list[floa
 
     In a 40 mm field a lower rib leaves through the first or the last slice before it runs
     far enough out to pass the rib test of the whole scan (``anatomy.RIB_REACH_MM``). A bone
-    piece beside the column (``column.RIB_MARKER_MM`` or more from the centreline, past any
-    transverse process) that touches the first or last slice is one; its level is where
-    it is nearest the column.
+    piece beside the column that reaches ``column.RIB_MARKER_MM`` or more from the
+    centreline (past any transverse process), starts at the column (within ``RIB_ROOT_MM``:
+    a rib's head and neck; an iliac wing starts farther out, at the sacroiliac joint) and
+    touches the first or last slice is one; its level is where it is nearest the column.
     """
     sy, sx = float(spacing[1]), float(spacing[2])
     dense = bone_share(hu, spacing)
@@ -218,7 +220,7 @@ def ribs_leaving_field(hu: np.ndarray, spacing, centre: np.ndarray) -> list[floa
         z, y, x = np.nonzero(pieces[box] == k)
         z = z + box[0].start
         lateral = dx[z, x + box[2].start]
-        if lateral.max() >= col.RIB_MARKER_MM and lateral.min() <= col.RIB_MARKER_MM - 10.0:
+        if lateral.max() >= col.RIB_MARKER_MM and lateral.min() <= RIB_ROOT_MM:
             found.append(float(np.median(z[lateral <= lateral.min() + 5.0])))
     return sorted(found, reverse=True)
 
@@ -244,13 +246,16 @@ def prior_names(n_parts: int, rib_bearing: list[bool]) -> tuple[list[str], str]:
 
 
 def column_from_ct(hu: np.ndarray, spacing, label_map: dict[int, str], centre: np.ndarray, seen: dict,
-                   rib_z: list[float], rib_names: list[str] | None) -> col.Column | None:
+                   rib_z: list[float], rib_names: list[str] | None, numbered_from: str | None = None
+                   ) -> col.Column | None:
     """The vertebrae between the discs found on the CT, named by the rib numbering where there is one, else by the prior.
 
     ``centre`` and ``seen`` come from ``find_centre``; ``rib_z`` are the rib levels' slice
     indices (head to feet) and ``rib_names`` their numbering, None when the field does not
-    number them. None when no disc shows: one body with nothing to split is not told from
-    another bone.
+    number them; ``numbered_from`` says from which end ("last rib", "first rib"). In a short
+    field the numbering stands only where the rib-free vertebra it rests on is whole, between
+    two discs (``_numbering_stands``): a vertebra cut by the field may hide its rib beyond it.
+    None when no disc shows: one body with nothing to split is not told from another bone.
     """
     sz = float(spacing[0])
     pitch_mm = PITCH_PER_DEPTH * seen["body_depth_mm"]
@@ -262,6 +267,10 @@ def column_from_ct(hu: np.ndarray, spacing, label_map: dict[int, str], centre: n
     leaving = ribs_leaving_field(hu, spacing, centre)
     part_of = [sum(z < d for d in discs) for z in rib_z]  # 0 = above the first disc
     bearing = [i in part_of + [sum(z < d for d in discs) for z in leaving] for i in range(n_parts)]
+    set_aside = None
+    if rib_names and not _numbering_stands(part_of, n_parts, numbered_from, leaving, rib_z, sz):
+        set_aside, rib_names = f"the rib numbering ({numbered_from} level) was set aside: the rib-free " \
+                               "vertebra it rests on is cut by the field, or a rib runs out of the field beyond it", None
     if rib_names:
         anchor = LEVELS.index(rib_names[0]) - part_of[0] if rib_names[0] in LEVELS else None
         names = [LEVELS[anchor + i] if anchor is not None and 0 <= anchor + i < len(LEVELS) else "unnamed"
@@ -279,8 +288,24 @@ def column_from_ct(hu: np.ndarray, spacing, label_map: dict[int, str], centre: n
                         "the body in front of it on the bone projected along the scan, the discs by their endplates "
                         "on the body's core, the bone split between them",
               "levels": kept, "left_out": dropped, "named_by": how, "rib_bearing": bearing,
+              **({"rib_numbering_set_aside": set_aside} if set_aside else {}),
               "ribs_leaving_field_z_mm": [round(z * sz, 1) for z in leaving],
               "discs_z_mm": [round(d * sz, 1) for d in discs], "disc_scores_hu": scores,
               "pitch_mm_from_body_depth": round(pitch_mm, 1), **seen,
               "lesions_judged_on": f"the body's core only: {col.CORE_MARGIN_MM:.0f} mm or more from the disc planes"}
     return col.Column(labels, cores, record)
+
+
+def _numbering_stands(part_of: list[int], n_parts: int, numbered_from: str | None, leaving: list[float],
+                      rib_z: list[float], sz: float) -> bool:
+    """Whether a rib numbering holds in a short field: its rib-free vertebra lies whole in the field, with no rib cut
+    by the field beyond the numbered end (parts are counted head to feet, 0 above the first disc)."""
+    if numbered_from == "last rib":
+        free = max(part_of) + 1
+        beyond = [z for z in leaving if z < min(rib_z) - col.RIB_MARKER_MM / 4 / sz]
+    elif numbered_from == "first rib":
+        free = min(part_of) - 1
+        beyond = [z for z in leaving if z > max(rib_z) + col.RIB_MARKER_MM / 4 / sz]
+    else:
+        return False
+    return 0 < free < n_parts - 1 and not beyond
