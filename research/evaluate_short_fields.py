@@ -7,10 +7,11 @@ ignored), each reference vertebra's best Dice with a found part, whether the nam
 right, and how they were given (rib numbering or the prior). No network runs: this is the
 path the node takes when its network finds nothing in a short field.
 
-    .venv/bin/python -m research.evaluate_short_fields [--seeds 300012-300035] [--json FILE]
+    .venv/bin/python -m research.evaluate_short_fields [--seeds 300036-300059] [--json FILE]
 
-Seeds 300000-300011 were looked at while the rib-numbering guard was set; the default
-300012-300035 were not.
+Seeds 300000-300011 were looked at while the rib-numbering guard was set, 300012-300035
+while the canal's choice was set (the fields it did not find); the default 300036-300059
+were not looked at before they were measured.
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ from pipelines.model.anatomy import review_ct_only
 from research.phantoms.v2.generator import make_phantom_v2, reported_labels
 
 LEVEL_MAP = {i + 1: level for i, level in enumerate(LEVELS)}
-DEFAULT_SEEDS = "300012-300035"
+DEFAULT_SEEDS = "300036-300059"
 MATCH_DICE = 0.5  # a reference vertebra is found when a part overlaps it this well; named right when that part bears its level
 
 

@@ -33,9 +33,10 @@ from pipelines.levels import LEVELS
 from pipelines.model import column as col
 
 MAX_SCAN_MM = 150.0      # a field at most this tall, where the network found nothing, is looked at this way
-PROJECTION_SHARES = (0.1, 0.2, 0.3)  # a (y, x) is bone in the projection when it is bone in this share of slices
-CANAL_AREA_MM2 = (60.0, 900.0)  # a canal's cross-section (lumbar ~ 250 mm2; the ring blurs it larger)
+PROJECTION_SHARES = (0.1, 0.2, 0.3, 0.5)  # a (y, x) is bone in the projection when it is bone in this share of slices
+CANAL_AREA_MM2 = (40.0, 900.0)  # a canal's cross-section (lumbar ~ 250 mm2): the projection blurs it smaller or larger
 NO_BONE_SHARE = 0.08     # under this share of slices a (y, x) holds no bone (noise puts a few voxels over BONE_HU)
+SAME_COLUMN_MM = 8.0     # holes this close left to right lie on one column (the canal, the body's marrow)
 SLAB_MM = 12.0           # the body is found on the projection of this far above and below each slice
 MIN_BODY_SLICES = 0.5    # a spine shows its body in front of the canal in at least this share of slices
 PITCH_PER_DEPTH = 1.1    # a vertebra's pitch (disc to disc) is about this times its body's depth (T12 30/33 mm, L3 35/38)
@@ -110,15 +111,19 @@ def _body_on_ray(share: np.ndarray, start: int, sy: float) -> tuple[int, int] | 
 def find_centre(hu: np.ndarray, spacing) -> tuple[np.ndarray, dict] | None:
     """Per slice the body's centre (y, x), and what was seen; None when the scan shows no canal with a body in front."""
     dense = bone_share(hu, spacing)
-    best = None
+    valid = []
     for canal in canal_candidates(dense, spacing):
         bodies = body_in_front(dense, spacing, canal)
         seen = int(np.isfinite(bodies[:, 0]).sum())
-        if best is None or seen > best[0]:
-            best = (seen, canal, bodies)
-    if best is None or best[0] < MIN_BODY_SLICES * hu.shape[0]:
+        if seen >= MIN_BODY_SLICES * hu.shape[0]:
+            valid.append((canal[0], seen, canal, bodies))
+    if not valid:
         return None
-    seen, canal, bodies = best
+    share = dense.mean(axis=0)
+    midline = float(np.average(np.nonzero(share >= PROJECTION_SHARES[0])[1]))  # bone is about symmetric round the spine
+    nearest = min(valid, key=lambda v: abs(v[2][1] - midline))  # the column: the hole nearest the midline ...
+    same_column = [v for v in valid if abs(v[2][1] - nearest[2][1]) * float(spacing[2]) <= SAME_COLUMN_MM]
+    _, seen, canal, bodies = max(same_column, key=lambda v: v[0])  # ... its canal behind the body's marrow hole
     valid = np.flatnonzero(np.isfinite(bodies[:, 0]))
     middle = bodies[valid].mean(axis=1)
     y = np.interp(np.arange(hu.shape[0]), valid, middle)
