@@ -42,8 +42,12 @@ def test_the_real_l2_l4_crop_is_found_on_the_ct_alone_split_at_its_discs_and_nam
     assert review.naming["verdict"] == "cannot_be_settled"  # no rib, no sacrum: nothing names a lumbar crop
     assert "prior" in review.naming["reason"]
     assert review.no_heights  # disc planes are estimates: no height, no collapse grade
-    assert _dice(ref == 22, review.labels == _id("L3")) >= 0.78  # the whole L3, arch included (0.80 measured)
+    # the whole L3, arch included: 0.80 measured; 0.79 without the disc rim left out between the endplates
+    assert _dice(ref == 22, review.labels == _id("L3")) >= 0.795
     assert _dice(ref == 23, review.labels == _id("L4")) >= 0.75
+    # L2's inferior articular processes reach down beside L3's: 0.61 measured, 0.51 when bone the flood
+    # carried up across a facet joint is dropped instead of given to the vertebra of its slab
+    assert _dice(ref == 21, review.labels == _id("L2")) >= 0.58
     found = review.naming["evidence"]["ct_only"]
     truth_discs_mm = [57.0, 19.5]  # the middles of the L2/L3 and L3/L4 discs on this crop's own slices
     assert np.allclose(found["discs_z_mm"], truth_discs_mm, atol=3.0)
@@ -154,3 +158,14 @@ def test_the_short_field_evaluation_finds_and_names_a_mid_lumbar_phantom_field()
                                "best_dice": {lv: 0.0 for lv in row["truth"]}}])
     assert summary["found"] == 1 and summary["found_vertebrae"] == 3 and summary["named_right"] == 3
     assert summary["consistent_and_wrong"] == 0
+
+
+@pytest.mark.real_data
+@pytest.mark.parametrize("seed", [300012, 300019])
+def test_a_narrow_canal_and_a_marrow_hole_beside_it_do_not_hide_the_column(seed):
+    """300012: its canal shows as a hole only where bone is in half the slices; 300019: the body's marrow is a
+    hole too, nearer the middle of the projection, with no disc along it. Both were missed before."""
+    from research.evaluate_short_fields import evaluate_seed
+
+    row = evaluate_seed(seed)
+    assert row["found"] and row["vertebra_dice"] >= 0.4

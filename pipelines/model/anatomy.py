@@ -711,11 +711,11 @@ def review_ct_only(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dict[
     found = ct_column.find_centre(hu, spacing)
     if found is None:
         return None
-    centre, seen = found
+    centre, seen, dense = found
     axis = np.tile(np.asarray(seen["canal_yx"], float), (hu.shape[0], 1))
     ribs, free = rib_levels(hu, spacing, axis)
     numbering = _rib_numbering(free, spacing, ribs)
-    column = ct_column.column_from_ct(hu, spacing, label_map, centre, seen, [r.z for r in ribs],
+    column = ct_column.column_from_ct(hu, spacing, label_map, centre, seen, dense, [r.z for r in ribs],
                                       numbering["names"] or None, numbering.get("from"))
     if column is None:
         return None

@@ -96,22 +96,16 @@ def _body_on_ray(share: np.ndarray, start: int, sy: float) -> tuple[int, int] | 
     back = next((y for y in range(start, limit, -1) if share[y] >= PROJECTION_SHARES[0]), None)
     if back is None:
         return None
-    front, gap = back, 0
-    for y in range(back, max(back - int(col.BODY_DEPTH_MM[1] / sy), -1), -1):
-        if share[y] >= NO_BONE_SHARE:
-            front, gap = y, 0
-        else:
-            gap += 1
-            if gap * sy >= col.FRONT_GAP_MM:
-                break
+    front = _last_bone(share, back, -1, int(col.BODY_DEPTH_MM[1] / sy), sy)
     depth = (back - front + 1) * sy
     if not col.BODY_DEPTH_MM[0] <= depth <= col.BODY_DEPTH_MM[1]:
         return None
     return front, back
 
 
-def find_centre(hu: np.ndarray, spacing) -> tuple[np.ndarray, dict] | None:
-    """Per slice the body's centre (y, x), and what was seen; None when the scan shows no canal with a body in front."""
+def find_centre(hu: np.ndarray, spacing) -> tuple[np.ndarray, dict, np.ndarray] | None:
+    """Per slice the body's centre (y, x), what was seen, and the bone (``bone_share``, for the later steps);
+    None when the scan shows no canal with a body in front."""
     dense = bone_share(hu, spacing)
     valid = []
     for canal in canal_candidates(dense, spacing):
@@ -134,7 +128,7 @@ def find_centre(hu: np.ndarray, spacing) -> tuple[np.ndarray, dict] | None:
                               np.full(hu.shape[0], x)])
     depth_mm = float(np.median(bodies[valid, 1] - bodies[valid, 0] + 1) * float(spacing[1]))
     return centre, {"canal_yx": [round(canal[0], 1), round(canal[1], 1)], "body_depth_mm": round(depth_mm, 1),
-                    "slices_with_body": seen}
+                    "slices_with_body": seen}, dense
 
 
 def body_middle_x(dense: np.ndarray, spacing, canal: tuple[float, float], y: float) -> float:
@@ -146,19 +140,25 @@ def body_middle_x(dense: np.ndarray, spacing, canal: tuple[float, float], y: flo
     sx = float(spacing[2])
     row = dense[:, int(round(y)), :].mean(axis=0)
     x0 = int(round(canal[1]))
-    sides = []
-    for step in (-1, 1):
-        last, gap, x = x0, 0, x0
-        while 0 <= x < len(row) and abs(x - x0) * sx <= col.BODY_DEPTH_MM[1]:
-            if row[x] >= NO_BONE_SHARE:
-                last, gap = x, 0
-            else:
-                gap += 1
-                if gap * sx >= col.FRONT_GAP_MM:
-                    break
-            x += step
-        sides.append(last)
-    return (sides[0] + sides[1]) / 2
+    reach = int(col.BODY_DEPTH_MM[1] / sx) + 1
+    return (_last_bone(row, x0, -1, reach, sx) + _last_bone(row, x0, 1, reach, sx)) / 2
+
+
+def _last_bone(share: np.ndarray, start: int, step: int, steps: int, voxel_mm: float) -> int:
+    """From ``start``, ``steps`` voxels at most in direction ``step``: the last with bone (``NO_BONE_SHARE``)
+    before ``column.FRONT_GAP_MM`` without any."""
+    last, gap = start, 0
+    for i in range(steps):
+        at = start + step * i
+        if not 0 <= at < len(share):
+            break
+        if share[at] >= NO_BONE_SHARE:
+            last, gap = at, 0
+        else:
+            gap += 1
+            if gap * voxel_mm >= col.FRONT_GAP_MM:
+                break
+    return last
 
 
 def find_discs(profile: np.ndarray, sz: float, pitch_mm: float) -> tuple[list[float], list[float]]:
@@ -204,7 +204,7 @@ def disc_layers(profile: np.ndarray, sz: float, discs: list[float], pitch_mm: fl
     return layer
 
 
-def ribs_leaving_field(hu: np.ndarray, spacing, centre: np.ndarray) -> list[float]:
+def ribs_leaving_field(dense: np.ndarray, spacing, centre: np.ndarray) -> list[float]:
     """Slice indices where a rib runs out of the scan's top or bottom: rib evidence a short field can still give.
 
     In a 40 mm field a lower rib leaves through the first or the last slice before it runs
@@ -215,14 +215,13 @@ def ribs_leaving_field(hu: np.ndarray, spacing, centre: np.ndarray) -> list[floa
     touches the first or last slice is one; its level is where it is nearest the column.
     """
     sy, sx = float(spacing[1]), float(spacing[2])
-    dense = bone_share(hu, spacing)
-    dx = np.abs(np.arange(hu.shape[2])[None, :] - centre[:, 1][:, None]) * sx  # (z, x)
-    dy = (np.arange(hu.shape[1])[None, :] - centre[:, 0][:, None]) * sy      # (z, y)
+    dx = np.abs(np.arange(dense.shape[2])[None, :] - centre[:, 1][:, None]) * sx  # (z, x)
+    dy = (np.arange(dense.shape[1])[None, :] - centre[:, 0][:, None]) * sy      # (z, y)
     near_column = (np.abs(dy)[:, :, None] <= col.BOX_BACK_MM) & (dx[:, None, :] <= 2 * col.RIB_MARKER_MM)
     pieces, n = ndimage.label(dense & near_column & (dx[:, None, :] >= col.BODY_RADIUS_MM))
     found = []
     for k, box in enumerate(ndimage.find_objects(pieces), start=1):
-        if box is None or (box[0].start > 0 and box[0].stop < hu.shape[0]):
+        if box is None or (box[0].start > 0 and box[0].stop < dense.shape[0]):
             continue
         z, y, x = np.nonzero(pieces[box] == k)
         z = z + box[0].start
@@ -252,12 +251,12 @@ def prior_names(n_parts: int, rib_bearing: list[bool]) -> tuple[list[str], str]:
     return names, how
 
 
-def column_from_ct(hu: np.ndarray, spacing, label_map: dict[int, str], centre: np.ndarray, seen: dict,
+def column_from_ct(hu: np.ndarray, spacing, label_map: dict[int, str], centre: np.ndarray, seen: dict, dense: np.ndarray,
                    rib_z: list[float], rib_names: list[str] | None, numbered_from: str | None = None
                    ) -> col.Column | None:
     """The vertebrae between the discs found on the CT, named by the rib numbering where there is one, else by the prior.
 
-    ``centre`` and ``seen`` come from ``find_centre``; ``rib_z`` are the rib levels' slice
+    ``centre``, ``seen`` and ``dense`` come from ``find_centre``; ``rib_z`` are the rib levels' slice
     indices (head to feet) and ``rib_names`` their numbering, None when the field does not
     number them; ``numbered_from`` says from which end ("last rib", "first rib"). In a short
     field the numbering stands only where the rib-free vertebra it rests on is whole, between
@@ -271,7 +270,7 @@ def column_from_ct(hu: np.ndarray, spacing, label_map: dict[int, str], centre: n
     if not discs:
         return None
     n_parts = len(discs) + 1
-    leaving = ribs_leaving_field(hu, spacing, centre)
+    leaving = ribs_leaving_field(dense, spacing, centre)
     part_of = [sum(z < d for d in discs) for z in rib_z]  # 0 = above the first disc
     bearing = [i in part_of + [sum(z < d for d in discs) for z in leaving] for i in range(n_parts)]
     set_aside = None
