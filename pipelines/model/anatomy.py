@@ -708,14 +708,14 @@ def review_ct_only(hu: np.ndarray, spacing, labels: np.ndarray, label_map: dict[
     """
     if not ct_column.short_field(hu.shape, spacing):
         return None
-    found = ct_column.find_centre(hu, spacing)
+    found = ct_column.locate(hu, spacing)
     if found is None:
         return None
-    centre, seen, dense = found
+    bone_ct, centre, seen, dense = found  # bone_ct: the CT with contrast-filled vessels read as soft tissue
     axis = np.tile(np.asarray(seen["canal_yx"], float), (hu.shape[0], 1))
-    ribs, free = rib_levels(hu, spacing, axis)
+    ribs, free = rib_levels(bone_ct, spacing, axis)
     numbering = _rib_numbering(free, spacing, ribs)
-    column = ct_column.column_from_ct(hu, spacing, label_map, centre, seen, dense, [r.z for r in ribs],
+    column = ct_column.column_from_ct(bone_ct, spacing, label_map, centre, seen, dense, [r.z for r in ribs],
                                       numbering["names"] or None, numbering.get("from"))
     if column is None:
         return None

@@ -10,6 +10,8 @@ found as a reader finds it:
    the canal: a hole of a canal's size (``CANAL_AREA_MM2``) in that picture; of the holes
    on the column nearest the bone's midline, the one farthest back (the body's marrow is a
    hole too, in front of the canal);
+   A contrast-filled large vessel against the body's front (the aorta's lumen is as
+   bright as marrow) is then read as soft tissue for every later step (``vessels``, ``locate``);
 2. **the body**: in front of the canal, from its posterior wall to its anterior cortex, on
    the same projection taken over a slab of ``SLAB_MM`` round each slice (dark marrow, as
    dark as soft tissue in an old adult, still shows its endplates there). A canal with no
@@ -33,6 +35,7 @@ from scipy import ndimage
 
 from pipelines.levels import LEVELS
 from pipelines.model import column as col
+from pipelines.model import vessels
 
 MAX_SCAN_MM = 150.0      # a field at most this tall, where the network found nothing, is looked at this way
 PROJECTION_SHARES = (0.1, 0.2, 0.3, 0.5)  # a (y, x) is bone in the projection when it is bone in this share of slices
@@ -129,6 +132,28 @@ def find_centre(hu: np.ndarray, spacing) -> tuple[np.ndarray, dict, np.ndarray] 
     depth_mm = float(np.median(bodies[valid, 1] - bodies[valid, 0] + 1) * float(spacing[1]))
     return centre, {"canal_yx": [round(canal[0], 1), round(canal[1], 1)], "body_depth_mm": round(depth_mm, 1),
                     "slices_with_body": seen}, dense
+
+
+def locate(hu: np.ndarray, spacing) -> tuple[np.ndarray, np.ndarray, dict, np.ndarray] | None:
+    """``find_centre`` on the CT with its contrast-filled large vessels read as soft tissue (``vessels``), and that CT.
+
+    The canal comes first (a vessel is known from bone only by where it lies in front of
+    it); with a vessel found, the body is looked for again without it, since a lumen as
+    bright as marrow against the body's front would read as more body. Returns (the CT the
+    column's bone is taken from, centre, seen, bone), or None when no canal with a body shows.
+    """
+    found = find_centre(hu, spacing)
+    if found is None:
+        return None
+    mask, lumens = vessels.vessel_lumens(hu, spacing, found[1]["canal_yx"])
+    if not lumens:
+        return hu, *found
+    cleared = vessels.without_vessels(hu, mask)
+    again = find_centre(cleared, spacing)
+    if again is None:
+        return hu, *found
+    centre, seen, dense = again
+    return cleared, centre, {**seen, "vessels_left_out": lumens}, dense
 
 
 def body_middle_x(dense: np.ndarray, spacing, canal: tuple[float, float], y: float) -> float:
