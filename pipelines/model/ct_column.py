@@ -9,9 +9,9 @@ found as a reader finds it:
    (y, x) is bone) shows each vertebra's ring, its body in front and its arch behind, round
    the canal: a hole of a canal's size (``CANAL_AREA_MM2``) in that picture; of the holes
    on the column nearest the bone's midline, the one farthest back (the body's marrow is a
-   hole too, in front of the canal);
-   A contrast-filled large vessel against the body's front (the aorta's lumen is as
-   bright as marrow) is then read as soft tissue for every later step (``vessels``, ``locate``);
+   hole too, in front of the canal). A contrast-filled large vessel against the body's
+   front (the aorta's lumen is as bright as marrow) is then read as soft tissue for every
+   later step (``vessels``, ``locate``);
 2. **the body**: in front of the canal, from its posterior wall to its anterior cortex, on
    the same projection taken over a slab of ``SLAB_MM`` round each slice (dark marrow, as
    dark as soft tissue in an old adult, still shows its endplates there). A canal with no
