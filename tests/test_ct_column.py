@@ -53,30 +53,33 @@ def test_the_real_l2_l4_crop_is_found_on_the_ct_alone_split_at_its_discs_and_nam
     assert np.allclose(found["discs_z_mm"], truth_discs_mm, atol=3.0)
 
 
-@pytest.mark.real_data
-def test_the_real_t11_t12_series_is_found_as_two_vertebrae_and_its_ribs_make_it_thoracic():
+@pytest.fixture(scope="module")
+def t11_t12():
+    """The real T11-T12 series as the CT-only path reviews it, and TotalSegmentator's labels on it (LPS)."""
     ct = read_volume(T11_T12)
     hu = ct.array.astype(np.float32)
     review = review_ct_only(hu, ct.spacing, np.zeros(hu.shape, np.uint8), LEVEL_MAP)
+    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(
+        sitk.ReadImage(str(SHARED_DATA / "real-ct-dicom-t11-t12-totalseg-labels.nii.gz")), "LPS"))
+    return review, labels
+
+
+@pytest.mark.real_data
+def test_the_real_t11_t12_series_is_found_as_two_vertebrae_and_its_ribs_make_it_thoracic(t11_t12):
+    review, labels = t11_t12
     assert review is not None
     assert review.naming["evidence"]["named"] == ["T11", "T12"]
     assert review.naming["evidence"]["ct_only"]["ribs_leaving_field_z_mm"]  # the 11th/12th ribs leave the 40 mm field
     assert review.naming["verdict"] == "cannot_be_settled"
-    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(
-        sitk.ReadImage(str(SHARED_DATA / "real-ct-dicom-t11-t12-totalseg-labels.nii.gz")), "LPS"))
     spine = np.isin(labels, (32, 33))
     assert _dice(spine, review.labels > 0) >= 0.6  # TotalSegmentator's own labels (model output, with holes)
 
 
 @pytest.mark.real_data
-def test_the_contrast_filled_aorta_against_the_real_t12_is_left_out_of_it():
+def test_the_contrast_filled_aorta_against_the_real_t12_is_left_out_of_it(t11_t12):
     """The aorta's lumen (~150 HU) and calcified wall lie against T12's front: 7,584 voxels of TotalSegmentator's
     aorta were in T12 and the body read 48 mm deep before ``vessels``; 546 and 43 mm now (T12 Dice 0.57 -> 0.67)."""
-    ct = read_volume(T11_T12)
-    hu = ct.array.astype(np.float32)
-    review = review_ct_only(hu, ct.spacing, np.zeros(hu.shape, np.uint8), LEVEL_MAP)
-    labels = sitk.GetArrayFromImage(sitk.DICOMOrient(
-        sitk.ReadImage(str(SHARED_DATA / "real-ct-dicom-t11-t12-totalseg-labels.nii.gz")), "LPS"))
+    review, labels = t11_t12
     found = review.naming["evidence"]["ct_only"]
     [aorta] = found["vessels_left_out"]
     assert 10.0 <= aorta["lumen_radius_mm"] <= 16.0  # TotalSegmentator's aorta: ~615 voxels a slice, r ~13.7 mm
