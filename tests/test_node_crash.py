@@ -52,7 +52,8 @@ def test_sigkill_while_receiving_and_while_processing_loses_nothing_acknowledged
         node.kill()
         output, _ = sender.communicate(timeout=120)
         acknowledged = acknowledged_uids(output, files)
-        assert 30 <= len(acknowledged) < len(files), "the node must die before the series is complete"
+        # the 30th row may be recorded before its C-STORE response left: one instance fewer may be acknowledged
+        assert 29 <= len(acknowledged) < len(files), "the node must die before the series is complete"
 
         node = NodeProcess(data, env, port=node.port).start()
         stored = {row.sop_instance_uid: row for row in _instances(store, series_uid)}
