@@ -190,3 +190,33 @@ def test_a_lytic_spheres_growth_in_noisy_bone_is_measured_within_ten_percent(sli
     true_change = 4.0 / 3.0 * np.pi * (grown ** 3 - RADIUS_MM ** 3)
     assert after - before == pytest.approx(true_change, rel=0.10)
 
+
+
+def _overlapping_mixed(overlap_mm: float):
+    """A lytic (30 HU) and a blastic (900 HU, painted over it) ball of 5 mm radius overlapping by ``overlap_mm``,
+    in 200 HU bone at 0.5 mm pixels: (hu, body, spacing, the union's volume in mm3)."""
+    offset = RADIUS_MM - overlap_mm / 2
+
+    def paint(zz, yy, xx):
+        hu = np.full(zz.shape, 200.0)
+        hu[zz ** 2 + (yy + offset) ** 2 + xx ** 2 <= RADIUS_MM ** 2] = 30.0
+        hu[zz ** 2 + (yy - offset) ** 2 + xx ** 2 <= RADIUS_MM ** 2] = 900.0
+        return hu
+    hu, spacing = _scanned(paint, n=160, pixel_cells=2, noise_hu=30.0, seed=2)
+    cap = np.pi * overlap_mm ** 2 * (3 * RADIUS_MM - overlap_mm / 2) / 12  # each ball's cap inside the other
+    return hu, np.ones(hu.shape, bool), spacing, 2 * TRUE_MM3 - 2 * cap
+
+
+@pytest.mark.parametrize("overlap_mm", [1.0, 2.0])
+def test_a_mixed_lesions_overlapping_balls_are_not_read_as_each_others_negative_share(overlap_mm):
+    """Where the balls meet, the blastic ball's blur lies in the lytic ball's region, its darker-side voxels too.
+
+    Counted against the lytic ball, a voxel of blastic blur is a negative share several times
+    its size (a contrast of 700 HU against 170): here the union read 6 % (1 mm) and 10 %
+    (2 mm) low, and on the report phantoms, whose mixed balls overlap, a mixed lesion read
+    5-13 % low at both visits. Each voxel in both regions now belongs to the focus whose
+    side of the bone it lies on.
+    """
+    hu, body, spacing, union_mm3 = _overlapping_mixed(overlap_mm)
+    both = {**_features(30.0, "hypodense"), **_features(900.0, "hyperdense")}
+    assert lesion_volume_mm3(hu, body, spacing, both, "mixed") == pytest.approx(union_mm3, rel=0.05)
