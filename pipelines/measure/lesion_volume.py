@@ -325,10 +325,10 @@ def _mixing_volume(hu, smooth, body, foci: list[_Focus], spacing, reference: flo
 
     With one focus each voxel of its region counts its share. A mixed lesion has two, often
     touching, on either side of the bone's HU: a voxel in both regions belongs to the focus
-    whose seed is nearer, unless it lies on the other one's side of that one's bone (its
-    blur). Counted against the nearer focus, a blastic voxel in a lytic region is a large
-    negative share (its contrast is several times the lytic one): see "Why a mixed lesion
-    read low" in the module docstring.
+    whose seed is nearer, unless its HU lies on the other focus' side of that focus' bone
+    (it is the other focus' blur). Counted against the nearer focus, a blastic voxel in a
+    lytic region is a large negative share (its contrast is several times the lytic one):
+    see "Why a mixed lesion read low" in the module docstring.
     """
     regions = np.stack([body & (focus.distance <= BAND_MM) for focus in foci])
     union = regions.any(axis=0)
