@@ -191,7 +191,6 @@ def test_a_lytic_spheres_growth_in_noisy_bone_is_measured_within_ten_percent(sli
     assert after - before == pytest.approx(true_change, rel=0.10)
 
 
-
 def _overlapping_mixed(overlap_mm: float):
     """A lytic (30 HU) and a blastic (900 HU, painted over it) ball of 5 mm radius overlapping by ``overlap_mm``,
     in 200 HU bone at 0.5 mm pixels: (hu, body, spacing, the union's volume in mm3)."""

@@ -188,15 +188,16 @@ def lesion_volume_mm3(hu: np.ndarray, body: np.ndarray, spacing, features: dict,
     reference = features.get("reference_hu")
     if lesion not in KINDS or reference is None:
         return None
+    reference = float(reference)
     smooth = ndimage.gaussian_filter(hu.astype(np.float32), [SMOOTH_MM / s for s in spacing])
     image = _seed_image(hu, smooth, spacing, features)
     foci = [focus for kind in KINDS[lesion]
-            if (focus := _focus(image, smooth, body, spacing, features, kind, float(reference))) is not None]
+            if (focus := _focus(image, smooth, body, spacing, features, kind, reference)) is not None]
     if not foci:
         return 0.0
-    total = _mixing_volume(hu, smooth, body, foci, spacing, float(reference))
+    total = _mixing_volume(hu, smooth, body, foci, spacing, reference)
     if vertebra is not None:
-        total += sum(_shell_volume(smooth, body, vertebra, focus, spacing, float(reference)) for focus in foci)
+        total += sum(_shell_volume(smooth, body, vertebra, focus, spacing, reference) for focus in foci)
     return total
 
 
@@ -337,10 +338,10 @@ def _mixing_volume(hu, smooth, body, foci: list[_Focus], spacing, reference: flo
     distance = np.stack([np.where(region[union], focus.distance[union], np.inf)
                          for focus, region in zip(foci, regions)])
     owner = distance.argmin(axis=0)
+    signs = np.array([focus.sign for focus in foci])
     for index, (focus, bone) in enumerate(zip(foci, bones)):
         blur = np.isfinite(distance[index]) & (focus.sign * (bone - values) > 0)
-        mine = np.array([f.sign for f in foci])[owner] == focus.sign
-        owner = np.where(blur & ~mine, index, owner)
+        owner = np.where(blur & (signs[owner] != focus.sign), index, owner)
     total = 0.0
     for index, (focus, bone) in enumerate(zip(foci, bones)):
         contrast = focus.sign * (bone - focus.plateau)
